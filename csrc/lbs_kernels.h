@@ -1,0 +1,41 @@
+// Launchers of the two LBS kernels (lbs_kernels.cu). Same semantics as the torch oracle
+// d2a_edge.body.lbs_torch.lbs without posedirs. All pointers are device pointers, fp32/int32,
+// C-contiguous; batch-major inputs/outputs use the shapes noted below.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace d2a {
+
+constexpr int kMaxJoints = 64;      // FK keeps a batch's joints in shared memory
+constexpr int kMaxInfluences = 8;   // skinning bones per vertex (padding: index 0, weight 0)
+constexpr int kMaxBetas = 512;      // bounds the skinning kernel's shared memory
+
+// Body arrays in the device layout that BodyBuffers uploads (V vertices, J joints, S betas).
+struct DeviceBody {
+  const float* v_template_t = nullptr;    // (3, V)      v_template transposed (coalesced reads)
+  const float* shapedirs_t = nullptr;     // (S, 3, V)   shapedirs (V, 3, S) transposed
+  const float* j_template = nullptr;      // (J, 3)
+  const float* j_shapedirs = nullptr;     // (J, 3, S)
+  const int* parents = nullptr;           // (J,)        parents[0] = -1, parents[j] < j
+  const int* depth = nullptr;             // (J,)        depth[0] = 0, depth[j] = depth[parent] + 1
+  const uint8_t* skin_indices = nullptr;  // (V, 8)      bone per influence (< J <= 64 fits a byte)
+  const float* skin_weights = nullptr;    // (V, 8)
+  int num_vertices = 0;
+  int num_joints = 0;
+  int num_betas = 0;
+  int max_depth = 0;
+};
+
+// Posed vertices and joints for a batch of B bodies, enqueued on `stream` (nothing synchronizes).
+//   rotmats (B, J, 3, 3), betas (B, S), transl (B, 3)   inputs, root joint placed at transl
+//   verts (B, V, 3), joints (B, J, 3)                    outputs
+//   transforms (>= B, J, 3, 4)                           scratch: skinning transforms
+// Throws std::runtime_error (via D2A_CUDA_CHECK) if a launch fails.
+void launch_lbs(const DeviceBody& body, const float* rotmats, const float* betas,
+                const float* transl, float* verts, float* joints, float* transforms, int batch,
+                cudaStream_t stream);
+
+}  // namespace d2a
