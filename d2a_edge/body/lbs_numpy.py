@@ -1,0 +1,63 @@
+"""Linear blend skinning in numpy: the runtime twin of ``lbs_torch.lbs`` (same signature).
+
+Pose convention ("local-ref", as SMPL): ``rotmats[:, j]`` rotates joint j's subtree about the
+joint in world-aligned axes, composed down the chain; the root joint lands at ``transl``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _check_inputs(rotmats: np.ndarray, betas: np.ndarray, transl: np.ndarray, J: int, S: int):
+    rotmats, betas, transl = np.asarray(rotmats), np.asarray(betas), np.asarray(transl)
+    if rotmats.ndim != 4 or rotmats.shape[1:] != (J, 3, 3):
+        raise ValueError(f"rotmats must be (B, {J}, 3, 3), got {rotmats.shape}")
+    B = rotmats.shape[0]
+    if betas.shape != (B, S):
+        raise ValueError(f"betas must be (B={B}, S={S}), got {betas.shape}")
+    if transl.shape != (B, 3):
+        raise ValueError(f"transl must be (B={B}, 3), got {transl.shape}")
+    return rotmats, betas, transl
+
+
+def forward_kinematics(rotmats: np.ndarray, joints: np.ndarray, parents: np.ndarray,
+                       transl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Posed joints ``(B, J, 3)`` and skinning transforms ``(B, J, 3, 4)``.
+
+    rotmats: (B, J, 3, 3); joints: (B, J, 3) rest joints; parents: (J,); transl: (B, 3).
+    """
+    B, J = joints.shape[:2]
+    rot = np.empty((B, J, 3, 3), dtype=rotmats.dtype)
+    pos = np.empty((B, J, 3), dtype=rotmats.dtype)
+    rot[:, 0], pos[:, 0] = rotmats[:, 0], transl
+    for j in range(1, J):
+        p = parents[j]
+        rot[:, j] = rot[:, p] @ rotmats[:, j]
+        offset = (joints[:, j] - joints[:, p])[..., None]  # (B, 3, 1)
+        pos[:, j] = pos[:, p] + (rot[:, p] @ offset)[..., 0]
+    t = pos - (rot @ joints[..., None])[..., 0]  # maps rest joint j to posed joint j
+    return pos, np.concatenate([rot, t[..., None]], axis=-1)
+
+
+def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedirs, parents,
+        skin_indices, skin_weights, posedirs=None) -> tuple[np.ndarray, np.ndarray]:
+    """Posed vertices ``(B, V, 3)`` and joints ``(B, J, 3)``, dtype of ``rotmats``.
+
+    rotmats: (B, J, 3, 3); betas: (B, S); transl: (B, 3) root joint position.
+    Body arrays as in ``d2a_edge.body.asset`` (``BodyAsset.lbs_arrays()``).
+    """
+    J, S = j_template.shape[0], shapedirs.shape[2]
+    rotmats, betas, transl = _check_inputs(rotmats, betas, transl, J, S)
+    dt = rotmats.dtype
+    B = rotmats.shape[0]
+    v_shaped = v_template.astype(dt) + np.einsum("vcs,bs->bvc", shapedirs.astype(dt), betas)
+    j_rest = j_template.astype(dt) + np.einsum("jcs,bs->bjc", j_shapedirs.astype(dt), betas)
+    if posedirs is not None:
+        feat = (rotmats[:, 1:] - np.eye(3, dtype=dt)).reshape(B, -1)  # (B, 9 (J-1))
+        v_shaped = v_shaped + (feat @ posedirs.astype(dt)).reshape(B, -1, 3)
+    joints, A = forward_kinematics(rotmats, j_rest, parents, transl)
+    W = skin_weights.astype(dt)
+    Av = A[:, skin_indices]  # (B, V, K, 3, 4)
+    T = np.einsum("vk,bvkrc->bvrc", W, Av)  # (B, V, 3, 4)
+    verts = (T[..., :3] @ v_shaped[..., None])[..., 0] + T[..., 3]
+    return verts, joints

