@@ -1,0 +1,84 @@
+"""torch Datasets over the sample schema: memory-mapped shards and on-the-fly rendering.
+
+Both return a dict of tensors: ``image`` (3, s, s) float32 in 0..1, ``mask`` (s, s) float32
+0/1, every other schema key as float32 with the schema's shape, plus ``bbox_info`` (3,) (the
+CLIFF camera input, ``d2a_edge.camera.bbox_info``) and ``index`` (int64).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from d2a_edge.camera import bbox_info
+from d2a_edge.training.data.engine import SCHEMA_KEYS, SampleGenerator, SceneConfig
+from d2a_edge.training.data.shards import ShardReader
+
+
+def to_tensors(sample: dict[str, np.ndarray], index: int) -> dict[str, torch.Tensor]:
+    """One numpy schema sample -> the Dataset's tensor dict (see the module docstring)."""
+    out = {k: torch.from_numpy(np.array(sample[k], np.float32)) for k in SCHEMA_KEYS
+           if k not in ("image", "mask")}
+    out["image"] = torch.from_numpy(np.array(sample["image"])).permute(2, 0, 1).float() / 255
+    out["mask"] = torch.from_numpy(np.array(sample["mask"], np.float32))
+    out["bbox_info"] = torch.from_numpy(bbox_info(sample["crop_box"], sample["K"],
+                                                  sample["img_size"]))
+    out["index"] = torch.tensor(index, dtype=torch.int64)
+    return out
+
+
+class ShardDataset(Dataset):
+    """A directory written by ``d2a-data generate``; arrays are opened with ``mmap_mode="r"``."""
+
+    def __init__(self, root: str | Path):
+        self.reader = ShardReader(root)
+        self.root, self.split, self.manifest = self.reader.root, self.reader.split, self.reader.manifest
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        """The raw numpy sample ``index`` (schema dtypes, memory-mapped views)."""
+        return self.reader.sample(index)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return to_tensors(self.reader.sample(index), index)
+
+
+class OnTheFlyDataset(Dataset):
+    """``size`` samples rendered on demand (sample i is identical to shard sample i of the
+    same split and seed, up to float rounding in batched skinning).
+
+    Each DataLoader worker creates its own generator and EGL context on first use.
+    """
+
+    def __init__(self, split: str, size: int, seed: int = 0, image_size: int = 192,
+                 body: str = "anny", backgrounds: str | None = None):
+        if size < 1:
+            raise ValueError(f"size (number of samples) must be >= 1, got {size}")
+        self.scene = SceneConfig.for_split(split, image_size, backgrounds)
+        self.split, self.size, self.seed, self.body = split, size, seed, body
+        self._gen: SampleGenerator | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_gen"] = None
+        return state
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        """The numpy sample ``index``."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        if self._gen is None:
+            from d2a_edge.body import load_body
+            self._gen = SampleGenerator(load_body(self.body), self.scene)
+        batch = self._gen.generate(self.seed, [index])
+        return {k: v[0] for k, v in batch.items()}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return to_tensors(self.sample(index), index)
