@@ -71,13 +71,16 @@ def sample_phenotypes(n: int, rng: np.random.Generator, all_ages: bool = False) 
     return ph
 
 
-def anny_rest(model, phenotypes: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def anny_rest(model, phenotypes: np.ndarray, batch: int = 64,
+              desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rest vertices (N, V, 3) and rest joints (N, J, 3) in the camera frame, root-relative
-    positions kept as Anny gives them (float64)."""
+    positions kept as Anny gives them (float64). ``desc`` shows a progress bar."""
     import torch
+    from tqdm import tqdm
 
     verts, joints = [], []
-    for i in range(0, len(phenotypes), batch):
+    starts = range(0, len(phenotypes), batch)
+    for i in tqdm(starts, desc=desc, unit="batch", disable=desc is None, file=sys.stderr):
         ph = torch.from_numpy(phenotypes[i:i + batch])
         kw = {name: ph[:, k] for k, name in enumerate(PHENOTYPES)}
         with torch.no_grad():
@@ -139,7 +142,7 @@ def build_anny_asset(topology: str = "full", coarse: str = "369", num_betas: int
     rng = np.random.default_rng(seed)
     ph = sample_phenotypes(num_samples, rng, all_ages)
     progress(f"[2/4] sampling {num_samples} phenotypes ({'all ages' if all_ages else 'adults'})...")
-    verts, joints = anny_rest(model, ph)
+    verts, joints = anny_rest(model, ph, desc="phenotypes")
     progress(f"[3/4] fitting a {num_betas}-component shape space...")
     v0, j0, sd, jsd = fit_shape_space(verts, joints, num_betas)
     held = sample_phenotypes(200, np.random.default_rng(seed + 1), all_ages)

@@ -39,12 +39,21 @@ def forward_kinematics(rotmats: np.ndarray, joints: np.ndarray, parents: np.ndar
     return pos, np.concatenate([rot, t[..., None]], axis=-1)
 
 
+def dense_weights(skin_indices: np.ndarray, skin_weights: np.ndarray, J: int) -> np.ndarray:
+    """(V, J) skinning matrix from the sparse (V, K) indices and weights (duplicates summed)."""
+    W = np.zeros((skin_indices.shape[0], J), skin_weights.dtype)
+    np.add.at(W, (np.arange(len(W))[:, None], skin_indices), skin_weights)
+    return W
+
+
 def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedirs, parents,
-        skin_indices, skin_weights, posedirs=None) -> tuple[np.ndarray, np.ndarray]:
+        skin_indices, skin_weights, posedirs=None, weights_dense=None
+        ) -> tuple[np.ndarray, np.ndarray]:
     """Posed vertices ``(B, V, 3)`` and joints ``(B, J, 3)``, dtype of ``rotmats``.
 
     rotmats: (B, J, 3, 3); betas: (B, S); transl: (B, 3) root joint position.
-    Body arrays as in ``d2a_edge.body.asset`` (``BodyAsset.lbs_arrays()``).
+    Body arrays as in ``d2a_edge.body.asset`` (``BodyAsset.lbs_arrays()``). ``weights_dense``
+    (V, J) may be passed pre-computed (``dense_weights``) to save its construction per call.
     """
     J, S = j_template.shape[0], shapedirs.shape[2]
     rotmats, betas, transl = _check_inputs(rotmats, betas, transl, J, S)
@@ -56,8 +65,10 @@ def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedir
         feat = (rotmats[:, 1:] - np.eye(3, dtype=dt)).reshape(B, -1)  # (B, 9 (J-1))
         v_shaped = v_shaped + (feat @ posedirs.astype(dt)).reshape(B, -1, 3)
     joints, A = forward_kinematics(rotmats, j_rest, parents, transl)
-    W = skin_weights.astype(dt)
-    Av = A[:, skin_indices]  # (B, V, K, 3, 4)
-    T = np.einsum("vk,bvkrc->bvrc", W, Av)  # (B, V, 3, 4)
-    verts = (T[..., :3] @ v_shaped[..., None])[..., 0] + T[..., 3]
+    if weights_dense is None:
+        weights_dense = dense_weights(skin_indices, skin_weights, J)
+    # blend the transforms as one matrix product: (V, J) x (J, B 12) -- BLAS, no gather
+    T = weights_dense.astype(dt) @ A.transpose(1, 0, 2, 3).reshape(J, B * 12)
+    T = T.reshape(-1, B, 3, 4).transpose(1, 0, 2, 3)  # (B, V, 3, 4)
+    verts = np.einsum("bvrc,bvc->bvr", T[..., :3], v_shaped) + T[..., 3]
     return verts, joints

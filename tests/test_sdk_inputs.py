@@ -1,0 +1,78 @@
+"""SDK input handling: the bad-input corpus gets a clear error; sources end, never hang."""
+import cv2
+import numpy as np
+import pytest
+
+from d2a_edge.imageio import InputError, as_bgr8, open_source, read_image
+from d2a_edge.smoothing import OneEuroFilter
+
+
+@pytest.mark.parametrize("image, match", [
+    (None, "image is None"),
+    (np.zeros((0, 0, 3), np.uint8), "empty"),
+    (np.zeros((1, 1, 3), np.uint8), "smaller than"),
+    (np.zeros((64, 64, 2), np.uint8), r"must be \(H, W\)"),
+    (np.zeros((64, 64, 3), np.int64), "dtype int64 not supported"),
+    (np.full((64, 64, 3), np.nan, np.float32), "NaN"),
+    ([[1, 2], [3, 4]], "numpy array"),
+])
+def test_bad_images_raise_clear_errors(image, match):
+    with pytest.raises(InputError, match=match):
+        as_bgr8(image)
+
+
+def test_image_conversions():
+    gray = np.full((32, 48), 100, np.uint8)
+    assert as_bgr8(gray).shape == (32, 48, 3)
+    rgba = np.zeros((32, 48, 4), np.uint8)
+    rgba[..., 2] = 200
+    assert as_bgr8(rgba)[0, 0].tolist() == [0, 0, 200]
+    assert as_bgr8(np.full((32, 32, 3), 65535, np.uint16)).max() == 255
+    assert as_bgr8(np.full((32, 32, 3), 0.5, np.float32))[0, 0, 0] == 127
+    assert as_bgr8(np.zeros((32, 32, 1), np.uint8)).shape == (32, 32, 3)
+
+
+def test_corrupt_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(bad)
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_sources(tmp_path):
+    with pytest.raises(InputError, match="camera 97 could not be opened"):
+        open_source(97)
+    with pytest.raises(InputError, match="neither a camera"):
+        open_source(str(tmp_path / "nothing.mp4"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no images"):
+        open_source(tmp_path / "empty")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    (folder / "b.png").write_bytes(b"corrupt")
+    assert len(list(open_source(folder))) == 1  # the corrupt one is skipped with a warning
+    video = tmp_path / "v.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(5):
+        w.write(np.full((32, 32, 3), i * 40, np.uint8))
+    w.release()
+    frames = list(open_source(str(video)))  # a video that ends ends the iteration
+    assert len(frames) == 5 and frames[1][0] == pytest.approx(0.1)
+
+
+def test_one_euro_smooths_noise_and_follows_motion():
+    rng = np.random.default_rng(0)
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
+    t = np.arange(200) / 30.0
+    noisy = 1.0 + rng.normal(0, 0.05, (200, 3))
+    out = np.array([f.filter(x, ti) for x, ti in zip(noisy, t)])
+    assert out[50:].std() < 0.5 * noisy[50:].std()
+    g = OneEuroFilter(min_cutoff=1.0, beta=5.0)
+    ramp = np.stack([t * 2.0] * 3, 1)
+    out = np.array([g.filter(x, ti) for x, ti in zip(ramp, t)])
+    assert np.abs(out[-1] - ramp[-1]).max() < 0.1  # little lag on fast motion
+    with pytest.raises(ValueError, match="min_cutoff > 0"):
+        OneEuroFilter(min_cutoff=0)
