@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Pixel coordinates (N, 2) of camera-frame points (N, 3) through intrinsics K (3, 3)."""
-    z = np.clip(points[:, 2:3], 1e-6, None)
-    return (points[:, :2] / z) * K[[0, 1], [0, 1]] + K[:2, 2]
+from d2a_edge.camera import project
 
 
 def draw_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.ndarray,

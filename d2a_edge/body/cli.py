@@ -32,7 +32,8 @@ def _pose(args) -> int:
     import cv2
 
     from d2a_edge.body import BodyModel, load_body
-    from d2a_edge.overlay import draw_joints, draw_mesh, project, write_obj
+    from d2a_edge.camera import project
+    from d2a_edge.overlay import draw_joints, draw_mesh, write_obj
     asset = load_body(args.body, path=args.body_path)
     rng = np.random.default_rng(args.seed)
     J = asset.num_joints
