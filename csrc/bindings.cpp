@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -55,11 +57,14 @@ d2a::HostBody host_body(const py::array& v_template, const py::array& shapedirs,
                         const py::array& skin_weights) {
   d2a::HostBody h;
   const auto vt = check_shape(v_template, "v_template", {-1, 3}, "(V, 3)");
-  const auto sd = check_shape(shapedirs, "shapedirs", {vt[0], 3, -1}, "(V, 3, S) with V of v_template");
+  const auto sd =
+      check_shape(shapedirs, "shapedirs", {vt[0], 3, -1}, "(V, 3, S) with V of v_template");
   const auto jt = check_shape(j_template, "j_template", {-1, 3}, "(J, 3)");
-  check_shape(j_shapedirs, "j_shapedirs", {jt[0], 3, sd[2]}, "(J, 3, S) with J of j_template, S of shapedirs");
+  check_shape(j_shapedirs, "j_shapedirs", {jt[0], 3, sd[2]},
+              "(J, 3, S) with J of j_template, S of shapedirs");
   check_shape(parents, "parents", {jt[0]}, "(J,) with J of j_template");
-  const auto si = check_shape(skin_indices, "skin_indices", {vt[0], -1}, "(V, K) with V of v_template");
+  const auto si =
+      check_shape(skin_indices, "skin_indices", {vt[0], -1}, "(V, K) with V of v_template");
   check_shape(skin_weights, "skin_weights", {vt[0], si[1]}, "(V, K) like skin_indices");
   h.num_vertices = static_cast<int>(vt[0]);
   h.num_joints = static_cast<int>(jt[0]);

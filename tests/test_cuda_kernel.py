@@ -30,7 +30,8 @@ def _build(build_dir: Path, archs: str) -> Path:
         pytest.skip("needs pybind11 (pip install pybind11) to build the CUDA extension")
     import pybind11
     configure = ["cmake", "-S", str(CSRC), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DCMAKE_CUDA_ARCHITECTURES={archs}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
+                 f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     for cmd in (configure, ["cmake", "--build", str(build_dir), "-j2"]):
         proc = subprocess.run(cmd, capture_output=True, text=True)
