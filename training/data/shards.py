@@ -3,7 +3,8 @@
 A shard is written to ``shard_NNNNN.partial/`` and renamed when all its files are on disk; the
 manifest (rewritten atomically after every shard) marks it ``complete``. Rerunning the same
 command resumes: complete shards whose files check out are left untouched, the rest are
-regenerated. Samples are seeded per index, so the result does not depend on the worker count.
+regenerated. Samples are seeded per index and rendered in spawned single-BLAS-thread workers,
+so the bytes do not depend on the worker count.
 """
 from __future__ import annotations
 
@@ -213,13 +214,12 @@ def generate(cfg: GenerateConfig, on_shard: Callable[[dict], None] | None = None
 
 
 def _run(cfg: GenerateConfig, todo: list[dict]):
-    """Yield (entry, info) per finished shard, in-process or from a spawn pool."""
+    """Yield (entry, info) per finished shard from a pool of spawned workers.
+
+    Even ``--workers 1`` renders in a child: every worker runs single-threaded BLAS, so the
+    bytes do not depend on the worker count or on the parent's thread settings.
+    """
     if not todo:
-        return
-    if cfg.workers == 1 or len(todo) == 1:
-        _init_worker(cfg)
-        for entry in todo:
-            yield _work(entry)
         return
     ctx = multiprocessing.get_context("spawn")
     with _single_threaded_children(), ctx.Pool(min(cfg.workers, len(todo)), _init_worker,

@@ -1,0 +1,211 @@
+"""Shard writer, resume, determinism, bad input, the torch Datasets and the d2a-data CLI."""
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import requires_anny, requires_torch
+
+pytestmark = requires_anny
+SIZE = 48
+
+
+def _cfg(out, **kw):
+    from d2a_edge.training.data.shards import GenerateConfig
+    args = dict(split="id", num=10, out=str(out), size=SIZE, seed=5, shard_size=4)
+    args.update(kw)
+    return GenerateConfig(**args)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from d2a_edge.training.data.shards import generate
+    out = tmp_path_factory.mktemp("ref")
+    generate(_cfg(out))
+    return out
+
+
+def test_layout_and_manifest(reference):
+    man = json.loads((reference / "manifest.json").read_text())
+    assert [s["count"] for s in man["shards"]] == [4, 4, 2]
+    assert all(s["complete"] for s in man["shards"])
+    assert man["schema"]["image"] == {"shape": [SIZE, SIZE, 3], "dtype": "uint8"}
+    img = np.load(reference / "shard_00002" / "image.npy", mmap_mode="r")
+    assert isinstance(img, np.memmap) and img.shape == (2, SIZE, SIZE, 3)
+    assert not list(reference.glob("*.partial"))
+
+
+def test_same_seed_gives_byte_identical_shards(reference, tmp_path):
+    from d2a_edge.training.data.shards import generate
+    generate(_cfg(tmp_path / "again"))
+    assert _files(tmp_path / "again") == _files(reference)
+    generate(_cfg(tmp_path / "other", seed=6))
+    other = np.load(tmp_path / "other" / "shard_00000" / "image.npy")
+    assert not np.array_equal(other, np.load(reference / "shard_00000" / "image.npy"))
+
+
+def test_worker_count_does_not_change_the_bytes(reference, tmp_path):
+    from d2a_edge.training.data.shards import generate
+    generate(_cfg(tmp_path / "w2", workers=2))
+    assert _files(tmp_path / "w2") == _files(reference)
+
+
+def test_resume_keeps_finished_shards(reference, tmp_path):
+    from d2a_edge.training.data.shards import generate
+    out = tmp_path / "resume"
+    generate(_cfg(out))
+    kept = {p: p.stat().st_mtime_ns for p in (out / "shard_00000").iterdir()}
+    kept.update({p: p.stat().st_mtime_ns for p in (out / "shard_00001").iterdir()})
+    # simulate an interrupted run: the last shard is gone, a half-written one is left behind
+    for p in (out / "shard_00002").iterdir():
+        p.unlink()
+    (out / "shard_00002").rmdir()
+    (out / "shard_00002.partial").mkdir()
+    (out / "shard_00002.partial" / "image.npy").write_bytes(b"junk")
+    man = json.loads((out / "manifest.json").read_text())
+    man["shards"][2]["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(man))
+    done = []
+    generate(_cfg(out), on_shard=lambda e: done.append(e["name"]))
+    assert done == ["shard_00002"]
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert _files(out) == _files(reference)
+
+
+def test_resume_regenerates_a_shard_with_a_truncated_file(reference, tmp_path):
+    from d2a_edge.training.data.shards import generate
+    out = tmp_path / "trunc"
+    generate(_cfg(out))
+    path = out / "shard_00001" / "depth.npy"
+    path.write_bytes(path.read_bytes()[:100])
+    done = []
+    generate(_cfg(out), on_shard=lambda e: done.append(e["name"]))
+    assert done == ["shard_00001"] and _files(out) == _files(reference)
+
+
+def test_changed_settings_refuse_to_mix(reference, tmp_path):
+    from d2a_edge.training.data.shards import generate
+    out = tmp_path / "mix"
+    generate(_cfg(out, num=4))
+    with pytest.raises(ValueError, match="another --out"):
+        generate(_cfg(out, num=4, seed=99))
+
+
+@pytest.mark.parametrize("kw,match", [(dict(num=0), "--num must be >= 1"),
+                                      (dict(num=-3), "--num must be >= 1"),
+                                      (dict(size=4), "--size must be >= 16"),
+                                      (dict(split="train"), "--split must be one of")])
+def test_bad_arguments(kw, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        _cfg(tmp_path, **kw)
+
+
+def test_unwritable_output_dir(tmp_path):
+    from d2a_edge.training.data.shards import generate
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RuntimeError, match="cannot write to output directory"):
+        generate(_cfg(blocker / "out"))
+
+
+def test_missing_egl_is_a_clear_error(tmp_path, monkeypatch):
+    """In-process (monkeypatched context creation) and in the generate workers (no EGL vendor
+    library, as on a machine without libegl-mesa0)."""
+    import moderngl
+
+    from d2a_edge.training.data import render
+    from d2a_edge.training.data.shards import generate
+
+    with monkeypatch.context() as m:
+        def no_egl(**kwargs):
+            raise Exception("eglGetDisplay failed")  # what glcontext raises without libEGL
+        m.setattr(render, "_CONTEXTS", {})
+        m.setattr(moderngl, "create_standalone_context", no_egl)
+        with pytest.raises(RuntimeError, match="headless EGL.*libegl1"):
+            render.egl_context()
+    monkeypatch.setenv("__EGL_VENDOR_LIBRARY_FILENAMES", str(tmp_path / "no_vendor.json"))
+    with pytest.raises(RuntimeError, match="headless EGL.*libegl1"):
+        generate(_cfg(tmp_path / "noegl", num=2))
+    man = json.loads((tmp_path / "noegl" / "manifest.json").read_text())
+    assert not any(s["complete"] for s in man["shards"])
+
+
+@requires_torch
+def test_shard_dataset_tensors(reference):
+    import torch
+
+    from d2a_edge.camera import bbox_info
+    from d2a_edge.training.data.dataset import ShardDataset
+    ds = ShardDataset(reference)
+    assert len(ds) == 10 and ds.split == "id"
+    item = ds[9]
+    raw = np.load(reference / "shard_00002" / "kp2d.npy")[1]
+    assert item["image"].shape == (3, SIZE, SIZE) and item["image"].dtype == torch.float32
+    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    assert item["depth"].shape == (SIZE, SIZE) and item["mask"].shape == (SIZE, SIZE)
+    np.testing.assert_array_equal(item["kp2d"].numpy(), raw)
+    s = ds.sample(9)
+    np.testing.assert_allclose(item["bbox_info"].numpy(),
+                               bbox_info(s["crop_box"], s["K"], s["img_size"]))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["rotmats"].shape == (4, 25, 3, 3)
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+@requires_torch
+def test_incomplete_dataset_is_refused(reference, tmp_path):
+    from d2a_edge.training.data.dataset import ShardDataset
+    out = tmp_path / "inc"
+    out.mkdir()
+    man = json.loads((reference / "manifest.json").read_text())
+    man["shards"][1]["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="incomplete"):
+        ShardDataset(out)
+    with pytest.raises(FileNotFoundError, match="d2a-data generate"):
+        ShardDataset(tmp_path)
+
+
+@requires_torch
+def test_on_the_fly_matches_shards(reference):
+    from d2a_edge.training.data.dataset import OnTheFlyDataset, ShardDataset
+    fly, ds = OnTheFlyDataset("id", 10, seed=5, image_size=SIZE), ShardDataset(reference)
+    assert len(fly) == 10
+    a, b = fly[6], ds[6]
+    for key in ("rotmats", "betas", "transl", "joints3d", "kp2d", "K", "crop_box"):
+        np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-4, err_msg=key)
+    inter = (a["mask"] * b["mask"]).sum()
+    assert inter / ((a["mask"] + b["mask"]) > 0).sum() > 0.99
+    with pytest.raises(ValueError, match="size"):
+        OnTheFlyDataset("id", 0)
+
+
+def test_cli_generate_preview_and_errors(tmp_path, capsys):
+    from d2a_edge.training.data.cli import main
+    out = tmp_path / "cli"
+    main(["generate", "--split", "ood", "--num", "3", "--size", str(SIZE), "--seed", "1",
+          "--out", str(out)])
+    assert "wrote 3 ood samples" in capsys.readouterr().out
+    png = tmp_path / "sheet.png"
+    main(["preview", str(out), "--out", str(png)])
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (2 * SIZE, 2 * 4 * SIZE, 3) and sheet.mean() > 10
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--num", "0", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "--num must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    assert e.value.code == 0 and "manifest.json" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["preview", str(tmp_path / "nothing"), "--out", str(png)])
+    assert e.value.code == 2 and "not found" in capsys.readouterr().err
+    assert os.path.getsize(png) > 0
