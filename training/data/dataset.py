@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from d2a_edge.camera import bbox_info
 from d2a_edge.training.data.engine import SCHEMA_KEYS, SampleGenerator, SceneConfig
+from d2a_edge.training.data.realdata import SpinNpz
 from d2a_edge.training.data.shards import ShardReader
 
 
@@ -82,3 +83,21 @@ class OnTheFlyDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return to_tensors(self.sample(index), index)
+
+
+class SpinNpzDataset(Dataset):
+    """Real data in the SPIN/HMR2 npz format (see ``realdata``): the keys of ``SpinNpz.sample``
+    as float32 tensors, ``image`` as (3, s, s) in 0..1."""
+
+    def __init__(self, npz_path: str | Path, img_dir: str | Path, image_size: int = 192):
+        self.reader = SpinNpz(npz_path, img_dir, image_size)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.reader.sample(index)
+        out = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in s.items() if k != "image"}
+        out["image"] = torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 255
+        out["index"] = torch.tensor(index, dtype=torch.int64)
+        return out

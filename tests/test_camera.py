@@ -1,0 +1,52 @@
+"""d2a_edge.camera: intrinsics, projection, crops and the CLIFF bbox_info (numpy only)."""
+import cv2
+import numpy as np
+import pytest
+
+from d2a_edge.camera import (bbox_info, crop_affine, crop_intrinsics, intrinsics, project,
+                             square_box)
+
+
+def test_intrinsics_and_projection():
+    K = intrinsics(500.0, (640, 480))
+    np.testing.assert_allclose(K, [[500, 0, 319.5], [0, 500, 239.5], [0, 0, 1]])
+    uv = project(np.array([[0.0, 0.0, 2.0], [1.0, -0.5, 2.0]]), K)
+    np.testing.assert_allclose(uv, [[319.5, 239.5], [569.5, 114.5]])
+    with pytest.raises(ValueError, match="positive"):
+        intrinsics(0.0, (640, 480))
+
+
+def test_crop_intrinsics_equal_projecting_then_cropping(rng):
+    K = intrinsics(800.0, (1280, 720))
+    box = square_box((700.0, 300.0), 250.0)
+    pts = rng.uniform([-1, -1, 3], [1, 1, 6], (20, 3))
+    A = crop_affine(box, 192)
+    full = project(pts, K)
+    np.testing.assert_allclose(project(pts, crop_intrinsics(K, box, 192)),
+                               full @ A[:, :2].T + A[:, 2], atol=1e-3)
+    np.testing.assert_allclose(full[0] @ A[:, :2].T + A[:, 2],
+                               (full[0] - box[:2]) * 192 / 250, atol=1e-3)
+
+
+def test_crop_affine_matches_cv2_warp():
+    img = np.zeros((100, 100), np.uint8)
+    img[40, 60] = 255
+    box = square_box((50.0, 50.0), 50.0)  # [25, 25, 75, 75]
+    crop = cv2.warpAffine(img, crop_affine(box, 100), (100, 100), flags=cv2.INTER_NEAREST)
+    ys, xs = np.nonzero(crop)
+    assert (xs.mean(), ys.mean()) == pytest.approx(((60 - 25) * 2 + 0.5, (40 - 25) * 2 + 0.5),
+                                                  abs=0.6)
+
+
+def test_bbox_info_cliff_formula_and_batching():
+    K = intrinsics(1000.0, (1920, 1080))
+    box = np.array([1060.0, 440.0, 1260.0, 640.0], np.float32)  # centre (1160, 540), side 200
+    info = bbox_info(box, K, np.array([1920.0, 1080.0]))
+    np.testing.assert_allclose(info, [(1160 - 960) / 1000, 0.0, 0.2], atol=1e-6)
+    batch = bbox_info(np.stack([box, box]), np.stack([K, K]), np.array([[1920, 1080]] * 2))
+    assert batch.shape == (2, 3) and batch.dtype == np.float32
+
+
+def test_non_square_box_is_rejected():
+    with pytest.raises(ValueError, match="square"):
+        crop_affine(np.array([0, 0, 10, 20]), 64)
