@@ -27,6 +27,24 @@ __device__ __forceinline__ void matmul3(const float* a, const float* b, float* o
   }
 }
 
+// beta[bt] = row[bt] for bt < BT from 16-byte-aligned shared memory (LDS.128 when BT % 4 == 0).
+template <int BT>
+__device__ __forceinline__ void load_row(const float* row, float* beta) {
+  if constexpr (BT % 4 == 0) {
+#pragma unroll
+    for (int q = 0; q < BT / 4; ++q) {
+      const float4 v = reinterpret_cast<const float4*>(row)[q];
+      beta[4 * q + 0] = v.x;
+      beta[4 * q + 1] = v.y;
+      beta[4 * q + 2] = v.z;
+      beta[4 * q + 3] = v.w;
+    }
+  } else {
+#pragma unroll
+    for (int bt = 0; bt < BT; ++bt) beta[bt] = row[bt];
+  }
+}
+
 // blockDim.x >= J threads, thread j owns joint j. Mirrors lbs_torch.forward_kinematics.
 __global__ void fk_kernel(DeviceBody body, const float* __restrict__ rotmats,
                           const float* __restrict__ betas, const float* __restrict__ transl,
@@ -85,9 +103,9 @@ __global__ void fk_kernel(DeviceBody body, const float* __restrict__ rotmats,
   }
 }
 
-// Shared memory: A tile (BT, J, 12) floats, then betas tile (BT, S).
+// Shared memory: A tile (BT, J, 12) floats, then the betas tile transposed (S, BT).
 template <int BT>
-__global__ void __launch_bounds__(kSkinThreads)
+__global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 registers
     skin_kernel(DeviceBody body, const float* __restrict__ betas,
                 const float* __restrict__ transforms, int batch, float* __restrict__ verts) {
   extern __shared__ float4 smem4[];
@@ -99,8 +117,9 @@ __global__ void __launch_bounds__(kSkinThreads)
   for (int i = threadIdx.x; i < nb * J * 12; i += blockDim.x) {
     s_A[i] = transforms[static_cast<size_t>(b0) * J * 12 + i];
   }
-  for (int i = threadIdx.x; i < BT * S; i += blockDim.x) {
-    s_beta[i] = i < nb * S ? betas[static_cast<size_t>(b0) * S + i] : 0.f;
+  for (int i = threadIdx.x; i < S * BT; i += blockDim.x) {  // s_beta[s, bt] = betas[b0 + bt, s]
+    const int s = i / BT, bt = i % BT;
+    s_beta[i] = bt < nb ? betas[static_cast<size_t>(b0 + bt) * S + s] : 0.f;
   }
   __syncthreads();
   const int v = blockIdx.x * blockDim.x + threadIdx.x;
@@ -112,12 +131,13 @@ __global__ void __launch_bounds__(kSkinThreads)
   for (int s = 0; s < S; ++s) {
     const float* dirs = body.shapedirs_t + static_cast<size_t>(s) * 3 * V + v;  // (3, V) slice
     const float dx = dirs[0], dy = dirs[V], dz = dirs[2 * V];
+    float beta[BT];  // betas[b0 + bt, s]
+    load_row<BT>(s_beta + s * BT, beta);
 #pragma unroll
     for (int bt = 0; bt < BT; ++bt) {
-      const float beta = s_beta[bt * S + s];
-      blend[bt][0] += dx * beta;
-      blend[bt][1] += dy * beta;
-      blend[bt][2] += dz * beta;
+      blend[bt][0] += dx * beta[bt];
+      blend[bt][1] += dy * beta[bt];
+      blend[bt][2] += dz * beta[bt];
     }
   }
   const float tx = body.v_template_t[v], ty = body.v_template_t[V + v],
