@@ -1,0 +1,120 @@
+"""Inference backends behind one small interface: ``run(image, bbox_info) -> dict[str, ndarray]``.
+
+- ``OnnxRuntimeBackend``: CUDA execution provider when present, else CPU.
+- ``TensorRTBackend``: a serialized plan; device buffers allocated once, I/O by tensor name,
+  cuda-python (or pycuda where it is the only binding). NOT VERIFIED ON HARDWARE HERE (no
+  TensorRT on the development or GPU test machines); written to the TensorRT 10/11 APIs.
+- ``TorchBackend``: the PyTorch checkpoint through the training code (needs ``[train]``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from d2a_edge.bundle import BundleError, ModelBundle
+
+log = logging.getLogger("d2a_edge")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here (missing package, file or device)."""
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, outputs: list[str], device: str = "auto"):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from e
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise BackendUnavailable("device='cuda' but ONNX Runtime has no CUDA provider "
+                                     f"(available: {available}); pip install onnxruntime-gpu")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types
+            raise BundleError(f"{path} is not a loadable ONNX model ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from e
+        names = {o.name for o in self.session.get_outputs()}
+        inputs = {i.name for i in self.session.get_inputs()}
+        if not set(outputs) <= names or inputs != {"image", "bbox_info"}:
+            raise BundleError(f"{path}: graph I/O {sorted(inputs)} -> {sorted(names)} does not "
+                              f"match the manifest ({outputs}): from another model version?")
+        self.outputs = outputs
+        self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+
+    def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.session.run(self.outputs, {"image": image, "bbox_info": bbox_info})
+        return dict(zip(self.outputs, res))
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, checkpoint: Path, outputs: list[str], device: str = "auto"):
+        try:
+            from d2a_edge.training.inference import load_inference_module
+        except ImportError as e:
+            raise BackendUnavailable("the torch backend needs the [train] extra "
+                                     "(pip install 'd2a-edge[train]')") from e
+        import torch
+        dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self.module = load_inference_module(checkpoint).to(dev).eval()
+        self.torch, self.device, self.outputs = torch, dev, outputs
+
+    def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
+        t = self.torch
+        with t.inference_mode():
+            out = self.module(t.from_numpy(image).to(self.device),
+                              t.from_numpy(bbox_info).to(self.device))
+        return {k: v.float().cpu().numpy() for k, v in zip(self.outputs, out)}
+
+
+def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto",
+                 precision: str = "fp32"):
+    """Pick and build a backend; ``auto`` = TensorRT plan -> ONNX Runtime -> torch (logged)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} not in {BACKENDS}")
+    outputs = list(bundle.manifest["outputs"])
+    tried = []
+    for name in (("tensorrt", "onnxruntime", "torch") if backend == "auto" else (backend,)):
+        try:
+            b = _build(name, bundle, outputs, device, precision)
+        except BackendUnavailable as e:
+            if backend != "auto":
+                raise
+            tried.append(f"{name}: {e}")
+            continue
+        log.info("d2a_edge: backend %s (%s, %s) for model %s", b.name, precision,
+                 getattr(b, "device", "?"), bundle.name)
+        return b
+    raise BackendUnavailable("no backend can run this model: " + "; ".join(tried))
+
+
+def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, precision: str):
+    if name == "tensorrt":
+        from d2a_edge.trt_runtime import TensorRTBackend
+        plan = bundle.artifact(precision, "trt")
+        if plan is None:
+            raise BackendUnavailable(f"no {precision} TensorRT plan in {bundle.root}")
+        return TensorRTBackend(plan, outputs)
+    if name == "onnxruntime":
+        path = bundle.artifact(precision, "onnx")
+        if path is None:
+            have = sorted(bundle.manifest["artifacts"])
+            raise BackendUnavailable(f"no {precision} ONNX model in {bundle.root} (has {have})")
+        return OnnxRuntimeBackend(path, outputs, device)
+    ckpt = bundle.checkpoint()
+    if ckpt is None:
+        raise BackendUnavailable(f"no PyTorch checkpoint in {bundle.root}")
+    return TorchBackend(ckpt, outputs, device)

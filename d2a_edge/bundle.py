@@ -1,0 +1,87 @@
+"""A model bundle: ``manifest.json`` + ONNX / TensorRT artifacts + the body asset, no training code.
+
+Written by ``d2a-export``; the default bundle ships inside the package (``d2a_edge/models``).
+Loading checks the manifest version, the required inputs/outputs and the body asset's hash, so a
+file from another model version fails with a clear message instead of producing garbage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from d2a_edge.body import BodyAsset, asset_sha256, load_body_asset
+
+MANIFEST_VERSION = 1
+REQUIRED_OUTPUTS = ("pose", "shape", "translation", "joint_sigma")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "edge-s"
+
+
+class BundleError(ValueError):
+    """A model bundle is missing, corrupt, or from another d2a-edge / model version."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBundle:
+    root: Path
+    manifest: dict
+    asset: BodyAsset
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["inputs"]["image"]["shape"][-1])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("model", "unnamed"))
+
+    def artifact(self, precision: str, fmt: str) -> Path | None:
+        """Path of the artifact of this precision and format ('onnx' | 'trt'), if present."""
+        art = self.manifest["artifacts"].get(precision if fmt == "onnx" else f"{precision}-trt")
+        if art is None or art.get("format") != fmt:
+            return None
+        path = self.root / art["file"]
+        return path if path.is_file() else None
+
+    def checkpoint(self) -> Path | None:
+        ckpt = self.manifest.get("checkpoint")
+        path = self.root / ckpt if ckpt else None
+        return path if path is not None and path.exists() else None
+
+
+def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
+    """Load the bundle in directory ``path`` (default: the bundled ``edge-s`` model)."""
+    root = Path(path) if path is not None else DEFAULT_MODEL
+    if root.is_file() and root.name == "manifest.json":
+        root = root.parent
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        hint = (" (the default model is not built into this checkout yet: run d2a-export)"
+                if path is None else "")
+        raise BundleError(f"no manifest.json in {root}: not a d2a-edge model bundle{hint}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{mpath} is corrupt ({e})") from e
+    _check_manifest(manifest, mpath)
+    body = root / manifest["body"]["file"]
+    if not body.is_file():
+        raise BundleError(f"{mpath}: body asset {body.name} is missing from the bundle")
+    if asset_sha256(body) != manifest["body"]["sha256"]:
+        raise BundleError(f"{body} does not match the manifest's sha256: the bundle mixes files "
+                          "from different exports; re-export it")
+    return ModelBundle(root=root, manifest=manifest, asset=load_body_asset(body))
+
+
+def _check_manifest(m: dict, where: Path) -> None:
+    if not isinstance(m, dict) or m.get("manifest_version") != MANIFEST_VERSION:
+        got = m.get("manifest_version") if isinstance(m, dict) else None
+        raise BundleError(f"{where}: manifest_version {got!r}, this d2a-edge reads "
+                          f"{MANIFEST_VERSION}; re-export the model with this version")
+    missing = [k for k in ("inputs", "outputs", "body", "artifacts") if k not in m]
+    if missing:
+        raise BundleError(f"{where}: manifest lacks {missing}")
+    outs = [o for o in REQUIRED_OUTPUTS if o not in m["outputs"]]
+    if outs:
+        raise BundleError(f"{where}: model outputs lack {outs} (another model version?)")

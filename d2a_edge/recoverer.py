@@ -1,0 +1,142 @@
+"""``MeshRecoverer``: frame -> person boxes -> crops -> engine -> skinning -> ``HumanMesh``.
+
+Intrinsics: pass ``intrinsics`` (3x3, pixels) for metric translations; the documented default is
+a pinhole with focal length sqrt(W^2 + H^2) pixels (about 53 degrees diagonal field of view, the
+CLIFF convention) and the principal point at the image centre.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Iterator
+
+import numpy as np
+
+from d2a_edge.backends import make_backend
+from d2a_edge.body import BodyModel
+from d2a_edge.bundle import load_bundle
+from d2a_edge.camera import bbox_info, crop_affine, intrinsics, project, square_box
+from d2a_edge.imageio import InputError, as_bgr8, open_source
+from d2a_edge.smoothing import OneEuroFilter
+from d2a_edge.types import HumanMesh
+
+log = logging.getLogger("d2a_edge")
+CROP_SCALE = 1.2  # crop side / max(box w, h): the middle of the training range
+
+
+def default_intrinsics(width: int, height: int) -> np.ndarray:
+    """The documented default K for an image of ``width`` x ``height`` pixels."""
+    return intrinsics(float(np.hypot(width, height)), (width, height))
+
+
+def _boxes_array(boxes) -> np.ndarray:
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) if boxes is not None else None
+    if b is None or len(b) == 0:
+        return np.zeros((0, 4), np.float32)
+    if not np.all(np.isfinite(b)) or np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
+        raise InputError(f"boxes must be finite [x0, y0, x1, y1] with x1 > x0, y1 > y0: {b.tolist()}")
+    return b
+
+
+def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int):
+    """Model inputs for person ``boxes`` (N, 4) in a BGR ``image``: square crops
+    (N, 3, s, s) float32 RGB 0..1, the square boxes (N, 4) and bbox_info (N, 3)."""
+    import cv2
+
+    H, W = image.shape[:2]
+    sq = np.stack([square_box(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
+                              max(b[2] - b[0], b[3] - b[1]) * CROP_SCALE) for b in boxes])
+    batch = np.stack([cv2.warpAffine(image, crop_affine(b, size), (size, size),
+                                     flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+                      for b in sq])  # (N, s, s, 3) BGR
+    batch = batch[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    info = bbox_info(sq, np.broadcast_to(K, (len(sq), 3, 3)), np.tile([W, H], (len(sq), 1)))
+    return np.ascontiguousarray(batch), sq, info.astype(np.float32)
+
+
+class MeshRecoverer:
+    """3D human meshes from images. ``rec(frame_bgr, boxes=None) -> list[HumanMesh]``.
+
+    model: a bundle directory (``d2a-export`` output) or None for the bundled ``edge-s``.
+    backend: "auto" (TensorRT -> ONNX Runtime -> torch) | "tensorrt" | "onnxruntime" | "torch".
+    precision: "fp32" | "fp16" | "int8" (an artifact of that precision must be in the bundle).
+    intrinsics: (3, 3) camera matrix in pixels, or None for ``default_intrinsics``.
+    Without ``boxes``, the whole frame is taken as one person (camera demos).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
+                 device: str = "auto", precision: str = "fp32", intrinsics=None):
+        self.bundle = load_bundle(model)
+        self.backend = make_backend(self.bundle, backend, device, precision)
+        self.body = BodyModel(self.bundle.asset)
+        self.size = self.bundle.image_size
+        self.K = None if intrinsics is None else np.asarray(intrinsics, np.float32).reshape(3, 3)
+
+    def camera(self, width: int, height: int) -> np.ndarray:
+        return self.K if self.K is not None else default_intrinsics(width, height)
+
+    def __call__(self, image, boxes=None) -> list[HumanMesh]:
+        image = as_bgr8(image)
+        H, W = image.shape[:2]
+        b = _boxes_array(boxes) if boxes is not None else np.array([[0, 0, W, H]], np.float32)
+        if len(b) == 0:
+            return []
+        K = self.camera(W, H)
+        crops, sq, info = make_crops(image, b, K, self.size)
+        out = self.backend.run(crops, info)
+        return self._meshes(out, sq, K)
+
+    def _meshes(self, out: dict, boxes: np.ndarray, K: np.ndarray) -> list[HumanMesh]:
+        pose = out["pose"].astype(np.float32)
+        verts, joints = self.body(pose, out["shape"].astype(np.float32),
+                                  out["translation"].astype(np.float32))
+        sigma = np.linalg.norm(out["joint_sigma"].reshape(len(pose), -1, 3), axis=-1)  # (N, J)
+        people = []
+        for i in range(len(pose)):
+            people.append(HumanMesh(
+                vertices=verts[i], faces=self.bundle.asset.faces, joints3d=joints[i],
+                joints2d=project(joints[i], K), joint_sigma=sigma[i], pose=pose[i],
+                shape=out["shape"][i], translation=out["translation"][i], box=boxes[i],
+                score=float(np.clip(1.0 - sigma[i].mean() / 0.1, 0.0, 1.0))))
+        return people
+
+    def stream(self, source, smoothing: bool = True, min_cutoff: float = 1.0,
+               beta: float = 0.05) -> Iterator[list[HumanMesh]]:
+        """Meshes per frame from a camera index, video file or image folder (one person).
+
+        The previous frame's mesh gives the next crop; the full frame is used again when the
+        person is lost (mesh off-screen or score < 0.2). One-Euro smoothing of vertices,
+        joints and translation unless ``smoothing=False``.
+        """
+        filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
+        box = None
+        for t, frame in open_source(source):
+            K = self.camera(frame.shape[1], frame.shape[0])
+            people = self(frame, boxes=None if box is None else box[None])
+            if not people:
+                yield []
+                continue
+            p = people[0]
+            if smoothing:
+                v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
+                                                                     p.translation)))
+                p = dataclasses.replace(p, vertices=v.astype(np.float32),
+                                        joints3d=j.astype(np.float32), translation=tr,
+                                        joints2d=project(j, K))
+            p = dataclasses.replace(p, track_id=0)
+            box = self._track_box(p, frame.shape, K)
+            if box is None:
+                for f in filters:
+                    f.reset()
+            yield [p]
+
+    @staticmethod
+    def _track_box(person: HumanMesh, shape, K: np.ndarray) -> np.ndarray | None:
+        H, W = shape[:2]
+        uv = project(person.vertices, K)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        if person.score < 0.2 or inside.mean() < 0.5:
+            return None
+        lo, hi = uv.min(0), uv.max(0)
+        return np.array([lo[0], lo[1], hi[0], hi[1]], np.float32)

@@ -1,0 +1,129 @@
+"""ONNX steps of the export: trace, simplify, FP16 (mixed precision, fp32 I/O), INT8 (explicit Q/DQ).
+
+Precision lives in the graph (STYLE 8): FP16 is a mixed-precision ONNX with fp32 inputs/outputs,
+INT8 is a QDQ graph calibrated by ONNX Runtime's static quantizer on real or synthetic crops.
+Every writer writes to a temp file and renames, so a failure never leaves a file that looks valid.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+INPUT_NAMES = ("image", "bbox_info")
+MIN_OPSET, MAX_OPSET = 13, 20
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.partial")
+
+
+def export_onnx(module, path: str | os.PathLike, image_size: int, output_names: tuple[str, ...],
+                batch: int | None = 1, opset: int = 17) -> Path:
+    """Trace ``module(image (B,3,s,s), bbox_info (B,3))`` to ONNX; ``batch=None`` = dynamic B."""
+    import torch
+
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch must be >= 1 or None (dynamic), got {batch}")
+    path = Path(path)
+    tmp = _atomic_target(path)
+    b = batch or 2
+    args = (torch.rand(b, 3, image_size, image_size), torch.zeros(b, 3))
+    dynamic = None if batch else {n: {0: "batch"} for n in INPUT_NAMES + output_names}
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), args, str(tmp), input_names=list(INPUT_NAMES),
+                          output_names=list(output_names), opset_version=opset,
+                          dynamic_axes=dynamic, dynamo=False, do_constant_folding=True)
+    os.replace(tmp, path)
+    return path
+
+
+def simplify(path: str | os.PathLike) -> Path:
+    """Simplify in place with onnxslim (constant folding, fusion); checks the result loads."""
+    import onnx
+    import onnxslim
+
+    path = Path(path)
+    model = onnxslim.slim(onnx.load(str(path)))
+    onnx.checker.check_model(model)
+    tmp = _atomic_target(path)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Mixed-precision FP16 graph with fp32 I/O (keep_io_types); ops that must stay fp32
+    (normalisation statistics, Softmax accumulations handled by the converter) are blocked."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                     op_block_list=["Resize", "TopK", "NonMaxSuppression"])
+    dst = Path(dst)
+    tmp = _atomic_target(dst)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, dst)
+    return dst
+
+
+class _Reader:
+    """ONNX Runtime calibration reader over (image, bbox_info) batches."""
+
+    def __init__(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]):
+        self._it = iter(batches)
+
+    def get_next(self):
+        item = next(self._it, None)
+        if item is None:
+            return None
+        image, bbox = item
+        return {"image": image.astype(np.float32), "bbox_info": bbox.astype(np.float32)}
+
+    def rewind(self):  # not needed for MinMax calibration
+        raise RuntimeError("calibration data can be read once")
+
+
+def to_int8_qdq(src: str | os.PathLike, dst: str | os.PathLike,
+                calibration: Iterable[tuple[np.ndarray, np.ndarray]],
+                per_channel: bool = True) -> Path:
+    """Explicit Q/DQ INT8 graph (weights per-channel, activations per-tensor, MinMax calibration).
+
+    ``calibration`` yields (image (1,3,s,s) float32 0..1, bbox_info (1,3)) pairs; raises
+    ``ValueError`` if it yields nothing.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = list(calibration)
+    if not batches:
+        raise ValueError("INT8 needs calibration data: pass --calib N (synthetic crops) or "
+                         "--calib DIR (your images)")
+    dst = Path(dst)
+    pre = _atomic_target(dst).with_suffix(".pre.onnx")
+    tmp = _atomic_target(dst)
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), _Reader(batches), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=per_channel,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        os.replace(tmp, dst)
+    finally:
+        for p in (pre, tmp):
+            p.unlink(missing_ok=True)
+    return dst
+
+
+def ort_session(path: str | os.PathLike, providers: list[str] | None = None):
+    """An ONNX Runtime session (CPU unless ``providers`` says otherwise)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])

@@ -1,0 +1,170 @@
+"""``export_bundle``: checkpoint -> fused ONNX (fp32) -> FP16 / INT8 Q/DQ -> TensorRT, verified.
+
+Everything is written into a staging folder inside ``out`` and moved into place only when all
+requested artifacts exist and verify; ``manifest.json`` comes last. A failure removes the staging
+folder, so nothing is left that looks valid. One function per format (STYLE: no god method).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from d2a_edge.body import asset_sha256, save_body_asset
+from d2a_edge.export import onnx_tools, verify
+from d2a_edge.export.manifest import build_manifest, write_manifest
+from d2a_edge.export.tensorrt_build import TensorRTUnavailable
+from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
+
+# what each format accepts (STYLE 9: validate from a table, fail loudly)
+FORMATS = {"onnx": {"fp32", "fp16", "int8"}, "trt": {"fp32", "fp16", "int8"},
+           "torch-trt": {"fp32", "fp16"}}
+
+
+@dataclasses.dataclass
+class ExportRequest:
+    out: Path
+    fmt: str = "onnx"
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None  # N synthetic crops, or a folder of images
+    batch: int | None = 1  # None = dynamic batch
+    opset: int = 17
+    val_samples: int = 64
+
+    def precisions(self) -> list[str]:
+        p = ["fp32"] + (["fp16"] if self.fp16 else []) + (["int8"] if self.int8 else [])
+        bad = [x for x in p if x not in FORMATS.get(self.fmt, set())]
+        if self.fmt not in FORMATS:
+            raise ValueError(f"--format {self.fmt!r} not in {sorted(FORMATS)}")
+        if bad:
+            raise ValueError(f"--format {self.fmt} cannot produce {bad} "
+                             f"(it accepts {sorted(FORMATS[self.fmt])})")
+        if self.int8 and not self.calib:
+            raise ValueError("--int8 needs calibration data: --calib N (synthetic crops) or "
+                             "--calib DIR (a folder of your images)")
+        return p
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def calibration_batches(calib: str, asset, size: int):
+    """(image (1,3,s,s), bbox_info (1,3)) pairs: N synthetic crops or a folder of images."""
+    if str(calib).isdigit():
+        images, info, _ = verify.validation_set(asset, int(calib), size, seed=77_003)
+        return [(images[i:i + 1], info[i:i + 1]) for i in range(len(images))]
+    from d2a_edge.imageio import open_source
+    from d2a_edge.recoverer import default_intrinsics, make_crops
+    out = []
+    for _, frame in open_source(calib):
+        H, W = frame.shape[:2]
+        crops, _, info = make_crops(frame, np.array([[0, 0, W, H]], np.float32),
+                                    default_intrinsics(W, H), size)
+        out.append((crops, info))
+    return out
+
+
+def export_fp32(graph, stage: Path, size: int, req: ExportRequest) -> Path:
+    path = onnx_tools.export_onnx(graph, stage / "model_fp32.onnx", size, OUTPUT_NAMES,
+                                  req.batch, req.opset)
+    return onnx_tools.simplify(path)
+
+
+def export_fp16(fp32: Path, stage: Path) -> Path:
+    return onnx_tools.to_fp16(fp32, stage / "model_fp16.onnx")
+
+
+def export_int8(fp32: Path, stage: Path, req: ExportRequest, asset, size: int) -> Path:
+    return onnx_tools.to_int8_qdq(fp32, stage / "model_int8.onnx",
+                                  calibration_batches(req.calib, asset, size))
+
+
+def export_trt(onnx_path: Path, stage: Path, precision: str, size: int, req) -> Path:
+    from d2a_edge.export.tensorrt_build import build_engine
+    b = req.batch or 1
+    rng = (1, b, b) if req.batch else (1, 8, 64)
+    return build_engine(onnx_path, stage / f"model_{precision}.plan", precision, size, rng,
+                        timing_cache=stage / "timing.cache")
+
+
+def measure(graph, asset, path: Path, precision: str, data) -> dict:
+    """Parity of one ONNX artifact vs PyTorch fp32 (ONNX Runtime, CPU)."""
+    images, info, labels, ref = data
+    try:
+        got = verify.run_onnx(onnx_tools.ort_session(path), images, info, OUTPUT_NAMES)
+        where = "onnxruntime CPU"
+    except Exception as e:  # ORT CPU lacks some fp16 kernels: measure PyTorch half instead
+        if precision != "fp16":
+            raise
+        got = verify.run_torch(graph, images, info, half=True)
+        where = f"PyTorch fp16 (ONNX Runtime CPU could not run the fp16 graph: {str(e)[:120]})"
+    return {**verify.compare(asset, OUTPUT_NAMES, ref, got, labels), "measured_with": where}
+
+
+def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
+                  checkpoint: Path | None = None, progress=print) -> dict:
+    """Write a verified bundle for ``model`` (a D2AHMR built on body ``asset``) into
+    ``req.out``; returns the manifest (with the parity report per artifact)."""
+    precisions = req.precisions()
+    graph = FusedGraph(model)
+    size = model.cfg.image_size
+    out = Path(req.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / ".d2a-export-staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        report, trt_error = _export_into(graph, asset, size, stage, req, precisions, name,
+                                         checkpoint, progress)
+        for f in sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json"):
+            f.replace(out / f.name)  # manifest.json last
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if trt_error is not None:
+        raise trt_error  # the verified ONNX bundle stays in place
+    return report
+
+
+def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress) -> dict:
+    progress(f"[1/4] rendering {req.val_samples} labelled validation crops")
+    images, info, labels = verify.validation_set(asset, req.val_samples, size)
+    ref = verify.run_torch(graph, images, info)
+    data = (images, info, labels, ref)
+    progress("[2/4] fp32 ONNX (fused depth net + transformer + heads), simplified")
+    files = {"fp32": export_fp32(graph, stage, size, req)}
+    if "fp16" in precisions:
+        progress("[2/4] fp16 mixed-precision ONNX (fp32 I/O)")
+        files["fp16"] = export_fp16(files["fp32"], stage)
+    if "int8" in precisions:
+        progress(f"[2/4] int8 Q/DQ ONNX, calibrated on {req.calib}")
+        files["int8"] = export_int8(files["fp32"], stage, req, asset, size)
+    progress("[3/4] verifying against PyTorch")
+    artifacts = {}
+    for p, path in files.items():
+        artifacts[p] = {"file": path.name, "format": "onnx", "bytes": path.stat().st_size,
+                        "sha256": _sha(path), "parity": measure(graph, asset, path, p, data)}
+    save_body_asset(asset, stage / "body.npz")
+    trt_error = None
+    if req.fmt == "trt":
+        progress("[4/4] TensorRT plans")
+        try:
+            for p, path in list(files.items()):
+                plan = export_trt(path, stage, p, size, req)
+                artifacts[f"{p}-trt"] = {"file": plan.name, "format": "trt",
+                                         "bytes": plan.stat().st_size, "sha256": _sha(plan)}
+        except TensorRTUnavailable as e:
+            trt_error = e
+    manifest = build_manifest(
+        model_name=name, config=dataclasses.asdict(graph.model.cfg),
+        image_size=size, batch=req.batch, output_shapes=graph.output_shapes(),
+        body_file="body.npz", body_sha256=asset_sha256(stage / "body.npz"),
+        joint_names=list(asset.joint_names), artifacts=artifacts, opset=req.opset)
+    if checkpoint is not None:
+        manifest["source_checkpoint"] = str(checkpoint)
+    write_manifest(manifest, stage)
+    return manifest, trt_error

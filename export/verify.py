@@ -1,0 +1,80 @@
+"""Parity of exported graphs against PyTorch: max abs error per output, vertex error, MPJPE delta.
+
+Validation crops come from the synthetic data engine with labels, so accuracy deltas
+(MPJPE / PA-MPJPE vs the ground truth) are measured, not just output differences.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from d2a_edge.body import BodyModel
+from d2a_edge.training.metrics import mpjpe, pa_mpjpe, root_align
+
+
+def validation_set(asset, n: int, image_size: int, seed: int = 99_001, split: str = "id"):
+    """(images (n,3,s,s) f32 0..1, bbox_info (n,3), labels dict) rendered by the data engine."""
+    from d2a_edge.camera import bbox_info
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+
+    gen = SampleGenerator(asset, SceneConfig.for_split(split, image_size))
+    s = gen.generate(seed, range(n))
+    images = s["image"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    info = bbox_info(s["crop_box"], s["K"], s["img_size"]).astype(np.float32)
+    return np.ascontiguousarray(images), info, s
+
+
+def run_torch(module, images: np.ndarray, info: np.ndarray, batch: int = 32,
+              half: bool = False) -> list[np.ndarray]:
+    """Outputs of the fused torch module, in its output order (fp32 numpy)."""
+    import torch
+
+    outs = []
+    m = module.half() if half else module.float()
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x, b = torch.from_numpy(images[i:i + batch]), torch.from_numpy(info[i:i + batch])
+            if half:
+                x = x.half()
+            outs.append([o.float().numpy() for o in m(x, b)])
+    module.float()
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def run_onnx(session, images: np.ndarray, info: np.ndarray, names, batch: int = 32):
+    """Outputs of an ONNX Runtime session; uses batch 1 when the graph has a fixed batch."""
+    fixed = session.get_inputs()[0].shape[0]
+    step = fixed if isinstance(fixed, int) else batch
+    outs = [session.run(list(names), {"image": images[i:i + step], "bbox_info": info[i:i + step]})
+            for i in range(0, len(images), step)]
+    return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def mesh_from_outputs(asset, outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    pose, shape, transl = outs[0], outs[1], outs[2]
+    return BodyModel(asset)(pose.astype(np.float64), shape.astype(np.float64),
+                            transl.astype(np.float64))
+
+
+def keypoint_errors(asset, outs, labels) -> dict[str, float]:
+    """MPJPE / PA-MPJPE (mm) of the 17 keypoints, root-aligned, against the labels."""
+    verts, joints = mesh_from_outputs(asset, outs)
+    kp = asset.keypoints(joints, verts, 17)
+    gt = labels["kp3d"].astype(np.float64)
+    pred = root_align(kp, kp[:, 0])
+    return {"mpjpe_mm": float(mpjpe(pred, root_align(gt, gt[:, 0])).mean()),
+            "pa_mpjpe_mm": float(pa_mpjpe(kp, gt).mean())}
+
+
+def compare(asset, names, ref: list[np.ndarray], got: list[np.ndarray], labels) -> dict:
+    """Report of ``got`` (an exported graph) against ``ref`` (PyTorch fp32)."""
+    v_ref, _ = mesh_from_outputs(asset, ref)
+    v_got, _ = mesh_from_outputs(asset, got)
+    e_ref, e_got = keypoint_errors(asset, ref, labels), keypoint_errors(asset, got, labels)
+    return {
+        "max_abs_error": {n: float(np.abs(a - b).max()) for n, a, b in zip(names, ref, got)},
+        "max_vertex_error_mm": float(np.linalg.norm(v_ref - v_got, axis=-1).max() * 1000),
+        "mpjpe_mm": e_got["mpjpe_mm"], "pa_mpjpe_mm": e_got["pa_mpjpe_mm"],
+        "mpjpe_delta_mm": e_got["mpjpe_mm"] - e_ref["mpjpe_mm"],
+        "pa_mpjpe_delta_mm": e_got["pa_mpjpe_mm"] - e_ref["pa_mpjpe_mm"],
+        "samples": int(len(ref[0])),
+    }
