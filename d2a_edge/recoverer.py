@@ -85,12 +85,17 @@ class MeshRecoverer:
         K = self.camera(W, H)
         crops, sq, info = make_crops(image, b, K, self.size)
         out = self.backend.run(crops, info)
-        return self._meshes(out, sq, K)
+        verts, joints = self.skin(out)
+        return self.meshes(out, verts, joints, sq, K)
 
-    def _meshes(self, out: dict, boxes: np.ndarray, K: np.ndarray) -> list[HumanMesh]:
+    def skin(self, out: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Vertices (N, V, 3) and joints (N, J, 3) of the engine's outputs (numpy LBS)."""
+        return self.body(out["pose"].astype(np.float32), out["shape"].astype(np.float32),
+                         out["translation"].astype(np.float32))
+
+    def meshes(self, out: dict, verts, joints, boxes: np.ndarray, K) -> list[HumanMesh]:
+        """``HumanMesh`` per person from engine outputs and skinned vertices/joints."""
         pose = out["pose"].astype(np.float32)
-        verts, joints = self.body(pose, out["shape"].astype(np.float32),
-                                  out["translation"].astype(np.float32))
         sigma = np.linalg.norm(out["joint_sigma"].reshape(len(pose), -1, 3), axis=-1)  # (N, J)
         people = []
         for i in range(len(pose)):
@@ -109,14 +114,16 @@ class MeshRecoverer:
         person is lost (mesh off-screen or score < 0.2). One-Euro smoothing of vertices,
         joints and translation unless ``smoothing=False``.
         """
+        for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta):
+            yield people
+
+    def track(self, frames, smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 0.05):
+        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people)."""
         filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
         box = None
-        for t, frame in open_source(source):
+        for t, frame in frames:
             K = self.camera(frame.shape[1], frame.shape[0])
             people = self(frame, boxes=None if box is None else box[None])
-            if not people:
-                yield []
-                continue
             p = people[0]
             if smoothing:
                 v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
@@ -129,7 +136,7 @@ class MeshRecoverer:
             if box is None:
                 for f in filters:
                     f.reset()
-            yield [p]
+            yield t, frame, [p]
 
     @staticmethod
     def _track_box(person: HumanMesh, shape, K: np.ndarray) -> np.ndarray | None:

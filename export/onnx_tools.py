@@ -7,6 +7,7 @@ Every writer writes to a temp file and renames, so a failure never leaves a file
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -35,7 +36,10 @@ def export_onnx(module, path: str | os.PathLike, image_size: int, output_names: 
     b = batch or 2
     args = (torch.rand(b, 3, image_size, image_size), torch.zeros(b, 3))
     dynamic = None if batch else {n: {0: "batch"} for n in INPUT_NAMES + output_names}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # the legacy TorchScript exporter is deprecated but needs no onnxscript; shapes are static
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(module.eval(), args, str(tmp), input_names=list(INPUT_NAMES),
                           output_names=list(output_names), opset_version=opset,
                           dynamic_axes=dynamic, dynamo=False, do_constant_folding=True)

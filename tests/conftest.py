@@ -35,3 +35,25 @@ def anny_asset():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def fresh_model(anny_asset):
+    """An untrained (seeded) edge-s D2A-HMR: enough to test export and the SDK plumbing."""
+    if not has_module("torch"):
+        pytest.skip("needs torch ([train] extra)")
+    import torch
+
+    from d2a_edge.training.config import load_config
+    from d2a_edge.training.model import D2AHMR
+    torch.manual_seed(0)
+    return D2AHMR(load_config("edge-s").model, anny_asset).eval()
+
+
+@pytest.fixture(scope="session")
+def fresh_bundle(fresh_model, anny_asset, tmp_path_factory):
+    """fp32 + fp16 + INT8 bundle of ``fresh_model``: (folder, manifest)."""
+    from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    out = tmp_path_factory.mktemp("bundle")
+    req = ExportRequest(out=out, fp16=True, int8=True, calib="8", val_samples=16)
+    return out, export_bundle(fresh_model, anny_asset, req, name="edge-s-init")

@@ -10,22 +10,8 @@ pytestmark = [requires_torch,
 
 
 @pytest.fixture(scope="module")
-def fresh_model(anny_asset):
-    import torch
-
-    from d2a_edge.training.config import load_config
-    from d2a_edge.training.model import D2AHMR
-    torch.manual_seed(0)
-    return D2AHMR(load_config("edge-s").model, anny_asset).eval()
-
-
-@pytest.fixture(scope="module")
-def bundle(fresh_model, anny_asset, tmp_path_factory):
-    from d2a_edge.export.pipeline import ExportRequest, export_bundle
-    out = tmp_path_factory.mktemp("bundle")
-    req = ExportRequest(out=out, fp16=True, int8=True, calib="8", val_samples=16)
-    manifest = export_bundle(fresh_model, anny_asset, req, name="edge-s-init")
-    return out, manifest
+def bundle(fresh_bundle):
+    return fresh_bundle
 
 
 def test_bundle_files_and_manifest(bundle):

@@ -1,0 +1,90 @@
+"""``d2a-bench``: per-stage latency of the SDK (pre-process, engine, skinning, post-process).
+
+Prints a Markdown table of median / p90 milliseconds per stage for every requested precision and
+batch size, on the frames given (``--images DIR``) or on synthetic frames; ``--json`` writes the
+numbers too. Runs on whatever backend ``--backend`` picks (CPU or GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _frames(images: str | None, n: int) -> list[np.ndarray]:
+    if images:
+        from d2a_edge.imageio import open_source
+        frames = [f for _, f in open_source(images)][:n]
+        if frames:
+            return frames
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def bench_stages(rec, frames: list[np.ndarray], batch: int, repeats: int) -> dict[str, list]:
+    """Milliseconds per stage, one entry per call (``batch`` full-frame crops per call)."""
+    from d2a_edge.imageio import as_bgr8
+    from d2a_edge.recoverer import make_crops
+    times = {k: [] for k in ("preprocess", "engine", "skinning", "postprocess", "total")}
+    for r in range(repeats):
+        frame = as_bgr8(frames[r % len(frames)])
+        H, W = frame.shape[:2]
+        boxes = np.tile(np.array([[0, 0, W, H]], np.float32), (batch, 1))
+        t0 = time.perf_counter()
+        K = rec.camera(W, H)
+        crops, sq, info = make_crops(frame, boxes, K, rec.size)
+        t1 = time.perf_counter()
+        out = rec.backend.run(crops, info)
+        t2 = time.perf_counter()
+        verts, joints = rec.skin(out)
+        t3 = time.perf_counter()
+        rec.meshes(out, verts, joints, sq, K)
+        t4 = time.perf_counter()
+        for k, v in (("preprocess", t1 - t0), ("engine", t2 - t1), ("skinning", t3 - t2),
+                     ("postprocess", t4 - t3), ("total", t4 - t0)):
+            times[k].append(v * 1000)
+    return times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="d2a-bench", description=__doc__)
+    p.add_argument("--model", help="bundle directory (default: bundled edge-s)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", nargs="+", default=["fp32"])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
+    p.add_argument("--json", help="also write the numbers here")
+    args = p.parse_args(argv)
+    from d2a_edge.recoverer import MeshRecoverer
+    frames = _frames(args.images, 16)
+    rows, results = [], []
+    for prec in args.precision:
+        rec = MeshRecoverer(args.model, backend=args.backend, precision=prec)
+        for b in args.batch:
+            bench_stages(rec, frames, b, args.warmup)
+            t = bench_stages(rec, frames, b, args.repeats)
+            med = {k: float(np.median(v)) for k, v in t.items()}
+            p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
+            results.append({"precision": prec, "batch": b, "backend": rec.backend.name,
+                            "device": getattr(rec.backend, "device", "?"), "median_ms": med,
+                            "p90_ms": p90})
+            rows.append(f"| {prec} | {b} | {rec.backend.name}/{results[-1]['device']} | "
+                        + " | ".join(f"{med[k]:.2f}" for k in t) + f" | {med['total'] / b:.2f} |")
+    print("| precision | batch | backend | preprocess | engine | skinning | postprocess | "
+          "total | per person |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("(median ms per call over", args.repeats, "calls)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
