@@ -142,7 +142,7 @@ def save_body_asset(asset: BodyAsset, path: str | os.PathLike) -> Path:
     _validate(arrays, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
     return path
 

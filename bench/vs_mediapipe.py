@@ -1,0 +1,80 @@
+"""End-to-end ms/frame of d2a-edge (fp32 and INT8 ONNX, CPU) beside MediaPipe Pose, same frames.
+
+    bash bench/setup_mediapipe.sh            # once: MediaPipe 0.10.14 in .venv-mediapipe
+    .venv/bin/python bench/vs_mediapipe.py [--model BUNDLE] [--frames 40] [--out docs/bench_cpu.md]
+
+Frames are 512x512 renders of the synthetic engine (a person on a procedural background). The
+d2a-edge number is the whole ``MeshRecoverer.__call__`` (crop, engine, skinning of the full mesh,
+post-process), single person, full-frame box. MediaPipe runs Full (model_complexity=1), tracked
+and static. Numbers depend on the machine's load: the script prints what it measured.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def make_frames(n: int, folder: Path) -> list[np.ndarray]:
+    from d2a_edge.body import load_body
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+    gen = SampleGenerator(load_body("anny"), SceneConfig.for_split("id", 512))
+    s = gen.generate(2024, range(n))
+    frames = [img[..., ::-1].copy() for img in s["image"]]
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), f)
+    return frames
+
+
+def time_d2a(model, precision: str, frames, repeats: int) -> dict:
+    from d2a_edge.recoverer import MeshRecoverer
+    rec = MeshRecoverer(model, backend="onnxruntime", precision=precision)
+    for f in frames[:3]:
+        rec(f)
+    t = []
+    for _ in range(repeats):
+        for f in frames:
+            t0 = time.perf_counter()
+            rec(f)
+            t.append((time.perf_counter() - t0) * 1000)
+    return {"name": f"d2a-edge {precision} ONNX", "median_ms": float(np.median(t)),
+            "p90_ms": float(np.percentile(t, 90)), "frames": len(t)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="bundle with fp32 and int8 ONNX (default: bundled edge-s)")
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="append the Markdown table to this file")
+    args = p.parse_args()
+    mp_python = Path(".venv-mediapipe/bin/python")
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = make_frames(args.frames, Path(tmp))
+        rows = [time_d2a(args.model, prec, frames, args.repeats) for prec in ("fp32", "int8")]
+        for extra in ([], ["--static"]):
+            if not mp_python.exists():
+                print("MediaPipe venv missing: run bash bench/setup_mediapipe.sh", file=sys.stderr)
+                break
+            res = subprocess.run([str(mp_python), "bench/mediapipe_pose.py", tmp,
+                                  "--repeats", str(args.repeats + 1), *extra],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    table = ["| pipeline | median ms/frame | p90 ms | frames |", "|---|---|---|---|"]
+    table += [f"| {r['name']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['frames']} |"
+              for r in rows]
+    text = "\n".join(table)
+    print(text)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
