@@ -1,0 +1,66 @@
+"""Pose metrics against hand-computed cases."""
+import numpy as np
+import pytest
+
+from d2a_edge.training import metrics as M
+
+
+def _rot(axis, deg):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    t = np.deg2rad(deg)
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * K @ K
+
+
+def test_constant_offset_gives_mpjpe_equal_to_offset(rng):
+    gt = rng.normal(size=(4, 17, 3))
+    offset = np.array([0.03, -0.04, 0.0])  # |offset| = 50 mm
+    np.testing.assert_allclose(M.mpjpe(gt + offset, gt), 50.0, rtol=1e-9)
+    # root-aligned MPJPE (what the evaluation reports) removes a constant offset
+    al = M.mpjpe(M.root_align(gt + offset, gt[:, 0] + offset), M.root_align(gt, gt[:, 0]))
+    np.testing.assert_allclose(al, 0.0, atol=1e-9)
+
+
+def test_similarity_transform_gives_zero_pa_mpjpe(rng):
+    gt = rng.normal(size=(3, 17, 3))
+    R = _rot([1, 2, 3], 73.0)
+    pred = 1.7 * gt @ R.T + np.array([0.5, -2.0, 3.0])
+    assert M.mpjpe(pred, gt).min() > 100.0
+    np.testing.assert_allclose(M.pa_mpjpe(pred, gt), 0.0, atol=1e-6)
+    np.testing.assert_allclose(M.procrustes_align(pred, gt), gt, atol=1e-9)
+
+
+def test_reflection_is_not_removed_by_procrustes(rng):
+    gt = rng.normal(size=(1, 17, 3))
+    mirrored = gt * np.array([-1.0, 1.0, 1.0])
+    assert M.pa_mpjpe(mirrored, gt)[0] > 1.0  # a rotation cannot undo a reflection
+
+
+def test_pa_mpjpe_of_noise_matches_hand_computation():
+    gt = np.zeros((1, 4, 3))
+    gt[0, :, 0] = [-1.0, 1.0, 0.0, 0.0]
+    gt[0, :, 1] = [0.0, 0.0, -1.0, 1.0]
+    pred = gt.copy()
+    pred[0, 0, 2] = 0.01  # one point moved 10 mm out of plane
+    assert M.mpjpe(pred, gt)[0] == pytest.approx(2.5)
+    assert M.pa_mpjpe(pred, gt)[0] <= 2.5 + 1e-9
+
+
+def test_translation_pck_and_shapes(rng):
+    assert M.translation_error(np.array([[0.0, 0.0, 2.0]]), np.array([[0.0, 0.03, 2.04]]))[0] \
+        == pytest.approx(5.0)
+    gt = np.zeros((1, 4, 3))
+    pred = gt.copy()
+    pred[0, :, 0] = [0.1, 0.149, 0.151, 0.3]
+    assert M.pck3d(pred, gt, 150.0)[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="equal shape"):
+        M.mpjpe(np.zeros((1, 4, 3)), np.zeros((1, 5, 3)))
+
+
+def test_calibration_bins_sorted_by_sigma():
+    sigma = np.arange(100.0)
+    err = 2 * sigma
+    bins = M.calibration_bins(sigma, err, bins=4)
+    assert [b["count"] for b in bins] == [25] * 4
+    assert [b["sigma"] for b in bins] == sorted(b["sigma"] for b in bins)
+    np.testing.assert_allclose([b["error"] for b in bins], [2 * b["sigma"] for b in bins])

@@ -1,0 +1,189 @@
+"""Checkpoints without pickle: safetensors + JSON, written atomically.
+
+Layout of one checkpoint (a directory, renamed into place in one step)::
+
+    RUN/checkpoints/step_00000500/
+        model.safetensors        model.* (D2A-HMR), loss.* (RLE flow), ema.* (if EMA is on)
+        train_state.safetensors  optimizer tensors, RNG states; its metadata holds the JSON
+                                 of optimizer param groups, scheduler, grad scaler, RNG
+        meta.json                step, config, seed, body asset, sha256 of both files
+    RUN/checkpoints/latest.json  {"step": 500, "path": "step_00000500"} (temp + os.replace)
+
+Loading checks the sha256 sums, so a truncated or edited checkpoint fails with a clear
+``CheckpointError`` instead of a half-restored run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT = "d2a-ckpt-1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, corrupt or from another format."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and JSON of the torch / CUDA / numpy / python RNG states."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    js = {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+          "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    return tensors, js
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], js: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+    n = js["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    p = js["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{name}"] = v.contiguous()
+            else:
+                scalars[f"{idx}.{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], js: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in js["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    return {"state": state, "param_groups": js["param_groups"]}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Module,
+                    loss: torch.nn.Module, optimizer, scheduler, scaler, ema=None,
+                    meta: dict, keep: int = 3) -> Path:
+    """Write checkpoint ``step`` under ``run_dir/checkpoints`` atomically; returns its path."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights.update({f"loss.{k}": v.detach().contiguous() for k, v in loss.state_dict().items()})
+    if ema is not None:
+        weights.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    save_file(weights, str(tmp / "model.safetensors"))
+    opt_t, opt_js = _flatten_optimizer(optimizer.state_dict())
+    rng_t, rng_js = rng_state()
+    state_js = {"optimizer": opt_js, "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rng_js, "step": step}
+    save_file({**opt_t, **rng_t}, str(tmp / "train_state.safetensors"),
+              metadata={"json": json.dumps(state_js)})
+    files = {f: _sha256(tmp / f) for f in ("model.safetensors", "train_state.safetensors")}
+    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, "sha256": files,
+                                               **meta}, indent=1))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_json_atomic(root / "latest.json", {"step": step, "path": name})
+    for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from itself, a run directory (-> latest) or its ``checkpoints/``."""
+    p = Path(path)
+    for latest in (p / "checkpoints" / "latest.json", p / "latest.json"):
+        if latest.is_file():
+            try:
+                return latest.parent / json.loads(latest.read_text())["path"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise CheckpointError(f"{latest} is corrupt ({e}); pass a step_* directory") from e
+    if p.is_file() and p.name in ("model.safetensors", "meta.json"):
+        p = p.parent
+    if (p / "meta.json").is_file():
+        return p
+    raise CheckpointError(f"no checkpoint at {path}: expected a run directory with "
+                          f"checkpoints/latest.json or a step_* directory with meta.json")
+
+
+def read_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) -> dict:
+    """Verified contents: ``meta``, ``weights`` (name -> tensor) and, if asked, ``state`` tensors
+    and ``state_json``. Raises ``CheckpointError`` on any mismatch."""
+    d = resolve_checkpoint(path)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {d}: meta.json unreadable ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {d}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    names = ["model.safetensors"] + (["train_state.safetensors"] if with_train_state else [])
+    for f in names:
+        if not (d / f).is_file():
+            raise CheckpointError(f"checkpoint {d}: {f} is missing")
+        if _sha256(d / f) != meta["sha256"][f]:
+            raise CheckpointError(f"checkpoint {d}: {f} is corrupt (sha256 mismatch); "
+                                  f"use an earlier step_* directory")
+    try:
+        out = {"dir": d, "meta": meta, "weights": load_file(str(d / "model.safetensors"))}
+        if with_train_state:
+            from safetensors import safe_open
+            with safe_open(str(d / "train_state.safetensors"), "pt") as f:
+                out["state_json"] = json.loads(f.metadata()["json"])
+            out["state"] = load_file(str(d / "train_state.safetensors"))
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {d}: cannot be read ({e})") from e
+    return out
+
+
+def split_weights(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The ``prefix.*`` entries with the prefix removed."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+
+
+def restore_train_state(ckpt: dict, *, optimizer, scheduler, scaler) -> int:
+    """Load optimizer / scheduler / scaler / RNG state from ``read_checkpoint(...,
+    with_train_state=True)``; returns the step."""
+    js, tensors = ckpt["state_json"], ckpt["state"]
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, js["optimizer"]))
+    scheduler.load_state_dict(js["scheduler"])
+    scaler.load_state_dict(js["scaler"])
+    set_rng_state(tensors, js["rng"])
+    return int(js["step"])

@@ -1,0 +1,351 @@
+"""``d2a-train``: train D2A-HMR (single process or DDP through ``torchrun``).
+
+Writes into ``--out RUN_DIR``: ``run.json`` (config, seed, world size, command line),
+``checkpoints/step_*/`` (see ``checkpoint.py``; atomic, resumable with ``--resume``) and ``tb/``
+(TensorBoard scalars: every loss term, lr, grad norm, samples/s).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from d2a_edge.training import checkpoint as ckpt
+from d2a_edge.training.config import Config, OptimConfig, available_configs, config_to_dict, \
+    load_config
+from d2a_edge.training.losses import D2ALoss
+from d2a_edge.training.model import D2AHMR, build_model
+
+HELP = """Train D2A-HMR from CONFIG (a built-in name: {names}, or a YAML path).
+
+Data: --data DIR reads shards written by `d2a-data generate`; --on-the-fly renders samples
+as it goes (needs EGL). Writes RUN_DIR/run.json, RUN_DIR/checkpoints/step_*/ (model.safetensors,
+train_state.safetensors, meta.json; latest.json points at the newest) and RUN_DIR/tb/
+(TensorBoard). --resume continues from RUN_DIR's latest checkpoint with the same optimizer,
+scheduler, AMP scaler, RNG and data position. Multi-GPU / multi-process:
+  torchrun --nproc_per_node N -m d2a_edge.training.train CONFIG ... (gloo on CPU, nccl on GPU)."""
+
+
+class TrainModule(nn.Module):
+    """Model + loss as one module (so DDP syncs the RLE flow's gradients too)."""
+
+    def __init__(self, model: D2AHMR, loss: D2ALoss):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, batch: dict) -> tuple[dict, dict]:
+        out = self.model(batch["image"], batch["bbox_info"])
+        return out, self.loss(out, batch)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (``decay`` in (0, 1))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        for k, v in sd.items():
+            self.shadow[k].copy_(v)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Batch indices for steps ``start, start+1, ...``: a seeded permutation per epoch, split
+    across ranks, so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, start: int):
+        per_rank = n // world
+        if per_rank < batch_size:
+            raise ValueError(f"dataset of {n} samples is too small for batch_size={batch_size} "
+                             f"on {world} process(es); lower train.batch_size or add data")
+        self.n, self.bs, self.rank, self.world = n, batch_size, rank, world
+        self.seed, self.start, self.per_epoch = seed, start, per_rank // batch_size
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            epoch, i = divmod(step, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)[self.rank::self.world]
+            yield perm[i * self.bs:(i + 1) * self.bs].tolist()
+            step += 1
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_arg: str) -> Dist:
+    """Single process, or the ``torchrun`` environment (gloo on CPU, nccl on CUDA)."""
+    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    if device_arg == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, device)
+
+
+def lr_factor(step: int, total: int, o: OptimConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def autocast_for(device: torch.device, o: OptimConfig):
+    """(autocast context factory, use fp16 GradScaler)."""
+    if device.type == "cuda" and o.amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
+    if device.type == "cpu" and o.amp_cpu:
+        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
+    return contextlib.nullcontext, False
+
+
+def build_dataset(args, cfg: Config):
+    """The Dataset named on the command line (shards or on-the-fly rendering)."""
+    from d2a_edge.training.data.dataset import OnTheFlyDataset, ShardDataset
+    if args.data:
+        ds = ShardDataset(args.data)
+        size = int(ds[0]["image"].shape[-1])
+        if size != cfg.model.image_size:
+            raise ValueError(f"shards in {args.data} have {size}px crops but config "
+                             f"{cfg.name!r} expects model.image_size={cfg.model.image_size}")
+        return ds
+    return OnTheFlyDataset(cfg.data.split, size=args.on_the_fly_size, seed=cfg.train.seed,
+                           image_size=cfg.model.image_size, body=cfg.model.body)
+
+
+@dataclass
+class State:
+    """Everything a checkpoint restores."""
+
+    model: D2AHMR
+    loss: D2ALoss
+    module: nn.Module  # TrainModule, DDP-wrapped when world > 1
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    step: int = 0
+
+
+def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(cfg.model, asset).to(d.device)
+    loss = D2ALoss(cfg.loss, model.body).to(d.device)
+    module: nn.Module = TrainModule(model, loss)
+    if d.world > 1:
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    params = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, o))
+    _, fp16 = autocast_for(d.device, o)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=fp16)
+    ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
+    return State(model, loss, module, optimizer, scheduler, scaler, ema)
+
+
+def resume_state(st: State, run_dir: Path, d: Dist) -> None:
+    """Restore ``st`` from ``run_dir``'s latest checkpoint (weights, optimizer, RNG, step)."""
+    c = ckpt.read_checkpoint(run_dir, with_train_state=True)
+    w = {k: v.to(d.device) for k, v in c["weights"].items()}
+    st.model.load_state_dict(ckpt.split_weights(w, "model"))
+    st.loss.load_state_dict(ckpt.split_weights(w, "loss"))
+    if st.ema is not None and any(k.startswith("ema.") for k in w):
+        st.ema.load_state_dict(ckpt.split_weights(w, "ema"))
+    st.step = ckpt.restore_train_state(c, optimizer=st.optimizer, scheduler=st.scheduler,
+                                       scaler=st.scaler)
+    if d.main:
+        print(f"resumed from {c['dir']} at step {st.step}", file=sys.stderr)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()}
+
+
+def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
+    """One optimisation step; returns the (rank-local) loss terms and the grad norm."""
+    st.module.train()
+    with amp():
+        _, losses = st.module(batch)
+    total = losses["total"]
+    if not torch.isfinite(total):
+        raise RuntimeError(f"non-finite loss at step {st.step}: "
+                           f"{ {k: float(v) for k, v in losses.items()} }")
+    st.optimizer.zero_grad(set_to_none=True)
+    st.scaler.scale(total).backward()
+    st.scaler.unscale_(st.optimizer)
+    params = [p for g in st.optimizer.param_groups for p in g["params"]]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    st.scaler.step(st.optimizer)
+    st.scaler.update()
+    st.scheduler.step()
+    if st.ema is not None:
+        st.ema.update(st.model)
+    st.step += 1
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["grad_norm"] = float(gnorm)
+    return out
+
+
+def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
+    if not d.main:
+        return None
+    meta = {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
+            "body": cfg.model.body, "body_name": st.model.body.asset_name}
+    return ckpt.save_checkpoint(run_dir, st.step, model=st.model, loss=st.loss,
+                                optimizer=st.optimizer, scheduler=st.scheduler, scaler=st.scaler,
+                                ema=st.ema, meta=meta)
+
+
+def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
+        resume: bool = False, device: str = "auto", workers: int | None = None,
+        ckpt_every: int | None = None, asset=None, progress: bool = True) -> dict:
+    """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
+
+    Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    d = setup_distributed(device)
+    run_dir = Path(run_dir)
+    total = steps if steps is not None else cfg.train.steps
+    every = ckpt_every if ckpt_every is not None else cfg.train.ckpt_every
+    st = build_state(cfg, d, total, asset)
+    if resume and (run_dir / "checkpoints" / "latest.json").is_file():
+        resume_state(st, run_dir, d)
+    elif resume and d.main:
+        print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
+    amp, _ = autocast_for(d.device, cfg.optim)
+    sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
+                          st.step)
+    nw = cfg.train.num_workers if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=nw,
+                                         pin_memory=d.device.type == "cuda",
+                                         persistent_workers=nw > 0)
+    writer = None
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "run.json").write_text(json.dumps(
+            {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
+             "steps": total, "argv": sys.argv, "device": str(d.device)}, indent=1))
+        writer = SummaryWriter(str(run_dir / "tb"))
+    bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
+               disable=not (progress and d.main), dynamic_ncols=True)
+    last, t0, seen = {}, time.perf_counter(), 0
+    it = iter(loader)
+    while st.step < total:
+        batch = to_device(next(it), d.device)
+        last = train_step(st, batch, cfg, amp)
+        seen += batch["image"].shape[0] * d.world
+        bar.update(1)
+        if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            for k, v in last.items():
+                writer.add_scalar(f"loss/{k}" if k != "grad_norm" else "train/grad_norm", v,
+                                  st.step)
+            writer.add_scalar("train/lr", st.scheduler.get_last_lr()[0], st.step)
+            writer.add_scalar("train/samples_per_s", rate, st.step)
+            bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}")
+        if every > 0 and st.step % every == 0 and st.step < total:
+            save(st, cfg, run_dir, d)
+    path = save(st, cfg, run_dir, d)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    summary = {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
+               "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
+               "world_size": d.world}
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="d2a-train", description=HELP.format(
+        names=", ".join(available_configs())), formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("config", help="built-in config name or YAML path")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="shard directory written by `d2a-data generate`")
+    src.add_argument("--on-the-fly", action="store_true", help="render samples while training")
+    p.add_argument("--on-the-fly-size", type=int, default=1_000_000,
+                   help="samples per on-the-fly epoch (default 1e6)")
+    p.add_argument("--out", required=True, help="run directory (created)")
+    p.add_argument("--steps", type=int, default=None, help="total steps (default: config)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
+    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    over: dict = {"train": {}}
+    if args.batch_size:
+        over["train"]["batch_size"] = args.batch_size
+    if args.seed is not None:
+        over["train"]["seed"] = args.seed
+    try:
+        cfg = load_config(args.config, over)
+        dataset = build_dataset(args, cfg)
+        summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
+                      device=args.device, workers=args.workers, ckpt_every=args.ckpt_every)
+    except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
+        sys.exit(f"d2a-train: error: {e}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
