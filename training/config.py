@@ -184,10 +184,12 @@ def _read_yaml(name_or_path: str | Path, seen: tuple = ()) -> dict:
     if path.resolve() in seen:
         raise ValueError(f"config inheritance loop through {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    base = raw.pop("base", None)
+    if not isinstance(raw, dict):
+        raise ValueError(f"config {path} must be a YAML mapping, got {type(raw).__name__}")
+    base, name = raw.pop("base", None), raw.get("name", path.stem)
     if base is not None:
         raw = _merge(_read_yaml(base, seen + (path.resolve(),)), raw)
-    raw.setdefault("name", path.stem)
+    raw["name"] = name
     return raw
 
 

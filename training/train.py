@@ -230,6 +230,16 @@ def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
     return out
 
 
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 over a module's state (names, shapes and bytes), for cross-rank checks."""
+    import hashlib
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
     if not d.main:
         return None
@@ -263,9 +273,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
                           st.step)
     nw = cfg.train.num_workers if workers is None else workers
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=nw,
-                                         pin_memory=d.device.type == "cuda",
-                                         persistent_workers=nw > 0)
+    # the loader gets its own generator so creating it leaves the global RNG (masking) alone
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
+        persistent_workers=nw > 0, generator=torch.Generator().manual_seed(cfg.train.seed + st.step))
     writer = None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,14 +303,23 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}")
         if every > 0 and st.step % every == 0 and st.step < total:
             save(st, cfg, run_dir, d)
+    if d.world > 1:  # BatchNorm statistics are rank-local: adopt rank 0's, which are saved
+        for buf in st.module.buffers():
+            dist.broadcast(buf, 0)
     path = save(st, cfg, run_dir, d)
+    digests = [weights_digest(st.module)]
+    if d.world > 1:  # every rank must hold the same weights after DDP training
+        digests = [None] * d.world
+        dist.all_gather_object(digests, weights_digest(st.module))
+        if len(set(digests)) > 1 and d.main:
+            print(f"warning: weights differ across ranks: {digests}", file=sys.stderr)
     bar.close()
     if writer is not None:
         writer.close()
     elapsed = time.perf_counter() - t0
     summary = {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
                "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
-               "world_size": d.world}
+               "world_size": d.world, "rank_weight_digests": digests}
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -1,0 +1,198 @@
+"""Training: config loading, checkpoints, overfitting, DDP (torchrun, gloo) and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import requires_anny, requires_torch
+
+pytestmark = [requires_torch]
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_configs_load_and_reject_typos(tmp_path):
+    from d2a_edge.training.config import available_configs, config_to_dict, load_config
+    names = available_configs()
+    assert {"edge-s", "edge-m", "paper", "edge-s-depth", "edge-s-rle",
+            "edge-s-sil-mask"} <= set(names)
+    paper = load_config("paper")
+    assert paper.model.backbone.name == "hrnet_w64" and paper.model.image_size == 224
+    abl = load_config("edge-s-depth")
+    assert abl.name == "edge-s-depth" and not abl.model.depth.enabled
+    assert abl.model.encoder == load_config("edge-s").model.encoder  # inherited
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: edge-s\nmodel: {backbon: {name: resnet18}}\n")
+    with pytest.raises(ValueError, match="backbon.*valid keys"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="built-in configs"):
+        load_config("no-such-config")
+    assert json.loads(json.dumps(config_to_dict(paper)))["model"]["backbone"]["name"] == \
+        "hrnet_w64"
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from d2a_edge.training.config import OptimConfig
+    from d2a_edge.training.train import lr_factor
+    o = OptimConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, 100, o) == pytest.approx(0.1)
+    assert lr_factor(9, 100, o) == pytest.approx(1.0)
+    assert lr_factor(55, 100, o) == pytest.approx(0.55)
+    assert lr_factor(100, 100, o) == pytest.approx(0.1)
+
+
+def test_step_sampler_resumes_mid_epoch():
+    from d2a_edge.training.train import StepSampler
+    full = StepSampler(10, 3, 0, 1, seed=5, start=0)
+    it = iter(full)
+    first = [next(it) for _ in range(7)]
+    it2 = iter(StepSampler(10, 3, 0, 1, seed=5, start=4))
+    assert [next(it2) for _ in range(3)] == first[4:7]
+    assert sorted(sum(first[:3], [])) == sorted(set(sum(first[:3], [])))  # no repeats per epoch
+    r0, r1 = iter(StepSampler(10, 2, 0, 2, 5, 0)), iter(StepSampler(10, 2, 1, 2, 5, 0))
+    assert not set(next(r0)) & set(next(r1))  # ranks see disjoint samples
+    with pytest.raises(ValueError, match="too small"):
+        StepSampler(3, 4, 0, 1, 0, 0)
+
+
+@requires_anny
+def test_checkpoint_roundtrip_and_corruption(tmp_path, anny_asset):
+    from _batches import tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import Dist, build_state, save
+    cfg = tiny_config()
+    st = build_state(cfg, Dist(), 10, anny_asset)
+    st.step = 7
+    path = save(st, cfg, tmp_path, Dist())
+    c = ckpt.read_checkpoint(tmp_path, with_train_state=True)
+    assert c["dir"] == path and c["meta"]["step"] == 7 and c["meta"]["seed"] == cfg.train.seed
+    sd = st.model.state_dict()
+    got = ckpt.split_weights(c["weights"], "model")
+    assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+    st2 = build_state(cfg, Dist(), 10, anny_asset)
+    assert ckpt.restore_train_state(c, optimizer=st2.optimizer, scheduler=st2.scheduler,
+                                    scaler=st2.scaler) == 7
+    # no pickle anywhere: both files are safetensors, the rest JSON
+    assert (path / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.read_checkpoint(tmp_path)
+    (path / "model.safetensors").write_bytes(bytes(data[:100]))  # truncated
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.read_checkpoint(path)
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.read_checkpoint(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+@requires_anny
+def test_overfit_fixed_batch_pa_mpjpe_below_15mm(tmp_path, anny_asset):
+    """The real loop (train.run) on 8 fixed samples, then the eval path on the same samples."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training.evaluate import load_model, predict
+    from d2a_edge.training.train import run
+    cfg = tiny_config(model={"mask_ratio": 0.0},
+                      optim={"lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.0},
+                      train={"batch_size": 8, "seed": 0})
+    ds = BatchDataset(anny_asset, 8, 64, seed=0)
+    summary = run(cfg, ds, tmp_path, steps=60, ckpt_every=0, asset=anny_asset, progress=False)
+    assert summary["step"] == 60 and np.isfinite(summary["losses"]["total"])
+    model, _, _ = load_model(tmp_path, asset=anny_asset)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8)
+    res = predict(model, loader, "cpu", progress=False)
+    print("overfit PA-MPJPE (mm):", res["pa_mpjpe"].mean(), "MPJPE:", res["mpjpe"].mean())
+    assert res["pa_mpjpe"].mean() < 15.0
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """16 rendered samples at 64 px from the data engine (needs EGL)."""
+    from d2a_edge.training.data.shards import GenerateConfig, generate
+    out = tmp_path_factory.mktemp("shards")
+    try:
+        generate(GenerateConfig(split="id", num=16, out=str(out), size=64, shard_size=16))
+    except (RuntimeError, OSError, ImportError) as e:
+        pytest.skip(f"cannot render shards here: {e}")
+    return out
+
+
+def _train_cmd(cfg_path, data, out, steps, *extra):
+    return [str(BIN / "d2a-train"), str(cfg_path), "--data", str(data), "--out", str(out),
+            "--steps", str(steps), "--threads", "1", *extra]
+
+
+@pytest.mark.slow
+@requires_anny
+def test_torchrun_ddp_two_ranks_identical_weights(tmp_path, shards):
+    from _batches import write_tiny_yaml
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    cmd = [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "d2a_edge.training.train", *_train_cmd(cfg, shards, out, 3)[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads(p.stdout[p.stdout.index("{"):])
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    assert all(np.isfinite(v) for v in summary["losses"].values())
+    d = summary["rank_weight_digests"]
+    assert len(d) == 2 and d[0] == d[1], d
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["world_size"] == 2 and run_info["seed"] == 0
+
+
+def _safetensors(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+@pytest.mark.slow
+@requires_anny
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, shards):
+    from _batches import write_tiny_yaml
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
+    steps = 5
+    ref = subprocess.run(_train_cmd(cfg, shards, tmp_path / "ref", steps, "--ckpt-every", "2"),
+                         capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(cfg, shards, out, steps, "--ckpt-every", "2"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 240
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 0 < killed_at < steps
+    res = subprocess.run(_train_cmd(cfg, shards, out, steps, "--ckpt-every", "2", "--resume"),
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"at step {killed_at}" in res.stderr
+    a = out / "checkpoints" / f"step_{steps:08d}"
+    b = tmp_path / "ref" / "checkpoints" / f"step_{steps:08d}"
+    for name in ("model.safetensors", "train_state.safetensors"):
+        wa, wb = _safetensors(a / name), _safetensors(b / name)
+        assert set(wa) == set(wb)
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{name}:{k}")
