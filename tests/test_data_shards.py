@@ -108,6 +108,21 @@ def test_bad_arguments(kw, match, tmp_path):
         _cfg(tmp_path, **kw)
 
 
+def test_bad_backgrounds_folder_fails_before_rendering(tmp_path):
+    from d2a_edge.training.data.shards import generate
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        generate(_cfg(tmp_path / "out", backgrounds=str(tmp_path / "empty")))
+
+
+def test_user_backgrounds_are_used(tmp_path):
+    from d2a_edge.training.data.appearance import Backgrounds
+    (tmp_path / "bg").mkdir()
+    cv2.imwrite(str(tmp_path / "bg" / "a.png"), np.full((80, 120, 3), (10, 200, 30), np.uint8))
+    bg = Backgrounds(tmp_path / "bg").sample(np.random.default_rng(1), 32)
+    assert bg.shape == (32, 32, 3) and tuple(bg[5, 5]) == (30, 200, 10)  # BGR file -> RGB
+
+
 def test_unwritable_output_dir(tmp_path):
     from d2a_edge.training.data.shards import generate
     blocker = tmp_path / "a_file"

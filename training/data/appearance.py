@@ -64,9 +64,12 @@ class Material:
     specular: float
 
 
-def _random_color(rng: np.random.Generator, sat=(0.1, 0.9), val=(0.15, 0.95)) -> np.ndarray:
-    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*sat) * 255, rng.uniform(*val) * 255]]])
-    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255
+def _random_colors(rng: np.random.Generator, n: int, sat=(0.1, 0.9), val=(0.15, 0.95)
+                   ) -> np.ndarray:
+    """(n, 3) float32 RGB in 0..1 from uniform hue, saturation and value."""
+    hsv = np.stack([rng.uniform(0, 180, n), rng.uniform(*sat, n) * 255,
+                    rng.uniform(*val, n) * 255], -1).astype(np.uint8)[None]  # (1, n, 3)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0].astype(np.float32) / 255
 
 
 def sample_material(rng: np.random.Generator, harsh: bool) -> Material:
@@ -82,8 +85,8 @@ def sample_material(rng: np.random.Generator, harsh: bool) -> Material:
     legs = ["hips", "thigh", "shin"] if rng.random() < 0.75 else ["hips", "thigh"]
     garments = ((shirt_parts, [0.45, 0.25, 0.2, 0.1]), (legs, [0.75, 0.1, 0.1, 0.05]),
                 (["feet"], [1.0, 0, 0, 0]))
-    for parts, p_pattern in garments:
-        a, b = _random_color(rng), _random_color(rng)
+    colors = _random_colors(rng, 2 * len(garments)).reshape(len(garments), 2, 3)
+    for (parts, p_pattern), (a, b) in zip(garments, colors):
         kind, f = rng.choice(len(PATTERNS), p=p_pattern), rng.uniform(6, 30)
         for name in parts:
             i = PARTS.index(name)
@@ -136,13 +139,15 @@ class Backgrounds:
         return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
-def _rgb8(rng: np.random.Generator) -> np.ndarray:
-    return (_random_color(rng) * 255).astype(np.uint8)
+def _rgb8(rng: np.random.Generator, n: int | None = None) -> np.ndarray:
+    """(3,) or (n, 3) uint8 random colours."""
+    c = (_random_colors(rng, n or 1) * 255).astype(np.uint8)
+    return c if n else c[0]
 
 
 def _gradient(rng: np.random.Generator, s: int) -> np.ndarray:
     """Bilinear blend of four random corner colours."""
-    corners = np.stack([_rgb8(rng) for _ in range(4)]).reshape(2, 2, 3)
+    corners = _rgb8(rng, 4).reshape(2, 2, 3)
     return cv2.resize(corners, (s, s), interpolation=cv2.INTER_LINEAR)
 
 
@@ -161,8 +166,9 @@ def _shapes(rng: np.random.Generator, s: int) -> np.ndarray:
     """Random filled rectangles, circles and lines on a flat colour."""
     img = np.empty((s, s, 3), np.uint8)
     img[:] = _rgb8(rng)
-    for _ in range(rng.integers(4, 14)):
-        col = tuple(int(c) for c in _rgb8(rng))
+    n = int(rng.integers(4, 12))
+    for col8 in _rgb8(rng, n):
+        col = tuple(int(c) for c in col8)
         p = rng.integers(-s // 4, s + s // 4, 4)
         kind = rng.integers(3)
         if kind == 0:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -117,22 +116,28 @@ class SampleGenerator:
                    for k, p in enumerate(params)]
         return {key: np.stack([s[key] for s in samples]) for key in SCHEMA_KEYS}
 
-    def _place(self, rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray):
-        """Camera K (3, 3), image size (W, H) and root translation (3,) for a root-centred body
-        with bounds lo, hi (3,)."""
+    def _place(self, rng: np.random.Generator, vt: np.ndarray):
+        """Camera K (3, 3), image size (W, H) and root translation (3,) for root-centred
+        vertices vt (3, V): the body fills ``body_frac`` of the image and lies inside it."""
         cfg = self.config
         W, H = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
         f = (W / 2) / np.tan(np.radians(rng.uniform(*cfg.hfov)) / 2)
         K = intrinsics(f, (W, H))
-        ext = hi - lo
-        extent = max(ext[0], ext[1], 0.5)
-        z = float(np.clip(f * extent / (rng.uniform(*cfg.body_frac) * min(W, H)), 1.5, 40.0))
-        half = 0.5 * f * extent / z  # approximate half box size in pixels
-        u = rng.uniform(min(half, W / 2), max(W - half, W / 2))
-        v = rng.uniform(min(half, H / 2), max(H - half, H / 2))
-        centre = 0.5 * (lo + hi)
+        lo, hi = vt.min(1), vt.max(1)
+        centre = 0.5 * (lo + hi)  # the body's box centre goes to depth z on a random pixel's ray
+        frac = rng.uniform(*cfg.body_frac)
+        z = f * max(hi[0] - lo[0], hi[1] - lo[1], 0.5) / (frac * min(W, H))
+        z = max(z, 1.0 + centre[2] - lo[2])  # nearest vertex >= 1 m away
+        for _ in range(2):  # on-axis projected size; back off until it fits the image
+            d = vt[2] - centre[2] + z
+            bw = np.ptp((vt[0] - centre[0]) / d) * f
+            bh = np.ptp((vt[1] - centre[1]) / d) * f
+            scale = max(bw / (0.98 * W), bh / (0.98 * H), 1.0)
+            z *= scale
+        u = K[0, 2] + rng.uniform(-0.5, 0.5) * max(W - bw, 0.0)
+        v = K[1, 2] + rng.uniform(-0.5, 0.5) * max(H - bh, 0.0)
         ray = np.linalg.solve(K.astype(np.float64), np.array([u, v, 1.0]))
-        transl = ray * (z / ray[2]) - centre * np.array([1.0, 1.0, 0.0])
+        transl = ray * (z / ray[2]) - centre
         return K, np.array([W, H], np.float32), transl.astype(np.float32)
 
     def _crop(self, rng: np.random.Generator, verts_t: np.ndarray, K: np.ndarray) -> np.ndarray:
@@ -150,7 +155,7 @@ class SampleGenerator:
         """One sample from root-centred vertices vt_rel (3, V) and joints (J, 3)."""
         t0 = time.perf_counter()
         rng, s = p.rng, self.config.image_size
-        K, img_size, transl = self._place(rng, vt_rel.min(1), vt_rel.max(1))
+        K, img_size, transl = self._place(rng, vt_rel)
         vt = vt_rel + transl[:, None]  # (3, V): row reductions are ~100x faster than (V, 3)
         verts, joints3d = np.ascontiguousarray(vt.T), joints_rel + transl  # (V, 3), (J, 3)
         crop_box = self._crop(rng, vt, K)
@@ -172,11 +177,3 @@ class SampleGenerator:
         self.timings["post_process"] += t3 - t2
         return out
 
-
-def background_dir_or_none(path: str | Path | None) -> str | None:
-    """Validate a user background folder (a readable directory) or pass None through."""
-    if path is None:
-        return None
-    if not Path(path).is_dir():
-        raise ValueError(f"--backgrounds {path} is not a directory of images")
-    return str(path)

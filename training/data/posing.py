@@ -77,7 +77,7 @@ class PoseConfig:
     sports_fraction: float = 0.8  # OOD: share of samples drawn around a sports template
     sports_jitter: float = 20.0  # OOD: std around the template angles
     lean_id: float = 8.0  # root lean (x, z) limits
-    lean_ood: float = 45.0
+    lean_ood: float = 30.0
     betas_std: float = 0.8
     betas_clip: float = 3.0
 
@@ -122,6 +122,9 @@ class PoseSampler:
         self.lo, self.hi = np.array([r[3] for r in rows], float), np.array([r[4] for r in rows], float)
         self.sports = {k: np.array([t.get(r[5], {}).get(r[6], 0.0) for r in rows])
                        for k, t in sorted(SPORTS.items())}  # template -> (E,) mean angles
+        slot = [sum(1 for q in rows[:e] if q[0] == r[0]) for e, r in enumerate(rows)]
+        self.slots = [(self.target[np.array(slot) == k], np.nonzero(np.array(slot) == k)[0])
+                      for k in range(max(slot) + 1)]  # per k: (joints, rows) of each joint's k-th
 
     def _axes(self, j: np.ndarray, parents: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
         """Unit axes per left/spine joint: x, y, z, and ``bone`` / ``hinge`` from the rest pose."""
@@ -157,8 +160,8 @@ class PoseSampler:
         rots = axis_angle(self.axis, self.angles(rng))  # (E, 3, 3)
         rots[self.mirrored] = MIRROR @ rots[self.mirrored] @ MIRROR
         R = np.broadcast_to(np.eye(3), (len(self.names), 3, 3)).copy()
-        for e, j in enumerate(self.target):
-            R[j] = R[j] @ rots[e]
+        for joints, rows in self.slots:  # R_j = R_j,0 @ R_j,1 @ ... in table order
+            R[joints] = R[joints] @ rots[rows]
         if rng.random() < 0.5:  # swap sides so the acting limb is left or right
             R = self.mirror(R)
         return R

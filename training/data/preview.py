@@ -62,6 +62,6 @@ def write_contact_sheet(dataset, out: str | Path, num: int = 16) -> Path:
     n = min(num, len(dataset))
     sheet = contact_sheet([dataset.sample(i) for i in range(n)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), sheet):
+    if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
         raise RuntimeError(f"could not write {out} (is the folder writable and the suffix .png?)")
     return out

@@ -22,10 +22,12 @@ from typing import Callable
 import numpy as np
 
 from d2a_edge.body import BodyAsset, load_body
+from d2a_edge.training.data.appearance import Backgrounds
 from d2a_edge.training.data.engine import SCHEMA_KEYS, SPLITS, SampleGenerator, SceneConfig
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "d2a-edge-synthetic", 1
+ENGINE_VERSION = 2  # bump whenever the same seed renders different samples (guards resume)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,8 @@ class GenerateConfig:
 
     def identity(self, asset: BodyAsset) -> dict:
         """The manifest's ``config``: the fields that decide the dataset's content."""
-        return dict(split=self.split, num_samples=self.num, image_size=self.size, seed=self.seed,
+        return dict(engine_version=ENGINE_VERSION, split=self.split, num_samples=self.num,
+                    image_size=self.size, seed=self.seed,
                     shard_size=self.shard_size, backgrounds=self.backgrounds,
                     body=asset.name, body_hash=body_hash(asset), all_ages=self.all_ages)
 
@@ -154,12 +157,18 @@ _WORKER: dict[str, object] = {}  # per worker process: the generator and output 
 
 
 def _init_worker(cfg: GenerateConfig) -> None:
-    asset = load_asset(cfg)
-    scene = SceneConfig.for_split(cfg.split, cfg.size, cfg.backgrounds)
-    _WORKER.update(gen=SampleGenerator(asset, scene), cfg=cfg)
+    """Pool initializer. It must not raise (a Pool respawns failing initializers forever), so
+    a failure is kept and re-raised by the first ``_work`` call, which reports it."""
+    try:
+        scene = SceneConfig.for_split(cfg.split, cfg.size, cfg.backgrounds)
+        _WORKER.update(gen=SampleGenerator(load_asset(cfg), scene), cfg=cfg, error=None)
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
+        _WORKER.update(error=e)
 
 
 def _work(entry: dict) -> tuple[dict, dict]:
+    if _WORKER.get("error") is not None:
+        raise _WORKER["error"]
     gen, cfg = _WORKER["gen"], _WORKER["cfg"]
     gen.timings.clear()
     arrays = gen.generate(cfg.seed, range(entry["start"], entry["start"] + entry["count"]))
@@ -191,6 +200,7 @@ def generate(cfg: GenerateConfig, on_shard: Callable[[dict], None] | None = None
     """
     root = prepare_out(cfg.out)
     asset = load_asset(cfg)
+    Backgrounds(cfg.backgrounds)  # fail here, not in a worker, on a bad --backgrounds folder
     identity = cfg.identity(asset)
     man = _new_manifest(cfg, identity)
     if (root / MANIFEST).exists():
