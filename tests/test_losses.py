@@ -67,7 +67,7 @@ def test_rle_flow_term_minimised_at_true_sigma_for_gaussian_residuals():
     gen = torch.Generator().manual_seed(0)
     flow = RealNVP(dim=3).double()
     sigma0 = 0.04
-    r = sigma0 * torch.randn(20000, 1, 3, generator=gen, dtype=torch.float64)
+    r = sigma0 * torch.randn(8000, 1, 3, generator=gen, dtype=torch.float64)
     zero = torch.zeros_like(r)
     best = _argmin_sigma(lambda s: flow_nll(r, s, zero, flow), r, sigma0)
     assert best == pytest.approx(sigma0, rel=0.03)
@@ -78,7 +78,7 @@ def test_rle_laplace_term_minimised_at_true_sigma_for_laplace_residuals():
     from d2a_edge.training.losses import laplace_nll
     gen = torch.Generator().manual_seed(1)
     sigma0 = 0.03
-    r = _laplace(20000, gen, std=2 * sigma0)  # Laplace scale b = sqrt(2) sigma0
+    r = _laplace(8000, gen, std=2 * sigma0)  # Laplace scale b = sqrt(2) sigma0
     best = _argmin_sigma(lambda s: laplace_nll(r, s, torch.zeros_like(r)), r, sigma0)
     assert best == pytest.approx(sigma0, rel=0.03)
 

@@ -107,7 +107,8 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path, anny_asset):
 def test_overfit_fixed_batch_pa_mpjpe_below_15mm(tmp_path, anny_asset):
     """The real loop (train.run) on 8 fixed samples, then the eval path on the same samples."""
     from _batches import BatchDataset, tiny_config
-    from d2a_edge.training.evaluate import load_model, predict
+    from d2a_edge.training.checkpoint import load_model
+    from d2a_edge.training.evaluate import predict
     from d2a_edge.training.train import run
     cfg = tiny_config(model={"mask_ratio": 0.0},
                       optim={"lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.0},
@@ -115,7 +116,7 @@ def test_overfit_fixed_batch_pa_mpjpe_below_15mm(tmp_path, anny_asset):
     ds = BatchDataset(anny_asset, 8, 64, seed=0)
     summary = run(cfg, ds, tmp_path, steps=60, ckpt_every=0, asset=anny_asset, progress=False)
     assert summary["step"] == 60 and np.isfinite(summary["losses"]["total"])
-    model, _, _ = load_model(tmp_path, asset=anny_asset)
+    model = load_model(tmp_path, asset=anny_asset)
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     res = predict(model, loader, "cpu", progress=False)
     print("overfit PA-MPJPE (mm):", res["pa_mpjpe"].mean(), "MPJPE:", res["mpjpe"].mean())
@@ -196,3 +197,25 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, shards):
         assert set(wa) == set(wb)
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=f"{name}:{k}")
+
+
+@requires_anny
+def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
+    import cv2
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training.evaluate import evaluate_checkpoint
+    from d2a_edge.training.train import run
+    cfg = tiny_config(train={"batch_size": 4})
+    ds = BatchDataset(anny_asset, 4, 64, seed=3)
+    run(cfg, ds, tmp_path / "run", steps=1, ckpt_every=0, asset=anny_asset, progress=False)
+    res = evaluate_checkpoint(tmp_path / "run", {"id": ds}, tmp_path / "eval", batch_size=4,
+                              progress=False)
+    m = res["id"]
+    assert m["num_samples"] == 4 and m["pa_mpjpe"] <= m["mpjpe"] + 1e-6
+    assert 0 <= m["pck3d_150"] <= 1 and m["pve"] > 0 and m["trans_err_cm"] > 0
+    js = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert js["step"] == 1 and set(js["splits"]) == {"id"}
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| id | 4 |" in md and "PA-MPJPE" in md
+    img = cv2.imread(str(tmp_path / "eval" / "calibration_id.png"))
+    assert img is not None and img.shape == (480, 480, 3) and (img != 255).any()

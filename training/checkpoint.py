@@ -187,3 +187,30 @@ def restore_train_state(ckpt: dict, *, optimizer, scheduler, scaler) -> int:
     scaler.load_state_dict(js["scaler"])
     set_rng_state(tensors, js["rng"])
     return int(js["step"])
+
+
+def load_model_config(path: str | os.PathLike, device: str | torch.device = "cpu",
+                      use_ema: bool = True, asset=None):
+    """``(D2AHMR in eval mode, Config, meta)`` from a checkpoint; EMA weights when present.
+
+    ``asset`` defaults to the checkpoint config's ``model.body`` (``load_body``).
+    """
+    from d2a_edge.training.config import config_from_dict
+    from d2a_edge.training.model import build_model
+    c = read_checkpoint(path)
+    cfg = config_from_dict(c["meta"]["config"])
+    model = build_model(cfg.model, asset)
+    weights = split_weights(c["weights"], "model")
+    ema = split_weights(c["weights"], "ema")
+    missing, unexpected = model.load_state_dict(ema if (use_ema and ema) else weights,
+                                                strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {c['dir']} does not match its config {cfg.name!r}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device).eval(), cfg, c["meta"]
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               use_ema: bool = True, asset=None):
+    """The ``D2AHMR`` model of a checkpoint, in eval mode (see ``load_model_config``)."""
+    return load_model_config(path, device, use_ema, asset)[0]

@@ -17,8 +17,8 @@ import torch
 
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training import metrics as M
-from d2a_edge.training.config import config_from_dict
-from d2a_edge.training.model import D2AHMR, build_model
+from d2a_edge.training.checkpoint import load_model_config
+from d2a_edge.training.model import D2AHMR
 
 HELP = """Evaluate CHECKPOINT (a run directory -> its latest checkpoint, or a step_* directory)
 on each --data DIR (shards from `d2a-data generate`). Writes to --out (default
@@ -26,23 +26,6 @@ CHECKPOINT_DIR/eval): metrics.json (per split), metrics.md (Markdown table) and
 calibration_<split>.png (predicted sigma vs actual joint error, binned)."""
 
 METRIC_KEYS = ("mpjpe", "pa_mpjpe", "pve", "trans_err_cm", "pck3d_150")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True,
-               asset=None) -> tuple[D2AHMR, object, dict]:
-    """``(model in eval mode, Config, meta)`` from a checkpoint; EMA weights when present."""
-    c = ckpt.read_checkpoint(path)
-    cfg = config_from_dict(c["meta"]["config"])
-    model = build_model(cfg.model, asset)
-    weights = ckpt.split_weights(c["weights"], "model")
-    ema = ckpt.split_weights(c["weights"], "ema")
-    missing, unexpected = model.load_state_dict(ema if (use_ema and ema) else weights,
-                                                strict=False)
-    if missing or unexpected:
-        raise ckpt.CheckpointError(f"checkpoint {c['dir']} does not match config "
-                                   f"{cfg.name!r}: missing {missing[:5]}, unexpected "
-                                   f"{unexpected[:5]}")
-    return model.to(device).eval(), cfg, c["meta"]
 
 
 @torch.no_grad()
@@ -139,7 +122,7 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
                         *, batch_size: int = 32, device: str = "cpu", use_ema: bool = True,
                         workers: int = 0, progress: bool = True) -> dict[str, dict]:
     """Evaluate on ``{split_name: Dataset}``; writes metrics.json / metrics.md / PNGs to out_dir."""
-    model, cfg, meta = load_model(checkpoint, device, use_ema)
+    model, cfg, meta = load_model_config(checkpoint, device, use_ema)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -170,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
                         "from its manifest (id / ood), else the directory name")
     p.add_argument("--out", default=None, help="output directory (default CHECKPOINT_DIR/eval)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     p.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA exists")
     return p
@@ -179,6 +162,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     from d2a_edge.training.data.dataset import ShardDataset
+    device = args.device if args.device != "auto" else \
+        ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         datasets = {}
         for d in args.data:
@@ -187,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             datasets[name if name not in datasets else f"{name}:{Path(d).name}"] = ds
         out = args.out or ckpt.resolve_checkpoint(args.checkpoint) / "eval"
         results = evaluate_checkpoint(args.checkpoint, datasets, out, batch_size=args.batch_size,
-                                      device=args.device, use_ema=not args.no_ema,
+                                      device=device, use_ema=not args.no_ema,
                                       workers=args.workers)
     except (ValueError, RuntimeError, OSError) as e:
         sys.exit(f"d2a-eval: error: {e}")

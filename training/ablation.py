@@ -1,0 +1,98 @@
+"""The paper's three ablations at an equal budget: full edge-s vs -depth, -RLE, -silhouette/mask.
+
+    python -m d2a_edge.training.ablation --data TRAIN_SHARDS --eval-data ID_SHARDS \\
+        [--eval-data OOD_SHARDS] --steps 20000 --out runs/ablation [--doc docs/ablation.md]
+
+Each config is trained by ``d2a-train`` (a subprocess; same seed, steps and batch size; rerunning
+the command resumes unfinished runs) into ``OUT/<config>/`` and evaluated by ``d2a-eval`` into
+``OUT/<config>/eval/``; the Markdown table (one row per config and split) goes to ``--doc``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+ABLATIONS = {  # config -> what it removes
+    "edge-s": "nothing (full model)",
+    "edge-s-depth": "depth branch (pseudo-depth, depth tokens, cross-attention)",
+    "edge-s-rle": "RLE (plain L1 on joints)",
+    "edge-s-sil-mask": "silhouette decoder + masked token modeling",
+}
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def train_and_eval(config: str, args) -> dict:
+    """Train (or resume) one config, evaluate it; returns eval metrics + train seconds."""
+    out = Path(args.out) / config
+    cmd = [_bin("d2a-train"), config, "--data", args.data, "--out", str(out),
+           "--steps", str(args.steps), "--seed", str(args.seed), "--resume"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if args.device:
+        cmd += ["--device", args.device]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    train_s = time.perf_counter() - t0
+    eval_dir = out / "eval"
+    ecmd = [_bin("d2a-eval"), str(out), "--out", str(eval_dir)]
+    for d in args.eval_data:
+        ecmd += ["--data", d]
+    if args.device:
+        ecmd += ["--device", args.device]
+    subprocess.run(ecmd, check=True)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    return {"config": config, "train_seconds": train_s, **metrics}
+
+
+def markdown(results: list[dict], args) -> str:
+    lines = ["# Ablation (equal budget)", "",
+             f"Same seed ({args.seed}), {args.steps} steps each, training data `{args.data}`; "
+             f"written by `python -m d2a_edge.training.ablation`.", "",
+             "| config | removed | split | MPJPE (mm) | PA-MPJPE (mm) | PVE (mm) | "
+             "transl. err (cm) | PCK3D@150 | train time (min) |", "|" + "---|" * 9]
+    for r in results:
+        for split, m in r["splits"].items():
+            lines.append(f"| {r['config']} | {ABLATIONS[r['config']]} | {split} | "
+                         f"{m['mpjpe']:.1f} | {m['pa_mpjpe']:.1f} | {m['pve']:.1f} | "
+                         f"{m['trans_err_cm']:.1f} | {m['pck3d_150']:.3f} | "
+                         f"{r['train_seconds'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="d2a-ablation", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--data", required=True, help="training shards (d2a-data generate)")
+    p.add_argument("--eval-data", action="append", required=True, help="evaluation shards")
+    p.add_argument("--out", required=True, help="directory for the four runs")
+    p.add_argument("--steps", type=int, required=True, help="training steps per config")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--configs", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    p.add_argument("--doc", default="docs/ablation.md", help="Markdown table to write")
+    args = p.parse_args(argv)
+    results = []
+    try:
+        for config in tqdm(args.configs, desc="ablation", unit="config"):
+            results.append(train_and_eval(config, args))
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"d2a-ablation: error: {' '.join(e.cmd[:2])} failed with exit code "
+                 f"{e.returncode}")
+    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.doc).write_text(markdown(results, args))
+    (Path(args.out) / "ablation.json").write_text(json.dumps(results, indent=1))
+    print(Path(args.doc).read_text())
+
+
+if __name__ == "__main__":
+    main()
