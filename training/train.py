@@ -143,12 +143,13 @@ def build_dataset(args, cfg: Config):
     """The Dataset named on the command line (shards or on-the-fly rendering)."""
     from d2a_edge.training.data.dataset import OnTheFlyDataset, ShardDataset
     if args.data:
-        ds = ShardDataset(args.data)
-        size = int(ds[0]["image"].shape[-1])
-        if size != cfg.model.image_size:
-            raise ValueError(f"shards in {args.data} have {size}px crops but config "
-                             f"{cfg.name!r} expects model.image_size={cfg.model.image_size}")
-        return ds
+        parts = [ShardDataset(d) for d in args.data]
+        for d, ds in zip(args.data, parts):
+            size = int(ds[0]["image"].shape[-1])
+            if size != cfg.model.image_size:
+                raise ValueError(f"shards in {d} have {size}px crops but config "
+                                 f"{cfg.name!r} expects model.image_size={cfg.model.image_size}")
+        return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
     return OnTheFlyDataset(cfg.data.split, size=args.on_the_fly_size, seed=cfg.train.seed,
                            image_size=cfg.model.image_size, body=cfg.model.body)
 
@@ -331,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
         names=", ".join(available_configs())), formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("config", help="built-in config name or YAML path")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="shard directory written by `d2a-data generate`")
+    src.add_argument("--data", nargs="+", help="shard directories written by `d2a-data generate` "
+                     "(several are concatenated)")
     src.add_argument("--on-the-fly", action="store_true", help="render samples while training")
     p.add_argument("--on-the-fly-size", type=int, default=1_000_000,
                    help="samples per on-the-fly epoch (default 1e6)")

@@ -26,11 +26,19 @@ def forward_kinematics(rotmats: torch.Tensor, joints: torch.Tensor, parents,
     return pos, torch.cat([rot, t.unsqueeze(-1)], dim=-1)
 
 
+def dense_weights(skin_indices: torch.Tensor, skin_weights: torch.Tensor, J: int) -> torch.Tensor:
+    """(V, J) skinning matrix from the sparse (V, K) indices and weights (duplicates summed)."""
+    W = skin_weights.new_zeros(skin_indices.shape[0], J)
+    return W.scatter_add_(1, skin_indices.long(), skin_weights)
+
+
 def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedirs, parents,
-        skin_indices, skin_weights, posedirs=None) -> tuple[torch.Tensor, torch.Tensor]:
+        skin_indices, skin_weights, posedirs=None, weights_dense=None
+        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posed vertices ``(B, V, 3)`` and joints ``(B, J, 3)``.
 
     rotmats: (B, J, 3, 3); betas: (B, S); transl: (B, 3) root joint position.
+    ``weights_dense`` (V, J) may be passed pre-computed (``dense_weights``).
     """
     J, S = j_template.shape[0], shapedirs.shape[2]
     B = rotmats.shape[0]
@@ -44,9 +52,12 @@ def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedir
         feat = (rotmats[:, 1:] - eye).reshape(B, -1)  # (B, 9 (J-1))
         v_shaped = v_shaped + (feat @ posedirs).reshape(B, -1, 3)
     joints, A = forward_kinematics(rotmats, j_rest, parents, transl)
-    Av = A[:, skin_indices]  # (B, V, K, 3, 4)
-    T = torch.einsum("vk,bvkrc->bvrc", skin_weights, Av)  # (B, V, 3, 4)
-    verts = (T[..., :3] @ v_shaped.unsqueeze(-1)).squeeze(-1) + T[..., 3]
+    if weights_dense is None:
+        weights_dense = dense_weights(skin_indices, skin_weights, J)
+    # blend the transforms with one matrix product, (V, J) x (J, B 12): no (B, V, K) gather
+    T = (weights_dense.to(A.dtype) @ A.permute(1, 0, 2, 3).reshape(J, -1))
+    T = T.reshape(-1, B, 3, 4).permute(1, 0, 2, 3)  # (B, V, 3, 4)
+    verts = torch.einsum("bvrc,bvc->bvr", T[..., :3], v_shaped) + T[..., 3]
     return verts, joints
 
 
@@ -65,6 +76,8 @@ class BodyLayer(torch.nn.Module):
                                  persistent=False)
         if asset.posedirs is None:
             self.posedirs = None
+        self.register_buffer("weights_dense", dense_weights(
+            self.skin_indices, self.skin_weights, len(self.parents)), persistent=False)
         self.register_buffer("faces", torch.from_numpy(asset.faces.astype("int64")),
                              persistent=False)
         self.register_buffer("kp17_src", torch.from_numpy(asset.kp17_src.astype("int64")),
@@ -86,7 +99,8 @@ class BodyLayer(torch.nn.Module):
         return lbs(rotmats, betas, transl, v_template=self.v_template, shapedirs=self.shapedirs,
                    j_template=self.j_template, j_shapedirs=self.j_shapedirs,
                    parents=self.parents, skin_indices=self.skin_indices,
-                   skin_weights=self.skin_weights, posedirs=self.posedirs)
+                   skin_weights=self.skin_weights, posedirs=self.posedirs,
+                   weights_dense=self.weights_dense)
 
     def keypoints(self, joints: torch.Tensor, verts: torch.Tensor, which: int = 17):
         """Evaluation keypoints ``(B, which, 3)``."""
