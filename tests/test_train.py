@@ -219,3 +219,44 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
     assert "| id | 4 |" in md and "PA-MPJPE" in md
     img = cv2.imread(str(tmp_path / "eval" / "calibration_id.png"))
     assert img is not None and img.shape == (480, 480, 3) and (img != 255).any()
+
+
+def test_ema_tracks_weights_with_decay():
+    from d2a_edge.training.train import EMA
+    lin = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    ema = EMA(lin, decay=0.9)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update(lin)
+    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((1, 2), 0.1))
+    ema.update(lin)
+    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((1, 2), 0.19))
+
+
+@requires_anny
+def test_ema_weights_are_saved_and_used_by_load_model(tmp_path, anny_asset):
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import run
+    cfg = tiny_config(optim={"ema_decay": 0.5, "warmup_steps": 1})
+    ds = BatchDataset(anny_asset, 4, 64, seed=4)
+    run(cfg, ds, tmp_path, steps=2, ckpt_every=0, asset=anny_asset, progress=False)
+    w = ckpt.read_checkpoint(tmp_path)["weights"]
+    ema, raw = ckpt.split_weights(w, "ema"), ckpt.split_weights(w, "model")
+    assert set(ema) == set(raw) and any(not torch.equal(ema[k], raw[k]) for k in raw)
+    m = ckpt.load_model(tmp_path, asset=anny_asset)
+    k = next(k for k in raw if not torch.equal(ema[k], raw[k]) and raw[k].is_floating_point())
+    torch.testing.assert_close(m.state_dict()[k], ema[k])
+    m_raw = ckpt.load_model(tmp_path, asset=anny_asset, use_ema=False)
+    torch.testing.assert_close(m_raw.state_dict()[k], raw[k])
+
+
+def test_cli_errors_are_clear(tmp_path):
+    p = subprocess.run([str(BIN / "d2a-eval"), str(tmp_path), "--data", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "d2a-eval: error" in p.stderr
+    p = subprocess.run([str(BIN / "d2a-train"), "no-such-config", "--data", str(tmp_path),
+                        "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "built-in configs" in p.stderr
