@@ -72,3 +72,20 @@ def test_trt_version_gate():
                                                     "flags": ["INT8", "FP16"]}
     with pytest.raises(ValueError, match="precision 'int4'"):
         builder_plan(Fake("10.3.0"), "int4")
+
+
+def test_cli_errors(tmp_path, capsys):
+    from d2a_edge.export.cli import main
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    bad = tmp_path / "step_00000001"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{ corrupt")
+    assert main([str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "meta.json unreadable" in capsys.readouterr().err
+    assert main([str(bad), "--out", str(tmp_path / "o"), "--int8"]) == 2
+    assert "--int8 needs calibration data" in capsys.readouterr().err
+    if not has_module("torch_tensorrt"):
+        assert main([str(bad), "--out", str(tmp_path / "o"), "--format", "torch-trt"]) == 3
+        assert "needs torch_tensorrt" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Reproduces the shipped default model d2a_edge/models/edge-s (see MODEL_CARD.md):
+# synthetic data -> d2a-train edge-s -> d2a-eval on fresh ID/OOD test sets -> d2a-export.
+# Resumable: rerunning continues data generation and training from where they stopped.
+# Usage: bash scripts/train_default.sh [WORK_DIR] [STEPS]   (defaults: work/default, 900)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-work/default}
+STEPS=${2:-900}
+bin=.venv/bin
+mkdir -p "$W"
+$bin/d2a-data generate --split id  --num 16000 --size 192 --seed 1 --out "$W/train_id"
+$bin/d2a-data generate --split ood --num 4000  --size 192 --seed 2 --out "$W/train_ood"
+$bin/d2a-data generate --split id  --num 512   --size 192 --seed 1001 --out "$W/test_id"
+$bin/d2a-data generate --split ood --num 512   --size 192 --seed 1002 --out "$W/test_ood"
+resume=(); [ -f "$W/run/checkpoints/latest.json" ] && resume=(--resume)
+$bin/d2a-train edge-s --data "$W/train_id" "$W/train_ood" --out "$W/run" --steps "$STEPS" \
+  --ckpt-every 50 "${resume[@]}"
+$bin/d2a-eval "$W/run" --data "$W/test_id" --data "$W/test_ood" --out "$W/eval"
+$bin/d2a-export "$W/run" --int8 --calib 256 --out "$W/bundle"
+echo "done: $W/bundle (copy model_fp32.onnx, model_int8.onnx, body.npz, manifest.json into d2a_edge/models/edge-s)"
