@@ -271,13 +271,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
     amp, _ = autocast_for(d.device, cfg.optim)
-    sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
-                          st.step)
-    nw = cfg.train.num_workers if workers is None else workers
-    # the loader gets its own generator so creating it leaves the global RNG (masking) alone
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
-        persistent_workers=nw > 0, generator=torch.Generator().manual_seed(cfg.train.seed + st.step))
+    loader = make_loader(dataset, cfg, d, st.step, workers)
     writer = None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -295,15 +289,41 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         seen += batch["image"].shape[0] * d.world
         bar.update(1)
         if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            for k, v in last.items():
-                writer.add_scalar(f"loss/{k}" if k != "grad_norm" else "train/grad_norm", v,
-                                  st.step)
-            writer.add_scalar("train/lr", st.scheduler.get_last_lr()[0], st.step)
-            writer.add_scalar("train/samples_per_s", rate, st.step)
-            bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}")
+            log_scalars(writer, bar, st, last, seen / max(time.perf_counter() - t0, 1e-9))
         if every > 0 and st.step % every == 0 and st.step < total:
             save(st, cfg, run_dir, d)
+    path, digests = finish(st, cfg, run_dir, d)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    return {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
+            "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
+            "world_size": d.world, "rank_weight_digests": digests}
+
+
+def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
+    """DataLoader over ``StepSampler`` batches from step ``start``."""
+    sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
+                          start)
+    nw = cfg.train.num_workers if workers is None else workers
+    # the loader gets its own generator so creating it leaves the global RNG (masking) alone
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
+        persistent_workers=nw > 0, generator=torch.Generator().manual_seed(cfg.train.seed + start))
+
+
+def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
+    """Every loss term, grad norm, lr and samples/s to TensorBoard; loss + rate on the bar."""
+    for k, v in last.items():
+        writer.add_scalar(f"loss/{k}" if k != "grad_norm" else "train/grad_norm", v, st.step)
+    writer.add_scalar("train/lr", st.scheduler.get_last_lr()[0], st.step)
+    writer.add_scalar("train/samples_per_s", rate, st.step)
+    bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}")
+
+
+def finish(st: State, cfg: Config, run_dir: Path, d: Dist) -> tuple[Path | None, list]:
+    """Final checkpoint; under DDP also syncs buffers, checks weights agree, ends the group."""
     if d.world > 1:  # BatchNorm statistics are rank-local: adopt rank 0's, which are saved
         for buf in st.module.buffers():
             dist.broadcast(buf, 0)
@@ -314,17 +334,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         dist.all_gather_object(digests, weights_digest(st.module))
         if len(set(digests)) > 1 and d.main:
             print(f"warning: weights differ across ranks: {digests}", file=sys.stderr)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    elapsed = time.perf_counter() - t0
-    summary = {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
-               "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
-               "world_size": d.world, "rank_weight_digests": digests}
-    if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return summary
+    return path, digests
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -339,7 +351,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per on-the-fly epoch (default 1e6)")
     p.add_argument("--out", required=True, help="run directory (created)")
     p.add_argument("--steps", type=int, default=None, help="total steps (default: config)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from RUN_DIR's latest checkpoint")
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
     p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")

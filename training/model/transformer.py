@@ -55,14 +55,16 @@ class Attention(nn.Module):
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.heads, self.dropout = heads, dropout
-        self.q, self.kv, self.out = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor) -> torch.Tensor:
         B, Nq, D = x.shape
         h = self.heads
         q = self.q(x).reshape(B, Nq, h, D // h).transpose(1, 2)  # (B, h, Nq, D/h)
         k, v = self.kv(mem).reshape(B, -1, 2, h, D // h).permute(2, 0, 3, 1, 4)  # (B, h, Nk, D/h)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, Nq, D/h)
         return self.out(y.transpose(1, 2).reshape(B, Nq, D))
 
 
