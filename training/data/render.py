@@ -79,9 +79,18 @@ def gl_projection(K: np.ndarray, size: int) -> np.ndarray:
 
 
 def egl_context():
-    """This process's headless moderngl context (created on first use)."""
+    """This process's headless moderngl context (created on first use).
+
+    A process forked from one that already holds a context cannot create its own (Mesa's
+    threads and locks do not survive fork; it deadlocks), so that case raises instead.
+    """
     ctx = _CONTEXTS.get(os.getpid())
     if ctx is None:
+        if _CONTEXTS:
+            raise RuntimeError(
+                "this process was forked from one that already created an EGL context, and EGL "
+                "cannot be re-initialised after fork: render only in the workers, or use "
+                "DataLoader(..., multiprocessing_context='spawn') / multiprocessing 'spawn'")
         ctx = create_egl_context()
         _CONTEXTS[os.getpid()] = ctx
     return ctx
