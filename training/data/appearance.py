@@ -155,7 +155,7 @@ def _value_noise(rng: np.random.Generator, s: int) -> np.ndarray:
     """Two octaves of smooth colour noise."""
     c = int(rng.integers(3, 7))
     low = cv2.resize(rng.integers(0, 256, (c, c, 3), dtype=np.uint8), (s, s),
-                     interpolation=cv2.INTER_CUBIC)
+                     interpolation=cv2.INTER_LINEAR)
     c = int(rng.integers(12, 40))
     high = cv2.resize(rng.integers(0, 256, (c, c, 3), dtype=np.uint8), (s, s),
                       interpolation=cv2.INTER_LINEAR)
