@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def summarize(per_sample: dict[str, np.ndarray]) -> dict:
     s, e = per_sample["sigma"].ravel(), per_sample["mu_err"].ravel()
     out["sigma_error_spearman"] = float(_spearman(s, e))
     return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -134,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
         results[split] = summarize(predict(model, loader, device, progress))
         results[split]["calibration_png"] = str(calibration_png(
-            results[split]["calibration"], out_dir / f"calibration_{split}.png",
+            results[split]["calibration"], out_dir / f"calibration_{_safe(split)}.png",
             f"{cfg.name} step {meta['step']} - {split}"))
     payload = {"checkpoint": str(ckpt.resolve_checkpoint(checkpoint)), "config": cfg.name,
                "step": meta["step"], "splits": results}
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in args.data:
             ds = ShardDataset(d)
             name = str(getattr(ds, "split", None) or Path(d).name)
-            datasets[name if name not in datasets else f"{name}:{Path(d).name}"] = ds
+            datasets[name if name not in datasets else f"{name}-{Path(d).name}"] = ds
         out = args.out or ckpt.resolve_checkpoint(args.checkpoint) / "eval"
         results = evaluate_checkpoint(args.checkpoint, datasets, out, batch_size=args.batch_size,
                                       device=device, use_ema=not args.no_ema,
