@@ -19,18 +19,6 @@ def generated(request, anny_asset):
     return gen, gen.generate(seed=7, indices=range(12))
 
 
-def test_fast_skinner_matches_body_model(anny_asset, rng):
-    from d2a_edge.training.data.skinning import FastSkinner
-    from d2a_edge.training.data.posing import axis_angle
-    B, J = 3, anny_asset.num_joints
-    rot = axis_angle(rng.normal(size=(B, J, 3)) / np.sqrt(3), rng.uniform(-60, 60, (B, J)))
-    betas, transl = rng.normal(size=(B, anny_asset.num_betas)), rng.normal(size=(B, 3))
-    verts_t, joints = FastSkinner(anny_asset)(rot, betas, transl)
-    ref_v, ref_j = BodyModel(anny_asset)(rot.astype(np.float32), betas, transl)
-    assert np.abs(verts_t.transpose(0, 2, 1) - ref_v).max() < 1e-5
-    assert np.abs(joints - ref_j).max() < 1e-5
-
-
 def test_pose_sampler_respects_limits_and_seed(anny_asset):
     from d2a_edge.training.data.posing import PoseConfig, PoseSampler
     j = anny_asset.j_template - anny_asset.j_template[0]

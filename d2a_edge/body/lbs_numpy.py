@@ -46,29 +46,40 @@ def dense_weights(skin_indices: np.ndarray, skin_weights: np.ndarray, J: int) ->
     return W
 
 
+def precompute(skin_indices, skin_weights, shapedirs, J: int) -> dict[str, np.ndarray]:
+    """Layouts ``lbs`` can reuse across calls: ``weights_t`` (J, V), ``shapedirs_t`` (S, 3 V)."""
+    V, _, S = shapedirs.shape
+    return {"weights_t": np.ascontiguousarray(dense_weights(skin_indices, skin_weights, J).T),
+            "shapedirs_t": np.ascontiguousarray(shapedirs.transpose(2, 1, 0).reshape(S, 3 * V))}
+
+
 def lbs(rotmats, betas, transl, *, v_template, shapedirs, j_template, j_shapedirs, parents,
-        skin_indices, skin_weights, posedirs=None, weights_dense=None
+        skin_indices, skin_weights, posedirs=None, weights_t=None, shapedirs_t=None
         ) -> tuple[np.ndarray, np.ndarray]:
     """Posed vertices ``(B, V, 3)`` and joints ``(B, J, 3)``, dtype of ``rotmats``.
 
     rotmats: (B, J, 3, 3); betas: (B, S); transl: (B, 3) root joint position.
-    Body arrays as in ``d2a_edge.body.asset`` (``BodyAsset.lbs_arrays()``). ``weights_dense``
-    (V, J) may be passed pre-computed (``dense_weights``) to save its construction per call.
+    Body arrays as in ``d2a_edge.body.asset`` (``BodyAsset.lbs_arrays()``); ``weights_t`` and
+    ``shapedirs_t`` may be passed from ``precompute`` to save their construction per call.
+    Computed in a coordinate-major layout (B, 3, V): the returned vertices are a transposed
+    view of a contiguous (B, 3, V) array (``verts.transpose(0, 2, 1)`` gives it back, no copy).
     """
-    J, S = j_template.shape[0], shapedirs.shape[2]
+    J, (V, _, S) = j_template.shape[0], shapedirs.shape
     rotmats, betas, transl = _check_inputs(rotmats, betas, transl, J, S)
     dt = rotmats.dtype
     B = rotmats.shape[0]
-    v_shaped = v_template.astype(dt) + np.einsum("vcs,bs->bvc", shapedirs.astype(dt), betas)
+    if weights_t is None or shapedirs_t is None:
+        pre = precompute(skin_indices, skin_weights, shapedirs, J)
+        weights_t, shapedirs_t = pre["weights_t"], pre["shapedirs_t"]
+    v_t = (betas.astype(dt) @ shapedirs_t.astype(dt, copy=False)).reshape(B, 3, V)
+    v_t += v_template.T.astype(dt)  # (B, 3, V) shaped rest vertices
     j_rest = j_template.astype(dt) + np.einsum("jcs,bs->bjc", j_shapedirs.astype(dt), betas)
     if posedirs is not None:
         feat = (rotmats[:, 1:] - np.eye(3, dtype=dt)).reshape(B, -1)  # (B, 9 (J-1))
-        v_shaped = v_shaped + (feat @ posedirs.astype(dt)).reshape(B, -1, 3)
+        v_t += (feat @ posedirs.astype(dt)).reshape(B, V, 3).transpose(0, 2, 1)
     joints, A = forward_kinematics(rotmats, j_rest, parents, transl)
-    if weights_dense is None:
-        weights_dense = dense_weights(skin_indices, skin_weights, J)
-    # blend the transforms as one matrix product: (V, J) x (J, B 12) -- BLAS, no gather
-    T = weights_dense.astype(dt) @ A.transpose(1, 0, 2, 3).reshape(J, B * 12)
-    T = T.reshape(-1, B, 3, 4).transpose(1, 0, 2, 3)  # (B, V, 3, 4)
-    verts = np.einsum("bvrc,bvc->bvr", T[..., :3], v_shaped) + T[..., 3]
-    return verts, joints
+    A = A.reshape(B, J, 12).transpose(0, 2, 1).reshape(B * 12, J)  # (12 B, J)
+    T = (A @ weights_t.astype(dt, copy=False)).reshape(B, 3, 4, V)  # one GEMM blends all bones
+    verts_t = (T[:, :, 0] * v_t[:, 0:1] + T[:, :, 1] * v_t[:, 1:2]
+               + T[:, :, 2] * v_t[:, 2:3] + T[:, :, 3])  # (B, 3, V)
+    return verts_t.transpose(0, 2, 1), joints

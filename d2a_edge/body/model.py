@@ -44,8 +44,8 @@ class BodyModel:
     def __init__(self, asset: BodyAsset):
         self.asset = asset
         self._arrays = asset.lbs_arrays()
-        self._arrays["weights_dense"] = lbs_numpy.dense_weights(
-            asset.skin_indices, asset.skin_weights, asset.num_joints)
+        self._arrays.update(lbs_numpy.precompute(asset.skin_indices, asset.skin_weights,
+                                                 asset.shapedirs, asset.num_joints))
 
     def __call__(self, rotmats: np.ndarray, betas: np.ndarray | None = None,
                  transl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -11,12 +11,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from d2a_edge.body import BodyAsset
+from d2a_edge.body import BodyAsset, BodyModel
 from d2a_edge.camera import crop_intrinsics, intrinsics, project, square_box
 from d2a_edge.training.data import effects
 from d2a_edge.training.data.appearance import Backgrounds, Material, part_labels, sample_material
 from d2a_edge.training.data.posing import PoseConfig, PoseSampler
-from d2a_edge.training.data.skinning import FastSkinner
 
 SPLITS = {"id": 1, "ood": 2}  # split -> seed stream id
 IMAGE_SIZES = ((640, 480), (1280, 720), (1920, 1080), (1024, 768), (720, 1280))
@@ -71,7 +70,7 @@ class SampleGenerator:
 
     def __init__(self, asset: BodyAsset, config: SceneConfig):
         self.asset, self.config = asset, config
-        self.skinner = FastSkinner(asset)
+        self.skinner = BodyModel(asset)  # numpy LBS, (B, 3, V) layout underneath
         j_rest = asset.j_template - asset.j_template[0]
         self.poser = PoseSampler(asset.joint_names, j_rest, asset.parents,
                                  PoseConfig(split=config.split))
@@ -108,7 +107,9 @@ class SampleGenerator:
         t1 = time.perf_counter()
         rot = np.stack([p.rotmats for p in params]).astype(np.float32)
         betas = np.stack([p.betas for p in params]).astype(np.float32)
-        verts_t, joints = self.skinner(rot, betas, np.zeros((len(params), 3), np.float32))
+        verts, joints = self.skinner(np.asarray(rot, np.float32), np.asarray(betas, np.float32),
+                                     np.zeros((len(params), 3), np.float32))
+        verts_t = verts.transpose(0, 2, 1)  # (B, 3, V), contiguous: no copy
         t2 = time.perf_counter()
         self.timings["pose_sampling"] += t1 - t0
         self.timings["lbs"] += t2 - t1
