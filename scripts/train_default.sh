@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work/default}
-STEPS=${2:-900}
+STEPS=${2:-450}
 bin=.venv/bin
 mkdir -p "$W"
 $bin/d2a-data generate --split id  --num 16000 --size 192 --seed 1 --out "$W/train_id"
@@ -14,7 +14,7 @@ $bin/d2a-data generate --split ood --num 4000  --size 192 --seed 2 --out "$W/tra
 $bin/d2a-data generate --split id  --num 512   --size 192 --seed 1001 --out "$W/test_id"
 $bin/d2a-data generate --split ood --num 512   --size 192 --seed 1002 --out "$W/test_ood"
 resume=(); [ -f "$W/run/checkpoints/latest.json" ] && resume=(--resume)
-$bin/d2a-train edge-s --data "$W/train_id" "$W/train_ood" --out "$W/run" --steps "$STEPS" \
+$bin/d2a-train edge-s-default --data "$W/train_id" "$W/train_ood" --out "$W/run" --steps "$STEPS" \
   --ckpt-every 50 "${resume[@]}"
 $bin/d2a-eval "$W/run" --data "$W/test_id" --data "$W/test_ood" --out "$W/eval"
 $bin/d2a-export "$W/run" --int8 --calib 256 --out "$W/bundle"
