@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-work/default}
-STEPS=${2:-450}
+STEPS=${2:-700}
 bin=.venv/bin
 mkdir -p "$W"
 $bin/d2a-data generate --split id  --num 16000 --size 192 --seed 1 --out "$W/train_id"
