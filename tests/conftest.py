@@ -33,6 +33,16 @@ def anny_asset():
 
 
 @pytest.fixture
+def torch_one_thread():
+    """Run a torch test on one thread (the CI box has two cores shared by the suite)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -8,16 +8,8 @@ import torch
 
 from conftest import requires_anny, requires_torch
 
-pytestmark = requires_torch
+pytestmark = [requires_torch, pytest.mark.usefixtures("torch_one_thread")]
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _random_flow(seed=0):

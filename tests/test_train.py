@@ -13,18 +13,10 @@ import torch
 
 from conftest import requires_anny, requires_torch
 
-pytestmark = [requires_torch]
+pytestmark = [requires_torch, pytest.mark.usefixtures("torch_one_thread")]
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_configs_load_and_reject_typos(tmp_path):
