@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/d2a-body pose --out out/body
+	.venv/bin/d2a-demo --source samples --save out/demo --no-display
 
 test: setup
 	.venv/bin/python -m pytest -q -rs
