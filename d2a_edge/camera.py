@@ -78,3 +78,13 @@ def bbox_info(crop_box: np.ndarray, K: np.ndarray, img_size: np.ndarray) -> np.n
     cy = (box[..., 1] + box[..., 3]) / 2
     b = box[..., 2] - box[..., 0]
     return np.stack([(cx - wh[..., 0] / 2) / f, (cy - wh[..., 1] / 2) / f, b / f], -1)
+
+
+def uncrop(crop: np.ndarray, crop_box: np.ndarray, img_size) -> np.ndarray:
+    """The ``s x s`` crop warped back into a (H, W, C) full image (zeros elsewhere): the inverse
+    of cropping with ``crop_affine``; used to test the SDK on rendered crops."""
+    import cv2
+
+    A = cv2.invertAffineTransform(crop_affine(crop_box, crop.shape[0]))
+    W, H = int(img_size[0]), int(img_size[1])
+    return cv2.warpAffine(np.ascontiguousarray(crop), A, (W, H), flags=cv2.INTER_LINEAR)

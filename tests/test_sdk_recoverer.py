@@ -13,16 +13,10 @@ pytestmark = requires_torch
 
 
 def full_frames(labels):
-    """Paste each rendered crop back into its full virtual image (black elsewhere)."""
-    import cv2
-
-    from d2a_edge.camera import crop_affine
-    frames = []
-    for img, box, (W, H) in zip(labels["image"], labels["crop_box"], labels["img_size"]):
-        A = cv2.invertAffineTransform(crop_affine(box, img.shape[0]))
-        frames.append(cv2.warpAffine(img[..., ::-1].copy(), A, (int(W), int(H)),
-                                     flags=cv2.INTER_LINEAR))
-    return frames
+    """Each rendered crop pasted back into its full virtual image (BGR, black elsewhere)."""
+    from d2a_edge.camera import uncrop
+    return [uncrop(img[..., ::-1], box, wh)
+            for img, box, wh in zip(labels["image"], labels["crop_box"], labels["img_size"])]
 
 
 def test_sdk_matches_torch_and_eval(fresh_model, fresh_bundle, anny_asset):
