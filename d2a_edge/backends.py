@@ -40,6 +40,8 @@ class OnnxRuntimeBackend:
                                      f"(available: {available}); pip install onnxruntime-gpu")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # no busy-waiting after a run: skinning and pre-processing need the cores right after
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf types
@@ -52,10 +54,18 @@ class OnnxRuntimeBackend:
                               f"match the manifest ({outputs}): from another model version?")
         self.outputs = outputs
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
+        b = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = b if isinstance(b, int) else None  # run larger batches in chunks
 
     def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
-        res = self.session.run(self.outputs, {"image": image, "bbox_info": bbox_info})
-        return dict(zip(self.outputs, res))
+        step = self.fixed_batch or len(image)
+        if len(image) % step:
+            raise ValueError(f"batch {len(image)} is not a multiple of the model's fixed "
+                             f"batch {step}; export with --dynamic")
+        parts = [self.session.run(self.outputs, {"image": image[i:i + step],
+                                                 "bbox_info": bbox_info[i:i + step]})
+                 for i in range(0, len(image), step)]
+        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}
 
 
 class TorchBackend:
