@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from d2a_edge.body import BodyAsset, asset_sha256, load_body_asset
+from d2a_edge.body import BodyAsset, file_sha256, load_body_asset
 
 MANIFEST_VERSION = 1
 REQUIRED_OUTPUTS = ("pose", "shape", "translation", "joint_sigma")
@@ -68,7 +68,7 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
     body = root / manifest["body"]["file"]
     if not body.is_file():
         raise BundleError(f"{mpath}: body asset {body.name} is missing from the bundle")
-    if asset_sha256(body) != manifest["body"]["sha256"]:
+    if file_sha256(body) != manifest["body"]["sha256"]:
         raise BundleError(f"{body} does not match the manifest's sha256: the bundle mixes files "
                           "from different exports; re-export it")
     return ModelBundle(root=root, manifest=manifest, asset=load_body_asset(body))

@@ -7,13 +7,12 @@ folder, so nothing is left that looks valid. One function per format (STYLE: no 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from d2a_edge.body import asset_sha256, save_body_asset
+from d2a_edge.body import file_sha256, save_body_asset
 from d2a_edge.export import onnx_tools, verify
 from d2a_edge.export.manifest import build_manifest, write_manifest
 from d2a_edge.export.tensorrt_build import TensorRTUnavailable
@@ -48,9 +47,6 @@ class ExportRequest:
                              "--calib DIR (a folder of your images)")
         return p
 
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def calibration_batches(calib: str, asset, size: int):
@@ -147,7 +143,7 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
     artifacts = {}
     for p, path in files.items():
         artifacts[p] = {"file": path.name, "format": "onnx", "bytes": path.stat().st_size,
-                        "sha256": _sha(path), "parity": measure(graph, asset, path, p, data)}
+                        "sha256": file_sha256(path), "parity": measure(graph, asset, path, p, data)}
     save_body_asset(asset, stage / "body.npz")
     trt_error = None
     if req.fmt == "trt":
@@ -156,13 +152,13 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
             for p, path in list(files.items()):
                 plan = export_trt(path, stage, p, size, req)
                 artifacts[f"{p}-trt"] = {"file": plan.name, "format": "trt",
-                                         "bytes": plan.stat().st_size, "sha256": _sha(plan)}
+                                         "bytes": plan.stat().st_size, "sha256": file_sha256(plan)}
         except TensorRTUnavailable as e:
             trt_error = e
     manifest = build_manifest(
         model_name=name, config=dataclasses.asdict(graph.model.cfg),
         image_size=size, batch=req.batch, output_shapes=graph.output_shapes(),
-        body_file="body.npz", body_sha256=asset_sha256(stage / "body.npz"),
+        body_file="body.npz", body_sha256=file_sha256(stage / "body.npz"),
         joint_names=list(asset.joint_names), artifacts=artifacts, opset=req.opset)
     if checkpoint is not None:
         manifest["source_checkpoint"] = str(checkpoint)

@@ -14,7 +14,6 @@ Loading checks the sha256 sums, so a truncated or edited checkpoint fails with a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -26,19 +25,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from d2a_edge.body import file_sha256
+
 FORMAT = "d2a-ckpt-1"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt or from another format."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
@@ -108,7 +101,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
                 "scaler": scaler.state_dict(), "rng": rng_js, "step": step}
     save_file({**opt_t, **rng_t}, str(tmp / "train_state.safetensors"),
               metadata={"json": json.dumps(state_js)})
-    files = {f: _sha256(tmp / f) for f in ("model.safetensors", "train_state.safetensors")}
+    files = {f: file_sha256(tmp / f) for f in ("model.safetensors", "train_state.safetensors")}
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, "sha256": files,
                                                **meta}, indent=1))
     final = root / name
@@ -157,7 +150,7 @@ def read_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) 
     for f in names:
         if not (d / f).is_file():
             raise CheckpointError(f"checkpoint {d}: {f} is missing")
-        if _sha256(d / f) != meta["sha256"][f]:
+        if file_sha256(d / f) != meta["sha256"][f]:
             raise CheckpointError(f"checkpoint {d}: {f} is corrupt (sha256 mismatch); "
                                   f"use an earlier step_* directory")
     try:

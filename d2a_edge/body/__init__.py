@@ -5,8 +5,8 @@
 The torch layer for training lives in ``d2a_edge.body.lbs_torch`` (imported explicitly).
 """
 from d2a_edge.body.asset import (KP14_NAMES, KP17_NAMES, BodyAsset, BodyAssetError,
-                                 asset_sha256, load_body_asset, save_body_asset)
+                                 file_sha256, load_body_asset, save_body_asset)
 from d2a_edge.body.model import BodyModel, load_body
 
 __all__ = ["BodyAsset", "BodyAssetError", "BodyModel", "KP14_NAMES", "KP17_NAMES",
-           "asset_sha256", "load_body", "load_body_asset", "save_body_asset"]
+           "file_sha256", "load_body", "load_body_asset", "save_body_asset"]

@@ -170,8 +170,8 @@ def load_body_asset(path: str | os.PathLike) -> BodyAsset:
     )
 
 
-def asset_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of the asset file (recorded in export manifests)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (body assets, model artifacts, checkpoints), read in 1 MB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
