@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from d2a_edge.body.lbs_torch import BodyLayer
+from d2a_edge.body.rotations import rodrigues
 from d2a_edge.camera import bbox_info, intrinsics
 
 
@@ -19,12 +20,7 @@ def random_rotmats(rng: np.random.Generator, n: int, scale: float) -> np.ndarray
     """(n, 3, 3) rotations about random axes with angles ~ N(0, scale)."""
     axis = rng.normal(size=(n, 3))
     axis /= np.linalg.norm(axis, axis=1, keepdims=True)
-    ang = rng.normal(scale=scale, size=(n, 1, 1))
-    Kx = np.zeros((n, 3, 3))
-    Kx[:, 0, 1], Kx[:, 0, 2], Kx[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    Kx = Kx - Kx.transpose(0, 2, 1)
-    eye = np.eye(3)[None]
-    return eye + np.sin(ang) * Kx + (1 - np.cos(ang)) * Kx @ Kx
+    return rodrigues(axis * rng.normal(scale=scale, size=(n, 1)))
 
 
 def make_batch(asset, n: int, size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:

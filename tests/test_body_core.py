@@ -9,16 +9,13 @@ from conftest import requires_torch
 from d2a_edge.body import BodyAsset, BodyAssetError, BodyModel, load_body, load_body_asset
 from d2a_edge.body.asset import save_body_asset
 from d2a_edge.body.keypoints import farthest_points
+from d2a_edge.body.rotations import rodrigues
 
 
 def random_rotmats(rng, B, J, max_angle=np.pi / 3):
     axis = rng.normal(size=(B, J, 3))
     axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
-    ang = rng.uniform(0, max_angle, (B, J, 1, 1))
-    Kx = np.zeros((B, J, 3, 3))
-    Kx[..., 0, 1], Kx[..., 0, 2], Kx[..., 1, 2] = -axis[..., 2], axis[..., 1], -axis[..., 0]
-    Kx = Kx - np.swapaxes(Kx, -1, -2)
-    return np.eye(3) + np.sin(ang) * Kx + (1 - np.cos(ang)) * Kx @ Kx
+    return rodrigues(axis * rng.uniform(0, max_angle, (B, J, 1)))
 
 
 def toy_asset(rng, V=40, J=5, S=3) -> BodyAsset:

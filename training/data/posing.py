@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from d2a_edge.body.rotations import rodrigues
+
 # joint -> ((axis, lo, hi), ...) for the left side and the spine; ID samples a clipped normal
 # around the middle, OOD samples uniformly over the OOD table.
 ID_LIMITS: dict[str, tuple[tuple[str, float, float], ...]] = {
@@ -89,11 +91,7 @@ class PoseConfig:
 def axis_angle(axis: np.ndarray, deg: np.ndarray | float) -> np.ndarray:
     """Rotations (..., 3, 3) by ``deg`` (...) degrees about unit axes (..., 3) (Rodrigues)."""
     axis = np.asarray(axis, np.float64)
-    a = np.radians(np.asarray(deg, np.float64))[..., None, None]
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    o = np.zeros_like(x)
-    K = np.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(axis.shape[:-1] + (3, 3))
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * (K @ K)
+    return rodrigues(axis * np.radians(np.asarray(deg, np.float64))[..., None])
 
 
 class PoseSampler:

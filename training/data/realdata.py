@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from d2a_edge.body.rotations import rodrigues
 from d2a_edge.camera import bbox_info, crop_affine, crop_intrinsics, intrinsics, square_box
 
 SMPL_TO_CAM = np.diag([1.0, -1.0, -1.0])
@@ -28,18 +29,6 @@ SMPL_TO_CAM = np.diag([1.0, -1.0, -1.0])
 # l_shoulder, l_elbow, l_wrist, r_shoulder, r_elbow, r_wrist
 J24_TO_KP17 = np.array([14, 2, 1, 0, 3, 4, 5, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6])
 REQUIRED = ("imgname", "center", "scale", "pose", "S")
-
-
-def rodrigues(aa: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices from axis-angle vectors (..., 3)."""
-    aa = np.asarray(aa, np.float64)
-    theta = np.linalg.norm(aa, axis=-1, keepdims=True)
-    axis = aa / np.maximum(theta, 1e-12)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    o = np.zeros_like(x)
-    K = np.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(aa.shape[:-1] + (3, 3))
-    s, c = np.sin(theta)[..., None], np.cos(theta)[..., None]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
 
 
 def smpl_pose_to_rotmats(pose: np.ndarray) -> np.ndarray:
