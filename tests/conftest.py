@@ -17,6 +17,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# timm imports triton, whose native module crashes (SIGSEGV) when it is first loaded after a Mesa
+# EGL context exists in the process (seen with the data tests before the model tests): load it first.
+if has_module("timm"):
+    import timm  # noqa: F401
+
 requires_torch = pytest.mark.skipif(not has_module("torch"), reason="needs torch ([train] extra)")
 requires_anny = pytest.mark.skipif(not has_module("anny"), reason="needs anny ([train] extra)")
 requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU (none here)")
