@@ -3,10 +3,12 @@
 For each config: parameters (model; the RLE flow separately), GFLOPs of one inference forward
 at batch 1 (the exported graph: ``forward_features`` + ``forward_head``; LBS skinning counted
 separately) with ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 x multiply-adds), and
-CPU latency of that forward. For ``--train-config`` (default edge-s): training samples/s on CPU
-(forward + all losses + backward + AdamW step) at ``--batch``.
+CPU latency of that forward. For ``--train-config`` (default edge-s): training samples/s
+(forward + all losses + backward + AdamW step) at ``--batch`` on ``--device`` (cpu, or cuda
+with bf16 autocast as d2a-train uses; the data pipeline is not included: see d2a-train's log).
 
     python bench/bench_train.py [--configs edge-s edge-m paper ...] [--threads 2] [--json OUT]
+    python bench/bench_train.py --configs edge-s --device cuda --batch 256 --steps 20
 """
 from __future__ import annotations
 
@@ -62,12 +64,13 @@ def describe(name: str, asset, repeats: int) -> dict:
             "cpu_latency_ms_b1": 1000 * float(np.median(times))}
 
 
-def train_speed(name: str, asset, batch: int, steps: int) -> dict:
+def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu") -> dict:
     """Samples/s of full training steps on random images with body-model-consistent labels."""
+    import contextlib
     cfg = load_config(name)
     torch.manual_seed(0)
-    model = build_model(cfg.model, asset).train()
-    loss = D2ALoss(cfg.loss, model.body)
+    model = build_model(cfg.model, asset).train().to(device)
+    loss = D2ALoss(cfg.loss, model.body).to(device)
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss.parameters()), lr=1e-4)
     s, J = cfg.model.image_size, model.num_joints
     x, bi = inputs(batch, s)
@@ -81,17 +84,25 @@ def train_speed(name: str, asset, batch: int, steps: int) -> dict:
                "verts_coarse": verts[:, model.body.coarse_index], "K": K,
                "crop_box": torch.tensor([[170.0, 90, 470, 390]]).expand(batch, 4),
                "depth": torch.full((batch, s, s), 3.0), "mask": torch.ones(batch, s, s)}
+    batch_d = {k: v.to(device) for k, v in batch_d.items()}
+    x, bi = x.to(device), bi.to(device)
+    cuda = device.startswith("cuda")
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     times = []
-    for i in range(steps + 1):
+    for i in range(steps + 3):
         t = time.perf_counter()
-        L = loss(model(x, bi), batch_d)
+        with amp():
+            L = loss(model(x, bi), batch_d)
         opt.zero_grad()
         L["total"].backward()
         opt.step()
-        if i:  # the first step warms up
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 3:  # the first steps warm up
             times.append(time.perf_counter() - t)
     sec = float(np.median(times))
-    return {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec}
+    return {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec,
+            "device": torch.cuda.get_device_name() if cuda else "cpu"}
 
 
 def main(argv=None) -> None:
@@ -102,6 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10, help="timed inference forwards")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the training speed is measured")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -113,8 +125,9 @@ def main(argv=None) -> None:
         print(f"| {r['config']} | {r['image_size']} | {r['backbone']} | {r['depth']} | "
               f"{r['params_m']:.2f} | {r['gflops_graph']:.2f} | {r['gflops_skinning']:.3f} | "
               f"{r['cpu_latency_ms_b1']:.1f} |")
-    tr = train_speed(args.train_config, asset, args.batch, args.steps)
-    print(f"\ntraining {tr['config']} on CPU ({args.threads} threads), batch {tr['batch']}: "
+    tr = train_speed(args.train_config, asset, args.batch, args.steps, args.device)
+    where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
+    print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}: "
           f"{tr['step_s']:.2f} s/step = {tr['samples_per_s']:.1f} samples/s")
     if args.json:
         with open(args.json, "w") as f:

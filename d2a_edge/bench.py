@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="d2a-bench", description=__doc__)
     p.add_argument("--model", help="bundle directory (default: bundled edge-s)")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--skinning", default="auto", help="auto | numpy | cuda")
     p.add_argument("--precision", nargs="+", default=["fp32"])
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeats", type=int, default=30)
@@ -64,20 +66,23 @@ def main(argv=None) -> int:
     frames = _frames(args.images, 16)
     rows, results = [], []
     for prec in args.precision:
-        rec = MeshRecoverer(args.model, backend=args.backend, precision=prec)
+        rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
+                            precision=prec, skinning=args.skinning)
+        skin = "cuda" if type(rec.body).__name__ == "CudaSkinner" else "numpy"
         for b in args.batch:
             bench_stages(rec, frames, b, args.warmup)
             t = bench_stages(rec, frames, b, args.repeats)
             med = {k: float(np.median(v)) for k, v in t.items()}
             p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
             results.append({"precision": prec, "batch": b, "backend": rec.backend.name,
-                            "device": getattr(rec.backend, "device", "?"), "median_ms": med,
+                            "device": getattr(rec.backend, "device", "?"), "skinning": skin,
+                            "median_ms": med,
                             "p90_ms": p90})
-            rows.append(f"| {prec} | {b} | {rec.backend.name}/{results[-1]['device']} | "
+            rows.append(f"| {prec} | {b} | {rec.backend.name}/{results[-1]['device']} | {skin} | "
                         + " | ".join(f"{med[k]:.2f}" for k in t) + f" | {med['total'] / b:.2f} |")
-    print("| precision | batch | backend | preprocess | engine | skinning | postprocess | "
-          "total | per person |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| precision | batch | backend | skinning on | preprocess | engine | skinning | "
+          "postprocess | total | per person |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("(median ms per call over", args.repeats, "calls)")
     if args.json:

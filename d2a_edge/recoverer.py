@@ -55,6 +55,28 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int):
     return np.ascontiguousarray(batch), sq, info.astype(np.float32)
 
 
+SKINNING = ("auto", "numpy", "cuda")
+
+
+def make_skinner(asset, skinning: str = "auto", backend_device: str = "cpu"):
+    """``BodyModel`` (numpy) or ``skinning_cuda.CudaSkinner``; ``auto`` takes CUDA only when
+    the backend runs on a GPU and the kernel is available (the choice is logged)."""
+    if skinning not in SKINNING:
+        raise ValueError(f"skinning must be one of {SKINNING}, got {skinning!r}")
+    if skinning == "cuda" or (skinning == "auto" and backend_device.startswith("cuda")):
+        from d2a_edge import skinning_cuda
+        if skinning == "cuda" or skinning_cuda.is_available():
+            try:
+                skinner = skinning_cuda.CudaSkinner(asset)
+                log.info("d2a_edge: skinning on the GPU (CUDA kernel)")
+                return skinner
+            except (ImportError, RuntimeError) as e:
+                if skinning == "cuda":
+                    raise RuntimeError(f"skinning='cuda' is not available here: {e}") from e
+                log.info("d2a_edge: CUDA skinning unavailable (%s); using numpy", e)
+    return BodyModel(asset)
+
+
 class MeshRecoverer:
     """3D human meshes from images. ``rec(frame_bgr, boxes=None) -> list[HumanMesh]``.
 
@@ -62,14 +84,18 @@ class MeshRecoverer:
     backend: "auto" (TensorRT -> ONNX Runtime -> torch) | "tensorrt" | "onnxruntime" | "torch".
     precision: "fp32" | "fp16" | "int8" (an artifact of that precision must be in the bundle).
     intrinsics: (3, 3) camera matrix in pixels, or None for ``default_intrinsics``.
+    skinning: "auto" (the CUDA kernel when the backend runs on a GPU and the kernel is built,
+    else numpy) | "numpy" | "cuda".
     Without ``boxes``, the whole frame is taken as one person (camera demos).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
-                 device: str = "auto", precision: str = "fp32", intrinsics=None):
+                 device: str = "auto", precision: str = "fp32", intrinsics=None,
+                 skinning: str = "auto"):
         self.bundle = load_bundle(model)
         self.backend = make_backend(self.bundle, backend, device, precision)
-        self.body = BodyModel(self.bundle.asset)
+        self.body = make_skinner(self.bundle.asset, skinning, str(getattr(self.backend, "device",
+                                                                          "cpu")))
         self.size = self.bundle.image_size
         self.K = None if intrinsics is None else np.asarray(intrinsics, np.float32).reshape(3, 3)
 
@@ -89,7 +115,7 @@ class MeshRecoverer:
         return self.meshes(out, verts, joints, sq, K)
 
     def skin(self, out: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Vertices (N, V, 3) and joints (N, J, 3) of the engine's outputs (numpy LBS)."""
+        """Vertices (N, V, 3) and joints (N, J, 3) of the engine's outputs."""
         return self.body(out["pose"].astype(np.float32), out["shape"].astype(np.float32),
                          out["translation"].astype(np.float32))
 

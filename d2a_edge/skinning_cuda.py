@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import numpy as np
+
 EXTENSION = "d2a_edge._lbs_cuda"
 _BUILD_HINT = ("it is built by CMake (csrc/) when the package is installed on a machine with a "
                "CUDA compiler: `pip install -e .` with nvcc on PATH (see csrc/README.md)")
@@ -95,3 +97,34 @@ def lbs_torch_cuda(rotmats, betas, transl, buffers):
     buffers.lbs(rotmats.data_ptr(), betas.data_ptr(), transl.data_ptr(), verts.data_ptr(),
                 joints.data_ptr(), B, stream)
     return verts, joints
+
+
+class CudaSkinner:
+    """Numpy in, numpy out LBS through the kernel, for the SDK's GPU backends.
+
+    ``skinner(rotmats, betas, transl) -> (verts, joints)`` like ``BodyModel``; the body is
+    uploaded once, inputs go up and outputs come back through torch, in chunks of ``max_batch``.
+    """
+
+    def __init__(self, asset, max_batch: int = 64, device: int = 0):
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError("CUDA skinning moves arrays with torch, which is not installed; "
+                              "use skinning='numpy'") from e
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA skinning needs a CUDA GPU that torch can see; "
+                               "use skinning='numpy'")
+        self.torch, self.device = torch, torch.device("cuda", device)
+        self.buffers = body_buffers(asset, max_batch=max_batch, device=device)
+
+    def __call__(self, rotmats, betas, transl) -> tuple[np.ndarray, np.ndarray]:
+        t, n, step = self.torch, len(rotmats), self.buffers.max_batch
+        up = [t.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
+              for a in (rotmats, betas, transl)]
+        verts, joints = [], []
+        for i in range(0, n, step):
+            v, j = lbs_torch_cuda(*(a[i:i + step] for a in up), self.buffers)
+            verts.append(v)
+            joints.append(j)
+        return t.cat(verts).cpu().numpy(), t.cat(joints).cpu().numpy()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cuda_available, has_module, requires_gpu, requires_torch
+from conftest import anny_available, cuda_available, has_module, requires_gpu, requires_torch
 from d2a_edge import skinning_cuda
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -184,7 +184,7 @@ def _run_cuda(buffers, rot, betas, transl):
 def body_cases(request, ext):
     """name -> lbs arrays (tiny random body, and the real Anny asset when anny is installed)."""
     cases = {"tiny": tiny_arrays()}
-    if has_module("anny"):
+    if anny_available():
         cases["anny"] = request.getfixturevalue("anny_asset").lbs_arrays()
     return cases
 

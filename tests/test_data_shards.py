@@ -225,6 +225,24 @@ def test_on_the_fly_in_dataloader_workers():
     assert all(b["mask"].sum() > 0 for b in batches)
 
 
+@requires_torch
+def test_batched_getitems_match_single_samples_across_splits():
+    """``__getitems__`` (one render pass per part) returns, in the sampler's order, what
+    ``__getitem__`` returns one by one; ``index`` is the position in the concatenation."""
+    from d2a_edge.training.data.dataset import ConcatOnTheFly, OnTheFlyDataset
+    both = ConcatOnTheFly([OnTheFlyDataset("id", 3, seed=4, image_size=32),
+                           OnTheFlyDataset("ood", 3, seed=5, image_size=32)])
+    order = [4, 0, 5, 2]
+    batch = both.__getitems__(order)
+    assert [int(b["index"]) for b in batch] == order
+    for i, b in zip(order, batch):
+        one = both[i]
+        for key in ("rotmats", "transl", "joints2d"):
+            np.testing.assert_allclose(b[key].numpy(), one[key].numpy(), atol=1e-3, err_msg=key)
+    with pytest.raises(IndexError, match="out of range"):
+        both.datasets[0].__getitems__([0, 3])
+
+
 def test_cli_generate_preview_and_errors(tmp_path, capsys):
     from d2a_edge.training.data.cli import main
     out = tmp_path / "cli"

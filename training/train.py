@@ -85,11 +85,12 @@ class StepSampler(torch.utils.data.Sampler):
         self.seed, self.start, self.per_epoch = seed, start, per_rank // batch_size
 
     def __iter__(self):
-        step = self.start
+        step, perm_epoch, perm = self.start, -1, None
         while True:
             epoch, i = divmod(step, self.per_epoch)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)[self.rank::self.world]
+            if epoch != perm_epoch:  # one permutation per epoch (on-the-fly epochs are 1e6)
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm, perm_epoch = torch.randperm(self.n, generator=g)[self.rank::self.world], epoch
             yield perm[i * self.bs:(i + 1) * self.bs].tolist()
             step += 1
 
@@ -116,9 +117,17 @@ def setup_distributed(device_arg: str) -> Dist:
     device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
     if world > 1:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(rank, world, local, device)
+
+
+@dataclass
+class Schedule:
+    """The step count the LR schedule decays over; ``--time-budget`` lowers it after timing."""
+
+    total: int
 
 
 def lr_factor(step: int, total: int, o: OptimConfig) -> float:
@@ -140,8 +149,9 @@ def autocast_for(device: torch.device, o: OptimConfig):
 
 
 def build_dataset(args, cfg: Config):
-    """The Dataset named on the command line (shards or on-the-fly rendering)."""
-    from d2a_edge.training.data.dataset import OnTheFlyDataset, ShardDataset
+    """The Dataset named on the command line (shards, or on-the-fly rendering of one or more
+    splits: an equal share of ``--on-the-fly-size`` each, split k seeded ``train.seed + k``)."""
+    from d2a_edge.training.data.dataset import ConcatOnTheFly, OnTheFlyDataset, ShardDataset
     if args.data:
         parts = [ShardDataset(d) for d in args.data]
         for d, ds in zip(args.data, parts):
@@ -150,8 +160,11 @@ def build_dataset(args, cfg: Config):
                 raise ValueError(f"shards in {d} have {size}px crops but config "
                                  f"{cfg.name!r} expects model.image_size={cfg.model.image_size}")
         return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    return OnTheFlyDataset(cfg.data.split, size=args.on_the_fly_size, seed=cfg.train.seed,
-                           image_size=cfg.model.image_size, body=cfg.model.body)
+    splits = args.on_the_fly or [cfg.data.split]
+    parts = [OnTheFlyDataset(split, size=args.on_the_fly_size // len(splits),
+                             seed=cfg.train.seed + k, image_size=cfg.model.image_size,
+                             body=cfg.model.body) for k, split in enumerate(splits)]
+    return parts[0] if len(parts) == 1 else ConcatOnTheFly(parts)
 
 
 @dataclass
@@ -165,7 +178,9 @@ class State:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
     ema: EMA | None
+    schedule: Schedule
     step: int = 0
+    nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
 
 
 def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
@@ -179,12 +194,13 @@ def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
     params = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    schedule = Schedule(total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, o))
+        optimizer, lambda s: lr_factor(s, schedule.total, o))
     _, fp16 = autocast_for(d.device, o)
     scaler = torch.amp.GradScaler(d.device.type, enabled=fp16)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
-    return State(model, loss, module, optimizer, scheduler, scaler, ema)
+    return State(model, loss, module, optimizer, scheduler, scaler, ema, schedule)
 
 
 def resume_state(st: State, run_dir: Path, d: Dist) -> None:
@@ -206,16 +222,32 @@ def to_device(batch: dict, device: torch.device) -> dict:
             for k, v in batch.items()}
 
 
+MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
+
+
 def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
-    """One optimisation step; returns the (rank-local) loss terms and the grad norm."""
+    """One optimisation step; returns the (rank-local) loss terms and the grad norm.
+
+    A non-finite loss skips the update (the step still counts, so data order and the LR
+    schedule stay aligned); ``MAX_NONFINITE`` in a row raise RuntimeError.
+    """
     st.module.train()
     with amp():
         _, losses = st.module(batch)
     total = losses["total"]
-    if not torch.isfinite(total):
-        raise RuntimeError(f"non-finite loss at step {st.step}: "
-                           f"{ {k: float(v) for k, v in losses.items()} }")
     st.optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(total):
+        st.nonfinite += 1
+        terms = {k: float(v) for k, v in losses.items()}
+        if st.nonfinite >= MAX_NONFINITE:
+            raise RuntimeError(f"{st.nonfinite} non-finite losses in a row, last at step "
+                               f"{st.step}: {terms}")
+        print(f"warning: non-finite loss at step {st.step}, update skipped: {terms}",
+              file=sys.stderr)
+        st.scheduler.step()
+        st.step += 1
+        return {**terms, "grad_norm": float("nan")}
+    st.nonfinite = 0
     st.scaler.scale(total).backward()
     st.scaler.unscale_(st.optimizer)
     params = [p for g in st.optimizer.param_groups for p in g["params"]]
@@ -253,10 +285,14 @@ def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
 
 def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         resume: bool = False, device: str = "auto", workers: int | None = None,
-        ckpt_every: int | None = None, asset=None, progress: bool = True) -> dict:
+        ckpt_every: int | None = None, asset=None, progress: bool = True,
+        time_budget: float | None = None) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
+    ``time_budget`` (seconds of training in this process, data start-up included): after
+    ``CALIBRATION_STEPS`` timed steps the total is lowered to what fits, so the cosine schedule
+    ends on time; training also stops (with a checkpoint) when the budget runs out.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -282,12 +318,21 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)
     last, t0, seen = {}, time.perf_counter(), 0
+    calib = Calibration(st.step, time_budget, t0) if time_budget else None
     it = iter(loader)
     while st.step < total:
         batch = to_device(next(it), d.device)
         last = train_step(st, batch, cfg, amp)
         seen += batch["image"].shape[0] * d.world
         bar.update(1)
+        if calib is not None:
+            new_total, stop = calib.after_step(st.step, total, d)
+            if new_total != total:
+                total = st.schedule.total = new_total
+                bar.total = total
+                bar.refresh()
+            if stop:
+                break
         if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
             log_scalars(writer, bar, st, last, seen / max(time.perf_counter() - t0, 1e-9))
         if every > 0 and st.step % every == 0 and st.step < total:
@@ -302,15 +347,61 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             "world_size": d.world, "rank_weight_digests": digests}
 
 
+CALIBRATION_STEPS = (10, 40)  # steps after the start between which --time-budget times a step
+
+
+class Calibration:
+    """``--time-budget``: time steps ``start+10 .. start+40``, then fit the total to the budget."""
+
+    def __init__(self, start: int, budget: float, t0: float):
+        self.start, self.budget, self.t0 = start, budget, t0
+        self.t_first: float | None = None
+        self.done = False
+
+    def after_step(self, step: int, total: int, d: Dist) -> tuple[int, bool]:
+        """(new total, stop now) after ``step`` finished."""
+        now = time.perf_counter()
+        first, last = (self.start + n for n in CALIBRATION_STEPS)
+        if step == first:
+            self.t_first = now
+        elif step == last and not self.done and self.t_first is not None:
+            self.done = True
+            per_step = (now - self.t_first) / (last - first)
+            fit = step + int((self.budget - (now - self.t0)) / per_step)
+            if d.world > 1:  # every rank must stop at the same step
+                t = torch.tensor([fit], device=d.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                fit = int(t.item())
+            if d.main:
+                print(f"time budget {self.budget:.0f} s: {1 / per_step:.2f} steps/s -> "
+                      f"{min(total, fit)} steps", file=sys.stderr)
+            return max(step + 1, min(total, fit)), False
+        return total, (d.world == 1 and now - self.t0 > self.budget)
+
+
+def uses_egl(dataset) -> bool:
+    """Whether ``dataset`` (or a part of a ConcatDataset) renders samples through EGL."""
+    from d2a_edge.training.data.dataset import OnTheFlyDataset
+    parts = getattr(dataset, "datasets", [dataset])
+    return any(isinstance(p, OnTheFlyDataset) for p in parts)
+
+
 def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
-    """DataLoader over ``StepSampler`` batches from step ``start``."""
+    """DataLoader over ``StepSampler`` batches from step ``start``.
+
+    Rendering workers are spawned, not forked, when this process holds a CUDA context (the
+    GPU's EGL driver in a child forked from a CUDA process is not supported).
+    """
     sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
                           start)
     nw = cfg.train.num_workers if workers is None else workers
+    spawn = nw > 0 and d.device.type == "cuda" and uses_egl(dataset)
     # the loader gets its own generator so creating it leaves the global RNG (masking) alone
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
-        persistent_workers=nw > 0, generator=torch.Generator().manual_seed(cfg.train.seed + start))
+        persistent_workers=nw > 0, multiprocessing_context="spawn" if spawn else None,
+        prefetch_factor=2 if nw > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.train.seed + start))
 
 
 def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
@@ -346,7 +437,9 @@ def _parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", nargs="+", help="shard directories written by `d2a-data generate` "
                      "(several are concatenated)")
-    src.add_argument("--on-the-fly", action="store_true", help="render samples while training")
+    src.add_argument("--on-the-fly", nargs="*", metavar="SPLIT", choices=("id", "ood"),
+                     help="render samples while training, from these splits (default: the "
+                     "config's data.split); e.g. --on-the-fly id ood")
     p.add_argument("--on-the-fly-size", type=int, default=1_000_000,
                    help="samples per on-the-fly epoch (default 1e6)")
     p.add_argument("--out", required=True, help="run directory (created)")
@@ -359,6 +452,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="fit the step count (and the cosine schedule) to this much training "
+                   "time after timing the first steps; stop with a checkpoint when it runs out")
     return p
 
 
@@ -375,7 +471,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(args.config, over)
         dataset = build_dataset(args, cfg)
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
-                      device=args.device, workers=args.workers, ckpt_every=args.ckpt_every)
+                      device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
+                      time_budget=args.time_budget)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:

@@ -73,18 +73,48 @@ class OnTheFlyDataset(Dataset):
         state["_gen"] = None
         return state
 
-    def sample(self, index: int) -> dict[str, np.ndarray]:
-        """The numpy sample ``index``."""
-        if not 0 <= index < self.size:
-            raise IndexError(f"index {index} out of range for {self.size} samples")
+    def generate(self, indices: list[int]) -> dict[str, np.ndarray]:
+        """The numpy samples ``indices``, stacked (one batched render pass)."""
+        for index in indices:
+            if not 0 <= index < self.size:
+                raise IndexError(f"index {index} out of range for {self.size} samples")
         if self._gen is None or self._pid != os.getpid():
             from d2a_edge.body import load_body
             self._gen, self._pid = SampleGenerator(load_body(self.body), self.scene), os.getpid()
-        batch = self._gen.generate(self.seed, [index])
-        return {k: v[0] for k, v in batch.items()}
+        return self._gen.generate(self.seed, list(indices))
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        """The numpy sample ``index``."""
+        return {k: v[0] for k, v in self.generate([index]).items()}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return to_tensors(self.sample(index), index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A DataLoader batch in one ``generate`` call (about 3x faster than one by one)."""
+        batch = self.generate(indices)
+        return [to_tensors({k: v[n] for k, v in batch.items()}, i) for n, i in enumerate(indices)]
+
+
+class ConcatOnTheFly(torch.utils.data.ConcatDataset):
+    """``ConcatDataset`` of ``OnTheFlyDataset`` parts that keeps their batched ``__getitems__``
+    (each part renders its share of a batch in one call; the batch keeps the sampler's order)."""
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        import bisect
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for pos, i in enumerate(indices):
+            part = bisect.bisect_right(self.cumulative_sizes, i)
+            local = i - (self.cumulative_sizes[part - 1] if part else 0)
+            groups.setdefault(part, []).append((pos, local))
+        out: list = [None] * len(indices)
+        for part, items in groups.items():
+            samples = self.datasets[part].__getitems__([local for _, local in items])
+            for (pos, _), sample in zip(items, samples):
+                out[pos] = sample
+        for pos, i in enumerate(indices):  # ``index`` is the position in the concatenation
+            out[pos]["index"] = torch.tensor(i, dtype=torch.int64)
+        return out
 
 
 class SpinNpzDataset(Dataset):

