@@ -75,8 +75,9 @@ def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu") -
     s, J = cfg.model.image_size, model.num_joints
     x, bi = inputs(batch, s)
     with torch.no_grad():  # labels: rest pose at 3 m, crop = the projected box, f = 500
-        rot = torch.eye(3).expand(batch, J, 3, 3).contiguous()
-        betas, transl = torch.zeros(batch, model.num_betas), torch.tensor([[0.0, 0.0, 3.0]] * batch)
+        rot = torch.eye(3).expand(batch, J, 3, 3).contiguous().to(device)
+        betas = torch.zeros(batch, model.num_betas, device=device)
+        transl = torch.tensor([[0.0, 0.0, 3.0]] * batch, device=device)
         verts, joints = model.body(rot, betas, transl)
     K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]).expand(batch, 3, 3)
     batch_d = {"image": x, "bbox_info": bi, "rotmats": rot, "betas": betas, "transl": transl,

@@ -11,6 +11,8 @@ set -u
 OUT=${OUT:?set OUT}
 BUDGET=${TRAIN_BUDGET:-330}
 DEVICE=${DEVICE:-cuda}
+STAGES=${STAGES:-install tests kbench tbench train sdk}  # a subset runs only those
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 LOG=$OUT/session.log
 exec > >(tee -a "$LOG") 2>&1
 stamp() { echo "=== [$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
@@ -31,9 +33,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.is_available())"
 if [ "$DEVICE" = cuda ]; then
   mount -o remount,size=48G /dev/shm 2>/dev/null; df -h /dev/shm | tail -1
+fi
+if [ "$DEVICE" = cuda ] && want install; then
   timeout 240 $PY -m pip install -q --no-deps --no-build-isolation \
     -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=native -e . || echo "INSTALL FAILED"
-  if ! (cd /tmp && $PY -c "import d2a_edge.training, d2a_edge.export"); then
+fi
+if [ "$DEVICE" = cuda ]; then
+  if ! (cd /tmp && $PY -c "import d2a_edge.training, d2a_edge.export" 2>/dev/null); then
     echo "editable install unusable: running from the source tree (tests build the kernel)"
     ln -sfn ../training d2a_edge/training; ln -sfn ../export d2a_edge/export
     export PYTHONPATH=$PWD:${PYTHONPATH:-}
@@ -41,23 +47,23 @@ if [ "$DEVICE" = cuda ]; then
 fi
 $PY -c "from d2a_edge.training.data.render import egl_context; c = egl_context(); print('EGL:', c.info['GL_RENDERER'])"
 
-stamp gpu tests
-timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_kernel.py tests/test_sdk_skinning.py
+want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_kernel.py tests/test_sdk_skinning.py
 
-stamp kernel benchmark
-timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
+want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
 
-stamp training-step benchmark
-timeout 90 $PY bench/bench_train.py --configs edge-s --device "$DEVICE" --batch 256 --steps 20 \
+want tbench && stamp training-step benchmark && timeout 90 $PY bench/bench_train.py \
+  --configs edge-s --device "$DEVICE" --batch 256 --steps ${TBENCH_STEPS:-20} \
   --repeats 3 --threads 4 --json "$OUT/bench_train.json"
 
+if want train; then
 stamp training for ${BUDGET}s
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 RUN=/tmp/d2a_run
 timeout $((BUDGET + 150)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
-  | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror/ || !/step\/s|s\/step/'
+  | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror|initialised/ || !/step\/s|s\/step/'
 unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
+fi
 
 stamp pack run
 if [ -f $RUN/checkpoints/latest.json ]; then
@@ -67,8 +73,8 @@ if [ -f $RUN/checkpoints/latest.json ]; then
   ls -la "$OUT"
 fi
 
-stamp SDK latency on the GPU
-if [ -f $RUN/checkpoints/latest.json ]; then
+if want sdk && [ -f $RUN/checkpoints/latest.json ]; then
+  stamp SDK latency on the GPU
   cp -r d2a_edge/models/edge-s /tmp/bundle
   $PY - <<PYEOF
 import json; p = "/tmp/bundle/manifest.json"; m = json.load(open(p))

@@ -113,6 +113,30 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
     return final
 
 
+def save_weights_only(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A weights-only copy of checkpoint ``src`` in run directory ``dst`` (the EMA weights, when
+    present, become ``model.*``; no optimizer state, so it cannot ``--resume``, only ``--init``,
+    evaluate or export). About a third of the full checkpoint's size; returns its directory."""
+    c = read_checkpoint(src)
+    w = c["weights"]
+    model = split_weights(w, "ema") or split_weights(w, "model")
+    weights = {f"model.{k}": v for k, v in model.items()}
+    weights.update({f"loss.{k}": v for k, v in split_weights(w, "loss").items()})
+    root = Path(dst) / "checkpoints"
+    final = root / c["dir"].name
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(weights, str(tmp / "model.safetensors"))
+    meta = {**c["meta"], "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
+            "weights_only": True, "source": str(c["dir"])}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_json_atomic(root / "latest.json", {"step": meta["step"], "path": final.name})
+    return final
+
+
 def _write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj))

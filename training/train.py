@@ -217,6 +217,42 @@ def resume_state(st: State, run_dir: Path, d: Dist) -> None:
         print(f"resumed from {c['dir']} at step {st.step}", file=sys.stderr)
 
 
+def init_weights(st: State, path: str, d: Dist) -> None:
+    """Start from a checkpoint's weights (its EMA when it has one); optimizer state is fresh."""
+    c = ckpt.read_checkpoint(path)
+    w = {k: v.to(d.device) for k, v in c["weights"].items()}
+    model = ckpt.split_weights(w, "ema") or ckpt.split_weights(w, "model")
+    st.model.load_state_dict(model)
+    if ckpt.split_weights(w, "loss"):
+        st.loss.load_state_dict(ckpt.split_weights(w, "loss"))
+    if st.ema is not None:
+        st.ema.load_state_dict(model)
+    if d.main:
+        print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
+
+
+ECHO_BUFFER = 8  # fresh batches kept for data echoing
+
+
+class EchoBuffer:
+    """The last ``ECHO_BUFFER`` fresh batches (on the device); ``draw`` mixes their samples."""
+
+    def __init__(self, seed: int):
+        self.batches: list[dict] = []
+        self.seed = seed
+
+    def add(self, batch: dict) -> None:
+        self.batches = (self.batches + [batch])[-ECHO_BUFFER:]
+
+    def draw(self, step: int, size: int) -> dict:
+        pool = {k: torch.cat([b[k] for b in self.batches]) for k in self.batches[0]
+                if torch.is_tensor(self.batches[0][k])}
+        n = len(next(iter(pool.values())))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        pick = torch.randperm(n, generator=g)[:size]
+        return {k: v[pick.to(v.device)] for k, v in pool.items()}
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
             for k, v in batch.items()}
@@ -286,13 +322,16 @@ def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
 def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         resume: bool = False, device: str = "auto", workers: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
-        time_budget: float | None = None) -> dict:
+        time_budget: float | None = None, init: str | None = None, echo: int = 1) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
     ``time_budget`` (seconds of training in this process, data start-up included): after
     ``CALIBRATION_STEPS`` timed steps the total is lowered to what fits, so the cosine schedule
     ends on time; training also stops (with a checkpoint) when the budget runs out.
+    ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer).
+    ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
+    ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -302,28 +341,39 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     total = steps if steps is not None else cfg.train.steps
     every = ckpt_every if ckpt_every is not None else cfg.train.ckpt_every
     st = build_state(cfg, d, total, asset)
+    if echo < 1:
+        raise ValueError(f"echo must be >= 1, got {echo}")
+    if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
+        init_weights(st, init, d)
     if resume and (run_dir / "checkpoints" / "latest.json").is_file():
         resume_state(st, run_dir, d)
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
     amp, _ = autocast_for(d.device, cfg.optim)
-    loader = make_loader(dataset, cfg, d, st.step, workers)
+    loader = make_loader(dataset, cfg, d, st.step // echo, workers)
     writer = None
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(
             {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
-             "steps": total, "argv": sys.argv, "device": str(d.device)}, indent=1))
+             "steps": total, "argv": sys.argv, "device": str(d.device), "init": init,
+             "echo": echo}, indent=1))
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)
     last, t0, seen = {}, time.perf_counter(), 0
     calib = Calibration(st.step, time_budget, t0) if time_budget else None
     it = iter(loader)
+    echoes = EchoBuffer(cfg.train.seed) if echo > 1 else None
     while st.step < total:
-        batch = to_device(next(it), d.device)
+        if echoes is None or st.step % echo == 0:
+            batch = to_device(next(it), d.device)
+            seen += batch["image"].shape[0] * d.world
+            if echoes is not None:
+                echoes.add(batch)
+        else:
+            batch = echoes.draw(st.step, cfg.train.batch_size)
         last = train_step(st, batch, cfg, amp)
-        seen += batch["image"].shape[0] * d.world
         bar.update(1)
         if calib is not None:
             new_total, stop = calib.after_step(st.step, total, d)
@@ -452,6 +502,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (EMA if present), fresh optimizer")
+    p.add_argument("--echo", type=int, default=1,
+                   help="data echoing factor for data-bound runs (steps per fresh batch)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the step count (and the cosine schedule) to this much training "
                    "time after timing the first steps; stop with a checkpoint when it runs out")
@@ -472,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = build_dataset(args, cfg)
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
-                      time_budget=args.time_budget)
+                      time_budget=args.time_budget, init=args.init, echo=args.echo)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
