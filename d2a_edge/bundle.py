@@ -33,6 +33,12 @@ class ModelBundle:
         return int(self.manifest["inputs"]["image"]["shape"][-1])
 
     @property
+    def sigma_reference(self) -> float:
+        """The model's median mean joint σ (m) on in-distribution validation crops, measured by
+        d2a-export; ``HumanMesh.score`` is relative to it (0.05 m for older bundles)."""
+        return float(self.manifest.get("sigma_reference_m", 0.05))
+
+    @property
     def name(self) -> str:
         return str(self.manifest.get("model", "unnamed"))
 

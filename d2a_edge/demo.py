@@ -57,7 +57,7 @@ def run(args) -> int:
     fps, last, n = None, time.perf_counter(), 0
     frames = open_source(args.source)
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
-        ((t, frame, rec(frame)) for t, frame in frames)
+        ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
     for _, frame, people in results:
         now = time.perf_counter()
         fps = 1.0 / max(now - last, 1e-6) if fps is None else 0.9 * fps + 0.1 / max(now - last, 1e-6)
@@ -92,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--obj-every", type=int, default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing")
+    p.add_argument("--locate", action="store_true", help="find the person in each frame with "
+                   "the built-in window search (boxes=\"auto\"); default: the whole frame")
     p.add_argument("--no-smoothing", action="store_true")
     p.add_argument("--no-display", action="store_true")
     p.add_argument("--max-frames", type=int, default=0)

@@ -162,5 +162,8 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         joint_names=list(asset.joint_names), artifacts=artifacts, opset=req.opset)
     if checkpoint is not None:
         manifest["source_checkpoint"] = str(checkpoint)
+    sigma = ref[OUTPUT_NAMES.index("joint_sigma")]  # (N, J*3) or (N, J, 3), metres
+    manifest["sigma_reference_m"] = float(np.median(
+        np.linalg.norm(sigma.reshape(len(sigma), -1, 3), axis=-1).mean(-1)))
     write_manifest(manifest, stage)
     return manifest, trt_error

@@ -1,0 +1,63 @@
+"""The built-in person box (``boxes="auto"``, ``MeshRecoverer.locate``) and the σ-based score."""
+import numpy as np
+import pytest
+from conftest import requires_torch
+
+from d2a_edge import InputError, MeshRecoverer
+from d2a_edge.recoverer import LOST_SCORE, CROP_SCALE, person_score, search_windows
+
+
+def test_search_windows_cover_the_frame_with_squares():
+    w = search_windows(1920, 1080)
+    assert w.shape[1] == 4 and np.array_equal(w[0], [0, 0, 1920, 1080])
+    sq = w[1:]
+    assert np.allclose(sq[:, 2] - sq[:, 0], sq[:, 3] - sq[:, 1])
+    assert sq.min() >= 0 and sq[:, 2].max() <= 1920 and sq[:, 3].max() <= 1080
+    # every pixel of the frame lies in at least one window of each scale
+    for side in np.unique(sq[:, 2] - sq[:, 0]):
+        s = sq[sq[:, 2] - sq[:, 0] == side]
+        assert s[:, 0].min() == 0 and s[:, 1].min() == 0
+        assert s[:, 2].max() >= 1920 - side / 2 and s[:, 3].max() >= 1080 - side / 2
+    assert len(search_windows(64, 64)) >= 3  # tiny frames still get windows
+
+
+def test_score_is_relative_to_the_models_typical_sigma():
+    assert person_score(np.full(25, 0.1), 0.1) == pytest.approx(2 / 3)
+    assert person_score(np.full(25, 0.3), 0.1) == pytest.approx(0.0, abs=1e-9)
+    assert person_score(np.full(25, 0.5), 0.1) == 0.0
+    assert person_score(np.zeros(25), 0.1) == 1.0
+
+
+def test_bad_boxes_string_is_an_input_error():
+    with pytest.raises(InputError, match='"auto"'):
+        MeshRecoverer()(np.zeros((64, 64, 3), np.uint8), boxes="detect")
+
+
+@requires_torch
+def test_locate_finds_a_small_person_in_a_large_frame(anny_asset):
+    """Renders pasted into their full 1920x1080-class frames (black elsewhere): the located box
+    gives about the accuracy of the true box and far better than the whole frame, and the score
+    tells a well-framed crop from the whole frame."""
+    from d2a_edge.camera import uncrop
+    from d2a_edge.export import verify
+    from d2a_edge.training.metrics import pa_mpjpe
+
+    _, _, labels = verify.validation_set(anny_asset, 6, 192, seed=31_337)
+    rec = MeshRecoverer(backend="onnxruntime")  # the bundled, trained default model
+    err = {"auto": [], "whole": [], "true": []}
+    score = {k: [] for k in err}
+    for img, box, wh, K, kp3d in zip(labels["image"], labels["crop_box"], labels["img_size"],
+                                      labels["K"], labels["kp3d"]):
+        frame = uncrop(img[..., ::-1], box, wh)
+        c, side = (box[:2] + box[2:]) / 2, (box[2] - box[0]) / CROP_SCALE
+        true = [[c[0] - side / 2, c[1] - side / 2, c[0] + side / 2, c[1] + side / 2]]
+        rec.K = K
+        for name, boxes in (("auto", "auto"), ("whole", None), ("true", true)):
+            (p,) = rec(frame, boxes=boxes)
+            kp = rec.bundle.asset.keypoints(p.joints3d, p.vertices, 17)
+            err[name].append(pa_mpjpe(kp[None], kp3d[None])[0])
+            score[name].append(p.score)
+    mean = {k: float(np.mean(v)) for k, v in err.items()}
+    assert mean["auto"] < 0.75 * mean["whole"], mean
+    assert mean["auto"] < mean["true"] + 25.0, mean
+    assert np.mean(score["auto"]) > LOST_SCORE > np.mean(score["whole"]), score
