@@ -14,15 +14,19 @@ from pathlib import Path
 import numpy as np
 
 
-def render(frame: np.ndarray, people, K: np.ndarray, parents, fps: float | None) -> np.ndarray:
-    """The overlay: shaded mesh, joints coloured by sigma (green certain -> red 10 cm), FPS."""
+def render(frame: np.ndarray, people, K: np.ndarray, parents, fps: float | None,
+           draw_mesh=None, sigma_full: float = 0.1) -> np.ndarray:
+    """The overlay: shaded mesh, joints coloured by sigma (green certain -> red at
+    ``sigma_full`` metres), FPS. ``draw_mesh``: ``overlay_gl.make_mesh_drawer`` (OpenCV default)."""
     import cv2
 
-    from d2a_edge.overlay import draw_joints, draw_mesh
+    from d2a_edge.overlay import draw_joints
+    if draw_mesh is None:
+        from d2a_edge.overlay import draw_mesh
     out = frame
     for p in people:
         out = draw_mesh(out, p.vertices, p.faces, K, alpha=0.6)
-        out = draw_joints(out, p.joints2d, parents, p.joint_sigma)
+        out = draw_joints(out, p.joints2d, parents, p.joint_sigma, sigma_full=sigma_full)
     if fps is not None:
         cv2.putText(out, f"{fps:5.1f} FPS", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
                     (255, 255, 255), 2, cv2.LINE_AA)
@@ -54,6 +58,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     parents = rec.bundle.asset.parents
+    from d2a_edge.overlay_gl import make_mesh_drawer
+    drawer = make_mesh_drawer(args.overlay)
     fps, last, n = None, time.perf_counter(), 0
     frames = open_source(args.source)
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
@@ -63,7 +69,7 @@ def run(args) -> int:
         fps = 1.0 / max(now - last, 1e-6) if fps is None else 0.9 * fps + 0.1 / max(now - last, 1e-6)
         last = now
         K = rec.camera(frame.shape[1], frame.shape[0])
-        vis = render(frame, people, K, parents, fps)
+        vis = render(frame, people, K, parents, fps, drawer, 2 * rec.bundle.sigma_reference)
         if save:
             cv2.imwrite(str(save / f"frame_{n:05d}.png"), vis)
             if people and n % args.obj_every == 0:
@@ -94,6 +100,8 @@ def main(argv=None) -> int:
                    "frame's mesh, One-Euro smoothing")
     p.add_argument("--locate", action="store_true", help="find the person in each frame with "
                    "the built-in window search (boxes=\"auto\"); default: the whole frame")
+    p.add_argument("--overlay", default="auto", choices=["auto", "gl", "cv"],
+                   help="mesh overlay renderer: OpenGL (moderngl + EGL) when it works, else OpenCV")
     p.add_argument("--no-smoothing", action="store_true")
     p.add_argument("--no-display", action="store_true")
     p.add_argument("--max-frames", type=int, default=0)
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
     from d2a_edge.imageio import InputError
     try:
         return run(args)
-    except (InputError, BundleError, BackendUnavailable) as e:
+    except (InputError, BundleError, BackendUnavailable, RuntimeError) as e:
         print(f"d2a-demo: error: {e}", file=sys.stderr)
         return 2
 

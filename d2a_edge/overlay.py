@@ -33,14 +33,15 @@ def draw_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.nda
 
 
 def draw_joints(image: np.ndarray, joints2d: np.ndarray, parents=None,
-                sigma: np.ndarray | None = None, radius: int = 3) -> np.ndarray:
-    """Joints (J, 2) px as dots, green (certain) to red (uncertain) by ``sigma`` (J,) metres."""
+                sigma: np.ndarray | None = None, radius: int = 3,
+                sigma_full: float = 0.1) -> np.ndarray:
+    """Joints (J, 2) px as dots, green (certain) to red (``sigma`` (J,) >= ``sigma_full``, m)."""
     import cv2
 
     out = image.copy()
     if sigma is None:
         sigma = np.zeros(len(joints2d))
-    t = np.clip(np.asarray(sigma) / 0.1, 0, 1)  # 10 cm sigma = fully red
+    t = np.clip(np.asarray(sigma) / sigma_full, 0, 1)
     if parents is not None:
         for j, p in enumerate(parents):
             if p >= 0:
