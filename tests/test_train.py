@@ -252,3 +252,56 @@ def test_cli_errors_are_clear(tmp_path):
     p = subprocess.run([str(BIN / "d2a-train"), "no-such-config", "--data", str(tmp_path),
                         "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "built-in configs" in p.stderr
+
+
+@requires_anny
+def test_weights_only_copy_init_and_echo(tmp_path, anny_asset):
+    """save_weights_only keeps the EMA weights and cannot --resume; --init starts from them;
+    data echoing draws its extra steps from the fresh batches."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import EchoBuffer, run
+    cfg = tiny_config(optim={"ema_decay": 0.5, "warmup_steps": 1})
+    ds = BatchDataset(anny_asset, 4, 64, seed=4)
+    run(cfg, ds, tmp_path / "a", steps=2, ckpt_every=0, asset=anny_asset, progress=False)
+    slim = ckpt.save_weights_only(tmp_path / "a", tmp_path / "slim")
+    w_full, w_slim = (ckpt.read_checkpoint(p)["weights"] for p in (tmp_path / "a", slim))
+    assert not any(k.startswith("ema.") for k in w_slim)
+    for k, v in ckpt.split_weights(w_full, "ema").items():
+        torch.testing.assert_close(w_slim[f"model.{k}"], v)
+    with pytest.raises(ckpt.CheckpointError, match="train_state.safetensors is missing"):
+        ckpt.read_checkpoint(slim, with_train_state=True)
+
+    summary = run(cfg, ds, tmp_path / "b", steps=4, ckpt_every=0, asset=anny_asset,
+                  progress=False, init=str(slim), echo=2)
+    assert summary["step"] == 4
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["echo"] == 2
+    assert summary["samples_per_s"] * summary["seconds"] == pytest.approx(2 * 4, rel=1e-6)
+
+    buf = EchoBuffer(seed=0)
+    batches = [{"x": torch.arange(4) + 10 * i} for i in range(3)]
+    for b in batches:
+        buf.add(b)
+    drawn = buf.draw(step=5, size=4)["x"]
+    assert len(drawn) == 4 and set(drawn.tolist()) <= set(torch.cat([b["x"] for b in batches]).tolist())
+    assert torch.equal(drawn, buf.draw(step=5, size=4)["x"])  # seeded by the step
+    with pytest.raises(ValueError, match="echo must be >= 1"):
+        run(cfg, ds, tmp_path / "c", steps=1, asset=anny_asset, progress=False, echo=0)
+
+
+def test_time_budget_fits_the_schedule_then_stops(monkeypatch):
+    """Steps 10..40 take 0.5 s each and 25 s have passed at step 40, so a 100 s budget leaves
+    room for 150 more steps (190 in all); past the budget the loop is told to stop."""
+    from d2a_edge.training import train as T
+    clock = {"now": 0.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
+    calib, d = T.Calibration(start=0, budget=100.0, t0=0.0), T.Dist()
+    total = 10_000
+    for step in range(1, 41):
+        clock["now"] = 5.0 + 0.5 * step
+        new_total, stop = calib.after_step(step, total, d)
+        assert not stop
+        total = new_total
+    assert total == 40 + int((100.0 - 25.0) / 0.5)  # 190
+    clock["now"] = 100.5
+    assert calib.after_step(41, total, d) == (total, True)
