@@ -272,11 +272,17 @@ def test_weights_only_copy_init_and_echo(tmp_path, anny_asset):
     with pytest.raises(ckpt.CheckpointError, match="train_state.safetensors is missing"):
         ckpt.read_checkpoint(slim, with_train_state=True)
 
-    summary = run(cfg, ds, tmp_path / "b", steps=4, ckpt_every=0, asset=anny_asset,
+    summary = run(cfg, ds, tmp_path / "b", steps=3, ckpt_every=0, asset=anny_asset,
                   progress=False, init=str(slim), echo=2)
-    assert summary["step"] == 4
+    assert summary["step"] == 3
     assert json.loads((tmp_path / "b" / "run.json").read_text())["echo"] == 2
+    # fresh batches at steps 0 and 2, an echo at step 1
     assert summary["samples_per_s"] * summary["seconds"] == pytest.approx(2 * 4, rel=1e-6)
+    # resuming at an echo step (the buffer is gone) fetches a fresh batch instead
+    summary = run(cfg, ds, tmp_path / "b", steps=4, resume=True, ckpt_every=0, asset=anny_asset,
+                  progress=False, echo=2)
+    assert summary["step"] == 4
+    assert summary["samples_per_s"] * summary["seconds"] == pytest.approx(4, rel=1e-6)
 
     buf = EchoBuffer(seed=0)
     batches = [{"x": torch.arange(4) + 10 * i} for i in range(3)]

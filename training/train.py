@@ -203,8 +203,9 @@ def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
     return State(model, loss, module, optimizer, scheduler, scaler, ema, schedule)
 
 
-def resume_state(st: State, run_dir: Path, d: Dist) -> None:
-    """Restore ``st`` from ``run_dir``'s latest checkpoint (weights, optimizer, RNG, step)."""
+def resume_state(st: State, run_dir: Path, d: Dist) -> dict:
+    """Restore ``st`` from ``run_dir``'s latest checkpoint (weights, optimizer, RNG, step);
+    returns the checkpoint's meta."""
     c = ckpt.read_checkpoint(run_dir, with_train_state=True)
     w = {k: v.to(d.device) for k, v in c["weights"].items()}
     st.model.load_state_dict(ckpt.split_weights(w, "model"))
@@ -215,6 +216,7 @@ def resume_state(st: State, run_dir: Path, d: Dist) -> None:
                                        scaler=st.scaler)
     if d.main:
         print(f"resumed from {c['dir']} at step {st.step}", file=sys.stderr)
+    return c["meta"]
 
 
 def init_weights(st: State, path: str, d: Dist) -> None:
@@ -313,7 +315,8 @@ def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
     if not d.main:
         return None
     meta = {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
-            "body": cfg.model.body, "body_name": st.model.body.asset_name}
+            "body": cfg.model.body, "body_name": st.model.body.asset_name,
+            "schedule_total": st.schedule.total}
     return ckpt.save_checkpoint(run_dir, st.step, model=st.model, loss=st.loss,
                                 optimizer=st.optimizer, scheduler=st.scheduler, scaler=st.scaler,
                                 ema=st.ema, meta=meta)
@@ -346,7 +349,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
         init_weights(st, init, d)
     if resume and (run_dir / "checkpoints" / "latest.json").is_file():
-        resume_state(st, run_dir, d)
+        meta = resume_state(st, run_dir, d)
+        if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
+            total = st.schedule.total = int(meta["schedule_total"])
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
     amp, _ = autocast_for(d.device, cfg.optim)
@@ -366,7 +371,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     it = iter(loader)
     echoes = EchoBuffer(cfg.train.seed) if echo > 1 else None
     while st.step < total:
-        if echoes is None or st.step % echo == 0:
+        if echoes is None or st.step % echo == 0 or not echoes.batches:  # (a resume empties it)
             batch = to_device(next(it), d.device)
             seen += batch["image"].shape[0] * d.world
             if echoes is not None:
