@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from d2a_edge.camera import uncrop
-from d2a_edge.recoverer import CROP_SCALE, MeshRecoverer, search_windows
+from d2a_edge.recoverer import MeshRecoverer, box_for_crop, search_windows
 from d2a_edge.training import metrics as M
 from d2a_edge.training.data.shards import ShardReader
 
@@ -33,8 +33,7 @@ def main():
     for i in range(min(args.num, len(reader))):
         s = reader.sample(i)
         box = np.asarray(s["crop_box"], np.float64)
-        c, side = (box[:2] + box[2:]) / 2, (box[2] - box[0]) / CROP_SCALE
-        true = [[c[0] - side / 2, c[1] - side / 2, c[0] + side / 2, c[1] + side / 2]]
+        true = [box_for_crop(box)]
         rec.K = np.asarray(s["K"], np.float32)
         frame = uncrop(np.asarray(s["image"])[..., ::-1], box, s["img_size"])
         gt = np.asarray(s["kp3d"])

@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 
 from d2a_edge.camera import uncrop
-from d2a_edge.recoverer import CROP_SCALE, MeshRecoverer
+from d2a_edge.recoverer import MeshRecoverer, box_for_crop
 from d2a_edge.training import metrics as M
 from d2a_edge.training.data.shards import ShardReader
 
@@ -29,11 +29,9 @@ def main():
     for i in range(min(args.num, len(reader))):
         s = reader.sample(i)
         box = np.asarray(s["crop_box"], np.float64)
-        c, side = (box[:2] + box[2:]) / 2, (box[2] - box[0]) / CROP_SCALE
         rec.K = np.asarray(s["K"], np.float32)
         (person,) = rec(uncrop(np.asarray(s["image"])[..., ::-1], box, s["img_size"]),
-                        boxes=[[c[0] - side / 2, c[1] - side / 2, c[0] + side / 2,
-                                c[1] + side / 2]])
+                        boxes=[box_for_crop(box)])
         kp = rec.bundle.asset.keypoints(person.joints3d, person.vertices, 17)
         pred.append(kp - kp[:1])
         gt.append(np.asarray(s["kp3d"]) - np.asarray(s["kp3d"])[:1])

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     for prec in args.precision:
         rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
                             precision=prec, skinning=args.skinning)
-        skin = "cuda" if type(rec.body).__name__ == "CudaSkinner" else "numpy"
+        skin = rec.skinning
         for b in args.batch:
             bench_stages(rec, frames, b, args.warmup)
             t = bench_stages(rec, frames, b, args.repeats)

@@ -39,6 +39,14 @@ def _boxes_array(boxes) -> np.ndarray:
     return b
 
 
+def box_for_crop(crop_box) -> list[float]:
+    """The person box (x0, y0, x1, y1) whose SDK crop (``make_crops``) is the square
+    ``crop_box``: same centre, side / ``CROP_SCALE`` (for labelled renders, whose crop is known)."""
+    b = np.asarray(crop_box, np.float64)
+    c, half = (b[:2] + b[2:]) / 2, (b[2] - b[0]) / CROP_SCALE / 2
+    return [c[0] - half, c[1] - half, c[0] + half, c[1] + half]
+
+
 def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int):
     """Model inputs for person ``boxes`` (N, 4) in a BGR ``image``: square crops
     (N, 3, s, s) float32 RGB 0..1, the square boxes (N, 4) and bbox_info (N, 3)."""
@@ -113,10 +121,15 @@ class MeshRecoverer:
                  skinning: str = "auto"):
         self.bundle = load_bundle(model)
         self.backend = make_backend(self.bundle, backend, device, precision)
-        self.body = make_skinner(self.bundle.asset, skinning, str(getattr(self.backend, "device",
-                                                                          "cpu")))
+        self.skinner = make_skinner(self.bundle.asset, skinning,
+                                    str(getattr(self.backend, "device", "cpu")))
         self.size = self.bundle.image_size
         self.K = None if intrinsics is None else np.asarray(intrinsics, np.float32).reshape(3, 3)
+
+    @property
+    def skinning(self) -> str:
+        """Where meshes are skinned: "cuda" (the kernel) or "numpy"."""
+        return "numpy" if isinstance(self.skinner, BodyModel) else "cuda"
 
     def camera(self, width: int, height: int) -> np.ndarray:
         return self.K if self.K is not None else default_intrinsics(width, height)
@@ -157,7 +170,7 @@ class MeshRecoverer:
 
     def skin(self, out: dict) -> tuple[np.ndarray, np.ndarray]:
         """Vertices (N, V, 3) and joints (N, J, 3) of the engine's outputs."""
-        return self.body(out["pose"].astype(np.float32), out["shape"].astype(np.float32),
+        return self.skinner(out["pose"].astype(np.float32), out["shape"].astype(np.float32),
                          out["translation"].astype(np.float32))
 
     def meshes(self, out: dict, verts, joints, boxes: np.ndarray, K) -> list[HumanMesh]:

@@ -4,7 +4,7 @@ import pytest
 from conftest import requires_torch
 
 from d2a_edge import InputError, MeshRecoverer
-from d2a_edge.recoverer import LOST_SCORE, CROP_SCALE, person_score, search_windows
+from d2a_edge.recoverer import LOST_SCORE, box_for_crop, person_score, search_windows
 
 
 def test_search_windows_cover_the_frame_with_squares():
@@ -49,8 +49,7 @@ def test_locate_finds_a_small_person_in_a_large_frame(anny_asset):
     for img, box, wh, K, kp3d in zip(labels["image"], labels["crop_box"], labels["img_size"],
                                       labels["K"], labels["kp3d"]):
         frame = uncrop(img[..., ::-1], box, wh)
-        c, side = (box[:2] + box[2:]) / 2, (box[2] - box[0]) / CROP_SCALE
-        true = [[c[0] - side / 2, c[1] - side / 2, c[0] + side / 2, c[1] + side / 2]]
+        true = [box_for_crop(box)]
         rec.K = K
         for name, boxes in (("auto", "auto"), ("whole", None), ("true", true)):
             (p,) = rec(frame, boxes=boxes)

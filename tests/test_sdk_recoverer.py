@@ -21,7 +21,7 @@ def full_frames(labels):
 
 def test_sdk_matches_torch_and_eval(fresh_model, fresh_bundle, anny_asset):
     from d2a_edge.export import verify
-    from d2a_edge.recoverer import CROP_SCALE, MeshRecoverer
+    from d2a_edge.recoverer import MeshRecoverer, box_for_crop
     from d2a_edge.training.inference import FusedGraph
     from d2a_edge.training.metrics import pa_mpjpe
 
@@ -31,10 +31,8 @@ def test_sdk_matches_torch_and_eval(fresh_model, fresh_bundle, anny_asset):
     rec = MeshRecoverer(fresh_bundle[0], backend="onnxruntime")
     sdk_kp = []
     for frame, box, K in zip(full_frames(labels), labels["crop_box"], labels["K"]):
-        c, side = (box[:2] + box[2:]) / 2, (box[2] - box[0]) / CROP_SCALE
         rec.K = K
-        (person,) = rec(frame, boxes=[[c[0] - side / 2, c[1] - side / 2,
-                                       c[0] + side / 2, c[1] + side / 2]])
+        (person,) = rec(frame, boxes=[box_for_crop(box)])
         assert person.vertices.shape == (anny_asset.num_vertices, 3)
         assert person.joint_sigma.shape == (25,) and person.joints2d.shape == (25, 2)
         sdk_kp.append(anny_asset.keypoints(person.joints3d, person.vertices, 17))

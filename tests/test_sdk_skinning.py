@@ -31,7 +31,8 @@ def test_cuda_skinning_matches_numpy_in_the_sdk():
     frames = [cv2.imread(str(p)) for p in SAMPLES[:3]]
     cpu = MeshRecoverer(backend="onnxruntime", skinning="numpy")
     gpu = MeshRecoverer(backend="onnxruntime", skinning="cuda")
-    assert type(gpu.body).__name__ == "CudaSkinner"
+    assert gpu.skinning == "cuda" and cpu.skinning == "numpy"
+    assert type(gpu.skinner).__name__ == "CudaSkinner"
     rng = np.random.default_rng(0)
     for f in frames:
         H, W = f.shape[:2]

@@ -247,12 +247,18 @@ class EchoBuffer:
         self.batches = (self.batches + [batch])[-ECHO_BUFFER:]
 
     def draw(self, step: int, size: int) -> dict:
-        pool = {k: torch.cat([b[k] for b in self.batches]) for k in self.batches[0]
-                if torch.is_tensor(self.batches[0][k])}
-        n = len(next(iter(pool.values())))
+        """``size`` samples drawn without replacement from the buffer (seeded by ``step``);
+        only the drawn rows are copied."""
+        keys = [k for k, v in self.batches[0].items() if torch.is_tensor(v)]
+        lens = [len(b[keys[0]]) for b in self.batches]
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        pick = torch.randperm(n, generator=g)[:size]
-        return {k: v[pick.to(v.device)] for k, v in pool.items()}
+        pick = torch.randperm(sum(lens), generator=g)[:size]
+        rows, start = [], 0
+        for n in lens:  # the picked rows of each buffered batch
+            rows.append(pick[(pick >= start) & (pick < start + n)] - start)
+            start += n
+        return {k: torch.cat([b[k][r.to(b[k].device)] for b, r in zip(self.batches, rows)])
+                for k in keys}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
