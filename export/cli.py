@@ -17,15 +17,17 @@ from pathlib import Path
 
 def _report(manifest: dict, out: Path) -> str:
     lines = [f"bundle: {out}", "| artifact | MB | measured with | max vertex err mm | "
-             "MPJPE mm | PA-MPJPE mm | PA-MPJPE delta mm |", "|---|---|---|---|---|---|---|"]
+             "mean vertex err mm | MPJPE mm | PA-MPJPE mm | PA-MPJPE delta mm |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, a in manifest["artifacts"].items():
         p = a.get("parity")
         if p is None:
             lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | (TensorRT, not verified here) "
-                         "| | | | |")
+                         "| | | | | |")
             continue
         lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with'][:40]} | "
-                     f"{p['max_vertex_error_mm']:.4f} | {p['mpjpe_mm']:.1f} | "
+                     f"{p['max_vertex_error_mm']:.4f} | {p.get('mean_vertex_error_mm', float('nan')):.4f} | "
+                     f"{p['mpjpe_mm']:.1f} | "
                      f"{p['pa_mpjpe_mm']:.1f} | {p['pa_mpjpe_delta_mm']:+.2f} |")
     lines += ["", "use it:", "    from d2a_edge import MeshRecoverer",
               f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')  # or 'int8' / 'fp16'",

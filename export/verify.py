@@ -73,6 +73,7 @@ def compare(asset, names, ref: list[np.ndarray], got: list[np.ndarray], labels) 
     return {
         "max_abs_error": {n: float(np.abs(a - b).max()) for n, a, b in zip(names, ref, got)},
         "max_vertex_error_mm": float(np.linalg.norm(v_ref - v_got, axis=-1).max() * 1000),
+        "mean_vertex_error_mm": float(np.linalg.norm(v_ref - v_got, axis=-1).mean() * 1000),
         "mpjpe_mm": e_got["mpjpe_mm"], "pa_mpjpe_mm": e_got["pa_mpjpe_mm"],
         "mpjpe_delta_mm": e_got["mpjpe_mm"] - e_ref["mpjpe_mm"],
         "pa_mpjpe_delta_mm": e_got["pa_mpjpe_mm"] - e_ref["pa_mpjpe_mm"],
