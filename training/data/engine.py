@@ -113,8 +113,16 @@ class SampleGenerator:
         t2 = time.perf_counter()
         self.timings["pose_sampling"] += t1 - t0
         self.timings["lbs"] += t2 - t1
-        samples = [self._one(p, rot[k], betas[k], verts_t[k], joints[k])
-                   for k, p in enumerate(params)]
+        scenes = [self._scene(p, verts_t[k], joints[k]) for k, p in enumerate(params)]
+        t3 = time.perf_counter()
+        rgb, depth, mask = self.renderer.render_batch(
+            np.stack([sc["verts"] for sc in scenes]), np.stack([sc["Kc"] for sc in scenes]),
+            [p.material for p in params], self.timings)
+        t4 = time.perf_counter()
+        samples = [self._finish(p, sc, rot[k], betas[k], rgb[k], depth[k], mask[k])
+                   for k, (p, sc) in enumerate(zip(params, scenes))]
+        self.timings["camera"] += t3 - t2
+        self.timings["post_process"] += time.perf_counter() - t4
         return {key: np.stack([s[key] for s in samples]) for key in SCHEMA_KEYS}
 
     def _place(self, rng: np.random.Generator, vt: np.ndarray):
@@ -152,29 +160,24 @@ class SampleGenerator:
         centre = (lo + hi) / 2 + rng.uniform(-cfg.crop_jitter, cfg.crop_jitter, 2) * side
         return square_box(centre, max(side, 8.0))
 
-    def _one(self, p: _Params, rot, betas, vt_rel, joints_rel) -> dict[str, np.ndarray]:
-        """One sample from root-centred vertices vt_rel (3, V) and joints (J, 3)."""
-        t0 = time.perf_counter()
-        rng, s = p.rng, self.config.image_size
-        K, img_size, transl = self._place(rng, vt_rel[:, ::4])  # placement is approximate
+    def _scene(self, p: _Params, vt_rel, joints_rel) -> dict[str, np.ndarray]:
+        """Camera, placement and crop for root-centred vertices vt_rel (3, V), joints (J, 3)."""
+        K, img_size, transl = self._place(p.rng, vt_rel[:, ::4])  # placement is approximate
         vt = vt_rel + transl[:, None]  # (3, V): row reductions are ~100x faster than (V, 3)
-        verts, joints3d = np.ascontiguousarray(vt.T), joints_rel + transl  # (V, 3), (J, 3)
-        crop_box = self._crop(rng, vt, K)
-        Kc = crop_intrinsics(K, crop_box, s)
-        t1 = time.perf_counter()
-        rgb, depth, mask = self.renderer.render(verts, Kc, p.material, self.timings)
-        t2 = time.perf_counter()
-        image = self.effects.compose(rng, rgb, mask, self.backgrounds.sample(rng, s),
-                                ood=self.config.split == "ood")
-        kp3d = self.asset.keypoints(joints3d, verts, 17).astype(np.float32)
-        out = dict(image=image, depth=depth.copy(), mask=mask, rotmats=rot, betas=betas,
-                   transl=transl, joints3d=joints3d.astype(np.float32), kp3d=kp3d,
-                   joints2d=project(joints3d, Kc).astype(np.float32),
-                   kp2d=project(kp3d, Kc).astype(np.float32),
-                   verts_coarse=verts[self.asset.coarse_index].astype(np.float32),
-                   K=K, crop_box=crop_box, img_size=img_size)
-        t3 = time.perf_counter()
-        self.timings["camera"] += t1 - t0
-        self.timings["post_process"] += t3 - t2
-        return out
+        crop_box = self._crop(p.rng, vt, K)
+        return dict(verts=np.ascontiguousarray(vt.T), joints3d=joints_rel + transl, K=K,
+                    img_size=img_size, transl=transl, crop_box=crop_box,
+                    Kc=crop_intrinsics(K, crop_box, self.config.image_size))
 
+    def _finish(self, p: _Params, sc: dict, rot, betas, rgb, depth, mask) -> dict[str, np.ndarray]:
+        """One sample: the rendered crop composed over a background, plus its labels."""
+        rng, s, verts, joints3d = p.rng, self.config.image_size, sc["verts"], sc["joints3d"]
+        image = self.effects.compose(rng, rgb, mask, self.backgrounds.sample(rng, s),
+                                     ood=self.config.split == "ood")
+        kp3d = self.asset.keypoints(joints3d, verts, 17).astype(np.float32)
+        return dict(image=image, depth=depth, mask=mask, rotmats=rot, betas=betas,
+                    transl=sc["transl"], joints3d=joints3d.astype(np.float32), kp3d=kp3d,
+                    joints2d=project(joints3d, sc["Kc"]).astype(np.float32),
+                    kp2d=project(kp3d, sc["Kc"]).astype(np.float32),
+                    verts_coarse=verts[self.asset.coarse_index].astype(np.float32),
+                    K=sc["K"], crop_box=sc["crop_box"], img_size=sc["img_size"])

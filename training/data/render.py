@@ -1,4 +1,4 @@
-"""Headless body renderer (moderngl + EGL): RGB, metric depth and silhouette of one crop.
+"""Headless body renderer (moderngl + EGL): RGB, metric depth and silhouette of crops.
 
 Renders straight into the ``s x s`` crop with the crop intrinsics (``d2a_edge.camera``). The
 GL projection keeps the OpenCV pixel convention: pixel (i, j) has its centre at (u, v) = (i, j)
@@ -112,10 +112,17 @@ def create_egl_context():
             "10_nvidia.json (see DESIGN.md section 8)") from e
 
 
+TILE_COLS = 8  # a batch renders into an atlas of up to TILE_COLS x TILE_COLS crops per pass
+
+
 class BodyRenderer:
-    """Renders one body mesh into an ``size x size`` crop; one instance per process.
+    """Renders body meshes into ``size x size`` crops; one instance per process.
 
     faces: (F, 3) int; rest: (V, 3) rest-pose coordinates (pattern space); parts: (V,) int.
+
+    ``render_batch`` draws a whole batch into tiles of one atlas framebuffer (viewport and
+    scissor per tile, one vertex buffer per tile) and reads it back once, so the GPU is
+    synchronised once per batch instead of three times per crop.
     """
 
     def __init__(self, faces: np.ndarray, rest: np.ndarray, parts: np.ndarray, size: int):
@@ -126,17 +133,24 @@ class BodyRenderer:
         self.size, self.num_vertices = size, len(rest)
         ctx = self.ctx = egl_context()
         self.prog = ctx.program(vertex_shader=VERTEX_SHADER, fragment_shader=FRAGMENT_SHADER)
-        self.vbo = ctx.buffer(reserve=self.num_vertices * 12)
         static = np.concatenate([rest, parts[:, None]], 1).astype(np.float32)  # (V, 4)
         self.sbo = ctx.buffer(static.tobytes())
         self.ibo = ctx.buffer(np.ascontiguousarray(faces, np.int32).tobytes())
-        self.vao = ctx.vertex_array(self.prog, [(self.vbo, "3f", "in_pos"),
-                                                (self.sbo, "3f 1f", "in_rest", "in_part")],
-                                    index_buffer=self.ibo)
+        self._slots: list[tuple[object, object]] = []  # (vbo, vao) per tile, made on first use
+        side = TILE_COLS * size
         self.fbo = ctx.framebuffer(
-            [ctx.renderbuffer((size, size), 4), ctx.renderbuffer((size, size), 1, dtype="f4")],
-            ctx.depth_renderbuffer((size, size)))
+            [ctx.renderbuffer((side, side), 4), ctx.renderbuffer((side, side), 1, dtype="f4")],
+            ctx.depth_renderbuffer((side, side)))
         self._moderngl = moderngl
+
+    def _slot(self, k: int):
+        while len(self._slots) <= k:
+            vbo = self.ctx.buffer(reserve=self.num_vertices * 12)
+            vao = self.ctx.vertex_array(self.prog, [(vbo, "3f", "in_pos"),
+                                                    (self.sbo, "3f 1f", "in_rest", "in_part")],
+                                        index_buffer=self.ibo)
+            self._slots.append((vbo, vao))
+        return self._slots[k]
 
     def render(self, verts: np.ndarray, K: np.ndarray, material: Material,
                timings: dict[str, float] | None = None
@@ -144,30 +158,67 @@ class BodyRenderer:
         """verts (V, 3) camera frame, K (3, 3) crop intrinsics ->
         rgb (s, s, 3) uint8 (background black), depth (s, s) float32 z in metres (0 = none),
         mask (s, s) uint8. ``timings`` (optional) accumulates "render" and "readback" seconds."""
+        rgb, depth, mask = self.render_batch(verts[None], K[None], [material], timings)
+        return rgb[0], depth[0], mask[0]
+
+    def render_batch(self, verts: np.ndarray, K: np.ndarray, materials: list[Material],
+                     timings: dict[str, float] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """verts (N, V, 3), K (N, 3, 3), N materials -> rgb (N, s, s, 3) uint8,
+        depth (N, s, s) float32, mask (N, s, s) uint8; the same pixels as N ``render`` calls."""
+        verts, K = np.asarray(verts), np.asarray(K)
+        n = len(verts)
+        if verts.shape != (n, self.num_vertices, 3) or K.shape != (n, 3, 3) or len(materials) != n:
+            raise ValueError(f"need verts (N, {self.num_vertices}, 3), K (N, 3, 3) and N materials; "
+                             f"got {verts.shape}, {K.shape}, {len(materials)}")
+        s = self.size
+        rgb = np.empty((n, s, s, 3), np.uint8)
+        depth = np.empty((n, s, s), np.float32)
+        per_pass = TILE_COLS * TILE_COLS
+        for start in range(0, n, per_pass):
+            stop = min(start + per_pass, n)
+            self._render_pass(verts[start:stop], K[start:stop], materials[start:stop],
+                              rgb[start:stop], depth[start:stop], timings)
+        return rgb, depth, (depth > 0).astype(np.uint8)
+
+    def _render_pass(self, verts, K, materials, rgb_out, depth_out, timings) -> None:
         t0 = time.perf_counter()
-        if verts.shape != (self.num_vertices, 3):
-            raise ValueError(f"verts must be ({self.num_vertices}, 3), got {verts.shape}")
-        s, ctx, prog = self.size, self.ctx, self.prog
-        self.vbo.write(np.ascontiguousarray(verts, np.float32))
-        prog["proj"].write(np.ascontiguousarray(gl_projection(K, s).T))
-        for name in ("color1", "color2", "light_dir", "light_color"):
-            prog[name].write(np.ascontiguousarray(getattr(material, name), np.float32))
-        prog["pattern"].write(np.ascontiguousarray(material.pattern, np.int32))
-        prog["freq"].write(np.ascontiguousarray(material.freq, np.float32))
-        for name in ("ambient", "diffuse", "specular"):
-            prog[name].value = float(getattr(material, name))
+        s, ctx, prog, n = self.size, self.ctx, self.prog, len(verts)
+        cols = min(n, TILE_COLS)
+        rows = -(-n // TILE_COLS)
+        area = (0, 0, cols * s, rows * s)
         self.fbo.use()
-        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.scissor = None
+        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=area)
         ctx.enable(self._moderngl.DEPTH_TEST | self._moderngl.CULL_FACE)
         ctx.front_face = "cw"
-        self.vao.render()
+        for k in range(n):
+            vbo, vao = self._slot(k)
+            vbo.write(np.ascontiguousarray(verts[k], np.float32))
+            prog["proj"].write(np.ascontiguousarray(gl_projection(K[k], s).T))
+            m = materials[k]
+            for name in ("color1", "color2", "light_dir", "light_color"):
+                prog[name].write(np.ascontiguousarray(getattr(m, name), np.float32))
+            prog["pattern"].write(np.ascontiguousarray(m.pattern, np.int32))
+            prog["freq"].write(np.ascontiguousarray(m.freq, np.float32))
+            for name in ("ambient", "diffuse", "specular"):
+                prog[name].value = float(getattr(m, name))
+            tile = ((k % TILE_COLS) * s, (k // TILE_COLS) * s, s, s)
+            ctx.viewport = ctx.scissor = tile
+            vao.render()
+        ctx.scissor = None
         if timings is not None:
             ctx.finish()
             t1 = time.perf_counter()
-        rgb = np.frombuffer(self.fbo.read(components=3, attachment=0), np.uint8).reshape(s, s, 3)
-        depth = np.frombuffer(self.fbo.read(components=1, attachment=1, dtype="f4"),
-                              np.float32).reshape(s, s)
+        h, w = rows * s, cols * s
+        color = np.frombuffer(self.fbo.read(viewport=area, components=3, attachment=0),
+                              np.uint8).reshape(h, w, 3)
+        z = np.frombuffer(self.fbo.read(viewport=area, components=1, attachment=1, dtype="f4"),
+                          np.float32).reshape(h, w)
+        for k in range(n):  # row 0 of the read-back is the atlas' bottom row = tile row 0
+            r, c = divmod(k, TILE_COLS)
+            rgb_out[k] = color[r * s:(r + 1) * s, c * s:(c + 1) * s]
+            depth_out[k] = z[r * s:(r + 1) * s, c * s:(c + 1) * s]
         if timings is not None:
             timings["render"] += t1 - t0
             timings["readback"] += time.perf_counter() - t1
-        return rgb, depth, (depth > 0).astype(np.uint8)
