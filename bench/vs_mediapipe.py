@@ -1,12 +1,15 @@
 """End-to-end ms/frame of d2a-edge (fp32 and INT8 ONNX, CPU) beside MediaPipe Pose, same frames.
 
     bash bench/setup_mediapipe.sh            # once: MediaPipe 0.10.14 in .venv-mediapipe
-    .venv/bin/python bench/vs_mediapipe.py [--model BUNDLE] [--frames 40] [--out docs/bench_cpu.md]
+    .venv/bin/python bench/vs_mediapipe.py [--model BUNDLE] [--frames 40] [--rounds 3]
+        [--out docs/bench_cpu.md]
 
 Frames are 512x512 renders of the synthetic engine (a person on a procedural background). The
 d2a-edge number is the whole ``MeshRecoverer.__call__`` (crop, engine, skinning of the full mesh,
 post-process), single person, full-frame box. MediaPipe runs Full (model_complexity=1), tracked
-and static. Numbers depend on the machine's load: the script prints what it measured.
+and static. Numbers depend on the machine's load, so the pipelines take turns for --rounds
+rounds; the table gives the median of the round medians, and each d2a-edge pipeline's ratio to
+MediaPipe tracked within the same round (median, min and max over rounds).
 """
 import argparse
 import json
@@ -52,23 +55,36 @@ def main():
     p.add_argument("--model", help="bundle with fp32 and int8 ONNX (default: bundled edge-s)")
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", help="append the Markdown table to this file")
     args = p.parse_args()
     mp_python = Path(".venv-mediapipe/bin/python")
+    if not mp_python.exists():
+        print("MediaPipe venv missing: run bash bench/setup_mediapipe.sh", file=sys.stderr)
+    rounds: list[dict[str, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         frames = make_frames(args.frames, Path(tmp))
-        rows = [time_d2a(args.model, prec, frames, args.repeats) for prec in ("fp32", "int8")]
-        for extra in ([], ["--static"]):
-            if not mp_python.exists():
-                print("MediaPipe venv missing: run bash bench/setup_mediapipe.sh", file=sys.stderr)
-                break
-            res = subprocess.run([str(mp_python), "bench/mediapipe_pose.py", tmp,
-                                  "--repeats", str(args.repeats + 1), *extra],
-                                 capture_output=True, text=True, check=True)
-            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    table = ["| pipeline | median ms/frame | p90 ms | frames |", "|---|---|---|---|"]
-    table += [f"| {r['name']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['frames']} |"
-              for r in rows]
+        for r in range(args.rounds):
+            rows = [time_d2a(args.model, prec, frames, args.repeats) for prec in ("fp32", "int8")]
+            for extra in ([], ["--static"]) if mp_python.exists() else ():
+                res = subprocess.run([str(mp_python), "bench/mediapipe_pose.py", tmp,
+                                      "--repeats", str(args.repeats + 1), *extra],
+                                     capture_output=True, text=True, check=True)
+                rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+            rounds.append({row["name"]: row for row in rows})
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {row['median_ms']:.1f}" for n, row in rounds[-1].items()), flush=True)
+    mp = "mediapipe-pose c1 tracked"
+    table = ["| pipeline | median ms/frame | p90 ms | frames per round | "
+             "ratio to MediaPipe tracked (median, min–max) |", "|---|---|---|---|---|"]
+    for name in rounds[0]:
+        med = np.median([rd[name]["median_ms"] for rd in rounds])
+        p90 = np.median([rd[name]["p90_ms"] for rd in rounds])
+        ratio = ""
+        if name.startswith("d2a") and mp in rounds[0]:
+            q = [rd[name]["median_ms"] / rd[mp]["median_ms"] for rd in rounds]
+            ratio = f"{np.median(q):.2f} ({min(q):.2f}–{max(q):.2f})"
+        table.append(f"| {name} | {med:.1f} | {p90:.1f} | {rounds[0][name]['frames']} | {ratio} |")
     text = "\n".join(table)
     print(text)
     if args.out:

@@ -75,9 +75,11 @@ def export_fp16(fp32: Path, stage: Path) -> Path:
     return onnx_tools.to_fp16(fp32, stage / "model_fp16.onnx")
 
 
-def export_int8(fp32: Path, stage: Path, req: ExportRequest, asset, size: int) -> Path:
-    return onnx_tools.to_int8_qdq(fp32, stage / "model_int8.onnx",
-                                  calibration_batches(req.calib, asset, size))
+def export_int8(fp32: Path, stage: Path, calibration: list, symmetric: bool) -> Path:
+    """``model_int8.onnx`` (U8S8, for ONNX Runtime) or ``model_int8_sym.onnx`` (S8S8, the
+    input of the TensorRT INT8 plan: TensorRT takes only zero-point-0 quantization)."""
+    name = "model_int8_sym.onnx" if symmetric else "model_int8.onnx"
+    return onnx_tools.to_int8_qdq(fp32, stage / name, calibration, symmetric=symmetric)
 
 
 def export_trt(onnx_path: Path, stage: Path, precision: str, size: int, req) -> Path:
@@ -138,7 +140,10 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         files["fp16"] = export_fp16(files["fp32"], stage)
     if "int8" in precisions:
         progress(f"[2/4] int8 Q/DQ ONNX, calibrated on {req.calib}")
-        files["int8"] = export_int8(files["fp32"], stage, req, asset, size)
+        calibration = calibration_batches(req.calib, asset, size)
+        files["int8"] = export_int8(files["fp32"], stage, calibration, symmetric=False)
+        if req.fmt == "trt":
+            files["int8-sym"] = export_int8(files["fp32"], stage, calibration, symmetric=True)
     progress("[3/4] verifying against PyTorch")
     artifacts = {}
     for p, path in files.items():
@@ -150,6 +155,9 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         progress("[4/4] TensorRT plans")
         try:
             for p, path in list(files.items()):
+                if p == "int8":
+                    continue  # TensorRT builds its INT8 plan from the symmetric graph
+                p = p.removesuffix("-sym")
                 plan = export_trt(path, stage, p, size, req)
                 artifacts[f"{p}-trt"] = {"file": plan.name, "format": "trt",
                                          "bytes": plan.stat().st_size, "sha256": file_sha256(plan)}

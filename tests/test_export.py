@@ -48,6 +48,61 @@ def test_bad_requests(tmp_path, fresh_model, anny_asset):
     assert not any(tmp_path.iterdir())  # no partial artifacts left behind
 
 
+def _activation_zero_points(path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    weights = {n.output[0] for n in m.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[0] in init}
+    return [init[n.input[2]] for n in m.graph.node if n.op_type == "QuantizeLinear"
+            and n.output[0] not in weights and len(n.input) > 2 and n.input[2] in init]
+
+
+def test_int8_quantizes_the_backbone_and_large_convs_only(bundle):
+    import onnx
+    from onnx import numpy_helper
+    from d2a_edge.export.onnx_tools import INT8_MIN_WEIGHTS
+    m = onnx.load(str(bundle[0] / "model_int8.onnx"))
+    made_by = {o: n for n in m.graph.node for o in n.output}
+    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    quantized, kept = [], []
+    for n in m.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = made_by.get(n.input[1])
+        if w is not None and w.op_type == "DequantizeLinear":
+            quantized.append((n.name, init[w.input[0]].size))
+        else:
+            kept.append((n.name, init[n.input[1]].size))
+    assert any(name.startswith("/backbone/") for name, _ in quantized)
+    assert not any(name.startswith("/backbone/") for name, _ in kept)
+    assert all(size >= INT8_MIN_WEIGHTS for name, size in quantized
+               if not name.startswith("/backbone/"))
+    assert any(size < INT8_MIN_WEIGHTS for _, size in kept)  # small depth-net convs stay fp32
+
+
+def test_int8_flavours(bundle, tmp_path, fresh_model, anny_asset):
+    """ONNX Runtime gets uint8 activations with zero points (U8S8); a TensorRT request also
+    writes the zero-point-0 int8 graph (S8S8) that TensorRT needs, verified like the others."""
+    out, _ = bundle
+    zps = _activation_zero_points(out / "model_int8.onnx")
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    assert any(int(z) != 0 for z in zps)  # asymmetric: zero points follow the ranges
+    if has_module("tensorrt"):
+        pytest.skip("TensorRT is installed here: the plan build is tested on the GPU")
+    from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    from d2a_edge.export.tensorrt_build import TensorRTUnavailable
+    with pytest.raises(TensorRTUnavailable):
+        export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path, fmt="trt", int8=True,
+                                                              calib="4", val_samples=2))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["artifacts"]["int8-sym"]["file"] == "model_int8_sym.onnx"
+    assert np.isfinite(manifest["artifacts"]["int8-sym"]["parity"]["pa_mpjpe_delta_mm"])
+    zps = _activation_zero_points(tmp_path / "model_int8_sym.onnx")
+    assert zps and all(z.dtype == np.int8 and int(z) == 0 for z in zps)
+
+
 def test_trt_missing_is_clear(tmp_path, fresh_model, anny_asset):
     if has_module("tensorrt"):
         pytest.skip("TensorRT is installed here")

@@ -81,3 +81,35 @@ def test_bad_frames_and_boxes(fresh_bundle):
         rec(frame, boxes=[[10, 10, 5, 50]])
     gray16 = np.full((120, 160), 30000, np.uint16)
     assert len(rec(gray16)) == 1  # converted, not rejected
+
+
+def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypatch):
+    """Cropping and skinning run on the calling thread, so the engine's pool has the cores;
+    the caller's OpenCV and BLAS settings come back afterwards, also after an error."""
+    import cv2
+    from threadpoolctl import threadpool_info
+    from d2a_edge.recoverer import MeshRecoverer
+    rec = MeshRecoverer(fresh_bundle[0], backend="onnxruntime")
+    seen = []
+    run = rec.backend.run
+
+    def spy(crops, info):
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        seen.append((cv2.getNumThreads(), blas))
+        return run(crops, info)
+
+    monkeypatch.setattr(rec.backend, "run", spy)
+    cv2.setNumThreads(2)
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    try:
+        assert len(rec(frame)) == 1
+        assert seen[-1][0] == 1 and all(n == 1 for n in seen[-1][1]), seen
+        assert cv2.getNumThreads() == 2
+        with pytest.raises(Exception):
+            rec(frame, boxes=np.array([[0, 0, 10, np.nan]]))
+        monkeypatch.setattr(rec, "skin", lambda out: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            rec(frame)
+        assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(-1)
