@@ -27,7 +27,7 @@ CROP_SCALE = 1.2  # crop side / max(box w, h): the middle of the training range
 
 
 class OneThreadHelpers:
-    """While a call runs, OpenCV and numpy's BLAS work on the calling thread only.
+    """While a call runs, OpenCV and numpy's BLAS work on the calling thread only (CPU engines).
 
     Cropping one person and skinning one mesh are too small to gain from threads, but their
     thread pools keep spinning after each use and take the cores from the engine's own pool
@@ -154,10 +154,12 @@ class MeshRecoverer:
                  skinning: str = "auto"):
         self.bundle = load_bundle(model)
         self.backend = make_backend(self.bundle, backend, device, precision)
-        self.skinner = make_skinner(self.bundle.asset, skinning,
-                                    str(getattr(self.backend, "device", "cpu")))
+        engine_on = str(getattr(self.backend, "device", "cpu"))
+        self.skinner = make_skinner(self.bundle.asset, skinning, engine_on)
         self.size = self.bundle.image_size
-        self.one_thread_helpers = OneThreadHelpers()
+        # on the CPU the engine needs every core; with a GPU engine the helpers may use them
+        self.one_thread_helpers = OneThreadHelpers() if engine_on == "cpu" \
+            else contextlib.nullcontext
         self.K = None if intrinsics is None else np.asarray(intrinsics, np.float32).reshape(3, 3)
 
     @property
