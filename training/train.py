@@ -307,6 +307,19 @@ def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
     return out
 
 
+def first_step_or_eager(st: State, batch: dict, cfg: Config, amp, eager: nn.Module) -> dict:
+    """A step of the compiled module; the first one compiles, and if that fails training goes
+    on with ``eager`` (nothing was updated: gradients are reset at the start of every step)."""
+    try:
+        out = train_step(st, batch, cfg, amp)
+    except Exception as e:  # torch.compile's backends raise many types; the eager retry tells
+        print(f"warning: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "
+              "training in eager mode", file=sys.stderr)
+        st.module = eager
+        return train_step(st, batch, cfg, amp)
+    return out
+
+
 def weights_digest(module: nn.Module) -> str:
     """SHA-256 over a module's state (names, shapes and bytes), for cross-rank checks."""
     import hashlib
@@ -331,7 +344,8 @@ def save(st: State, cfg: Config, run_dir: Path, d: Dist) -> Path | None:
 def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         resume: bool = False, device: str = "auto", workers: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
-        time_budget: float | None = None, init: str | None = None, echo: int = 1) -> dict:
+        time_budget: float | None = None, init: str | None = None, echo: int = 1,
+        compile: bool = False) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -341,6 +355,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer).
     ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
     ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
+    ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches on a GPU,
+    where a step of this small model is launch-bound; the first step compiles for minutes).
+    If compiling fails, training goes on in eager mode with a warning.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -361,6 +378,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
     amp, _ = autocast_for(d.device, cfg.optim)
+    eager, first = st.module, st.step
+    if compile:
+        st.module = torch.compile(st.module)
     loader = make_loader(dataset, cfg, d, st.step // echo, workers)
     writer = None
     if d.main:
@@ -384,7 +404,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
                 echoes.add(batch)
         else:
             batch = echoes.draw(st.step, cfg.train.batch_size)
-        last = train_step(st, batch, cfg, amp)
+        if compile and st.step == first:  # the step that compiles
+            last = first_step_or_eager(st, batch, cfg, amp, eager)
+        else:
+            last = train_step(st, batch, cfg, amp)
         bar.update(1)
         if calib is not None:
             new_total, stop = calib.after_step(st.step, total, d)
@@ -517,6 +540,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights (EMA if present), fresh optimizer")
     p.add_argument("--echo", type=int, default=1,
                    help="data echoing factor for data-bound runs (steps per fresh batch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the forward (GPU: fewer kernel launches; the first step "
+                   "compiles for minutes; falls back to eager with a warning if that fails)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the step count (and the cosine schedule) to this much training "
                    "time after timing the first steps; stop with a checkpoint when it runs out")
@@ -537,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
         dataset = build_dataset(args, cfg)
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
-                      time_budget=args.time_budget, init=args.init, echo=args.echo)
+                      time_budget=args.time_budget, init=args.init, echo=args.echo,
+                      compile=args.compile)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
