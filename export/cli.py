@@ -25,9 +25,9 @@ def _report(manifest: dict, out: Path) -> str:
             lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | (TensorRT, not verified here) "
                          "| | | | | |")
             continue
+        mean = p.get("mean_vertex_error_mm", float("nan"))  # absent in older manifests
         lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with'][:40]} | "
-                     f"{p['max_vertex_error_mm']:.4f} | {p.get('mean_vertex_error_mm', float('nan')):.4f} | "
-                     f"{p['mpjpe_mm']:.1f} | "
+                     f"{p['max_vertex_error_mm']:.4f} | {mean:.4f} | {p['mpjpe_mm']:.1f} | "
                      f"{p['pa_mpjpe_mm']:.1f} | {p['pa_mpjpe_delta_mm']:+.2f} |")
     lines += ["", "use it:", "    from d2a_edge import MeshRecoverer",
               f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')  # or 'int8' / 'fp16'",
