@@ -2,22 +2,22 @@
 
     .venv/bin/python bench/fp16_keep_fp32.py BUNDLE [--num 64]
 
-Converts BUNDLE's fp32 ONNX graph to FP16 several times, each time keeping one group of
-modules (by ONNX node name: heads, transformer, the CNNs) in fp32, and prints each variant's
+Converts BUNDLE's fp32 ONNX graph to FP16 several times (``onnx_tools.to_fp16``, as d2a-export
+does), each time keeping one group of modules (by ONNX node name: heads, transformer, the CNNs)
+in fp32, and prints each variant's
 max and mean vertex difference from the fp32 graph on --num labelled validation crops
 (ONNX Runtime CPU, the same crops and report as ``d2a-export``).
 """
 import argparse
+import tempfile
+from pathlib import Path
 
 import onnx
-import onnxruntime as ort
-from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from d2a_edge.body import load_body_asset
 from d2a_edge.bundle import load_bundle
-from d2a_edge.export import verify
-
-NAMES = ["pose", "shape", "translation", "joint_sigma"]
+from d2a_edge.export import onnx_tools, verify
+from d2a_edge.training.inference import OUTPUT_NAMES as NAMES
 CNNS = ("backbone", "depth_net")
 TRANSFORMER = ("encoder", "decoder", "depth_backbone", "pos")
 
@@ -36,12 +36,6 @@ def variants(modules: set[str]) -> dict[str, set[str]]:
             "all but ResNet fp32": modules - {"backbone"}}
 
 
-def session(model):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,18 +47,17 @@ def main():
     src = str(bundle.artifact("fp32", "onnx"))
     fp32 = onnx.load(src)
     images, info, labels = verify.validation_set(asset, args.num, bundle.image_size)
-    ref = verify.run_onnx(session(fp32), images, info, NAMES)
+    ref = verify.run_onnx(onnx_tools.ort_session(src), images, info, NAMES)
     modules = {module_of(n.name) for n in fp32.graph.node}
     print(f"FP16 variants vs fp32 on {args.num} validation crops (ONNX Runtime CPU)")
     print("| kept in fp32 | nodes | max vertex mm | mean vertex mm | max translation mm |")
     print("|---|---|---|---|---|")
+    tmp = Path(tempfile.mkdtemp(prefix="fp16_keep_"))
     for name, keep in variants(modules).items():
         block = [n.name for n in fp32.graph.node if module_of(n.name) in keep]
-        model = convert_float_to_float16(onnx.load(src), keep_io_types=True,
-                                         op_block_list=["Resize", "TopK", "NonMaxSuppression"],
-                                         node_block_list=block)
-        r = verify.compare(asset, NAMES, ref, verify.run_onnx(session(model), images, info, NAMES),
-                           labels)
+        path = onnx_tools.to_fp16(src, tmp / "model_fp16.onnx", keep_fp32=block)
+        got = verify.run_onnx(onnx_tools.ort_session(path), images, info, NAMES)
+        r = verify.compare(asset, NAMES, ref, got, labels)
         print(f"| {name} | {len(block)} | {r['max_vertex_error_mm']:.2f} | "
               f"{r['mean_vertex_error_mm']:.2f} | {r['max_abs_error']['translation'] * 1000:.2f} |",
               flush=True)

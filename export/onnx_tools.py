@@ -61,14 +61,17 @@ def simplify(path: str | os.PathLike) -> Path:
     return path
 
 
-def to_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def to_fp16(src: str | os.PathLike, dst: str | os.PathLike,
+            keep_fp32: Iterable[str] = ()) -> Path:
     """Mixed-precision FP16 graph with fp32 I/O (keep_io_types); ops that must stay fp32
-    (normalisation statistics, Softmax accumulations handled by the converter) are blocked."""
+    (normalisation statistics, Softmax accumulations handled by the converter) are blocked,
+    and so are the nodes named in ``keep_fp32``."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
-                                     op_block_list=["Resize", "TopK", "NonMaxSuppression"])
+                                     op_block_list=["Resize", "TopK", "NonMaxSuppression"],
+                                     node_block_list=list(keep_fp32))
     dst = Path(dst)
     tmp = _atomic_target(dst)
     onnx.save(model, str(tmp))

@@ -154,10 +154,10 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
     if req.fmt == "trt":
         progress("[4/4] TensorRT plans")
         try:
-            for p, path in list(files.items()):
-                if p == "int8":
-                    continue  # TensorRT builds its INT8 plan from the symmetric graph
-                p = p.removesuffix("-sym")
+            sources = {p: path for p, path in files.items() if p != "int8-sym"}
+            if "int8-sym" in files:  # TensorRT takes only zero-point-0 int8
+                sources["int8"] = files["int8-sym"]
+            for p, path in sources.items():
                 plan = export_trt(path, stage, p, size, req)
                 artifacts[f"{p}-trt"] = {"file": plan.name, "format": "trt",
                                          "bytes": plan.stat().st_size, "sha256": file_sha256(plan)}
