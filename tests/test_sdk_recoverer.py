@@ -105,7 +105,8 @@ def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypa
         assert len(rec(frame)) == 1
         assert seen[-1][0] == 1 and all(n == 1 for n in seen[-1][1]), seen
         assert cv2.getNumThreads() == 2
-        with pytest.raises(Exception):
+        from d2a_edge.imageio import InputError
+        with pytest.raises(InputError):
             rec(frame, boxes=np.array([[0, 0, 10, np.nan]]))
         monkeypatch.setattr(rec, "skin", lambda out: 1 / 0)
         with pytest.raises(ZeroDivisionError):
