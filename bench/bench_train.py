@@ -3,12 +3,15 @@
 For each config: parameters (model; the RLE flow separately), GFLOPs of one inference forward
 at batch 1 (the exported graph: ``forward_features`` + ``forward_head``; LBS skinning counted
 separately) with ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs = 2 x multiply-adds), and
-CPU latency of that forward. For ``--train-config`` (default edge-s): training samples/s
-(forward + all losses + backward + AdamW step) at ``--batch`` on ``--device`` (cpu, or cuda
-with bf16 autocast as d2a-train uses; the data pipeline is not included: see d2a-train's log).
+CPU latency of that forward. For ``--train-config`` (default edge-s): training samples/s of
+d2a-train's own step (forward, all losses, backward, grad clip, AdamW, EMA) at ``--batch`` on
+``--device`` (cpu, or cuda with the config's autocast; the data pipeline is not included: see
+d2a-train's log). ``--count-ops`` counts the ATen ops of one step per phase (on a GPU each is
+about one kernel launch); ``--profile N`` prints the N costliest ops of one step.
 
     python bench/bench_train.py [--configs edge-s edge-m paper ...] [--threads 2] [--json OUT]
-    python bench/bench_train.py --configs edge-s --device cuda --batch 256 --steps 20
+    python bench/bench_train.py --configs edge-s --train-config edge-s-gpu --device cuda \
+        --batch 256 --steps 20 --count-ops --profile 25
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from d2a_edge.body import load_body
@@ -64,46 +68,99 @@ def describe(name: str, asset, repeats: int) -> dict:
             "cpu_latency_ms_b1": 1000 * float(np.median(times))}
 
 
-def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu") -> dict:
-    """Samples/s of full training steps on random images with body-model-consistent labels."""
-    import contextlib
-    cfg = load_config(name)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, asset).train().to(device)
-    loss = D2ALoss(cfg.loss, model.body).to(device)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(loss.parameters()), lr=1e-4)
-    s, J = cfg.model.image_size, model.num_joints
+def label_batch(model, batch: int, s: int) -> dict[str, torch.Tensor]:
+    """Random ``s`` px images with body-model-consistent labels, on the model's device: rest
+    pose at 3 m, crop = the projected box, f = 500."""
+    J, device = model.num_joints, model.body.v_template.device
     x, bi = inputs(batch, s)
-    with torch.no_grad():  # labels: rest pose at 3 m, crop = the projected box, f = 500
-        rot = torch.eye(3).expand(batch, J, 3, 3).contiguous().to(device)
+    with torch.no_grad():
+        rot = torch.eye(3, device=device).expand(batch, J, 3, 3).contiguous()
         betas = torch.zeros(batch, model.num_betas, device=device)
         transl = torch.tensor([[0.0, 0.0, 3.0]] * batch, device=device)
         verts, joints = model.body(rot, betas, transl)
     K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]]).expand(batch, 3, 3)
-    batch_d = {"image": x, "bbox_info": bi, "rotmats": rot, "betas": betas, "transl": transl,
-               "joints3d": joints, "joints2d": torch.full((batch, J, 2), s / 2.0),
-               "verts_coarse": verts[:, model.body.coarse_index], "K": K,
-               "crop_box": torch.tensor([[170.0, 90, 470, 390]]).expand(batch, 4),
-               "depth": torch.full((batch, s, s), 3.0), "mask": torch.ones(batch, s, s)}
-    batch_d = {k: v.to(device) for k, v in batch_d.items()}
-    x, bi = x.to(device), bi.to(device)
+    b = {"image": x, "bbox_info": bi, "rotmats": rot, "betas": betas, "transl": transl,
+         "joints3d": joints, "joints2d": torch.full((batch, J, 2), s / 2.0),
+         "verts_coarse": verts[:, model.body.coarse_index], "K": K,
+         "crop_box": torch.tensor([[170.0, 90, 470, 390]]).expand(batch, 4),
+         "depth": torch.full((batch, s, s), 3.0), "mask": torch.ones(batch, s, s)}
+    return {k: v.to(device) for k, v in b.items()}
+
+
+VIEW_OPS = frozenset((
+    "view", "_unsafe_view", "_reshape_alias", "reshape", "as_strided", "expand", "t",
+    "transpose", "permute", "slice", "select", "unsqueeze", "squeeze", "alias", "unbind",
+    "split", "split_with_sizes", "chunk", "narrow", "diagonal", "unflatten", "flatten",
+    "detach", "lift_fresh", "empty", "empty_strided", "new_empty", "new_empty_strided",
+    "resolve_conj", "resolve_neg", "_local_scalar_dense"))
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that do work (views, allocations and read-backs excluded), per
+    phase: on a GPU each is roughly one kernel launch."""
+
+    def __init__(self):
+        super().__init__()
+        self.phase, self.counts = "backward + grad clip", {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] not in VIEW_OPS:
+            self.counts[self.phase] = self.counts.get(self.phase, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    def wrap(self, fn, phase: str):
+        def run(*a, **k):
+            prev, self.phase = self.phase, phase
+            try:
+                return fn(*a, **k)
+            finally:
+                self.phase = prev
+        return run
+
+
+def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
+                count_ops: bool = False, profile: int = 0) -> dict:
+    """Samples/s of d2a-train's own step (``train_step``: forward, losses, backward, grad clip,
+    AdamW, EMA, in the config's precision) on random images with consistent labels; with
+    ``count_ops`` also the ATen ops of one step, per phase; with ``profile`` the table of the
+    ``profile`` ops that took the most (device, on a GPU) time in one step."""
+    from d2a_edge.training import train as T
+    cfg = load_config(name)
+    st = T.build_state(cfg, T.Dist(device=torch.device(device)), total_steps=steps + 4,
+                       asset=asset)
+    amp, _ = T.autocast_for(torch.device(device), cfg.optim)
+    batch_d = label_batch(st.model, batch, cfg.model.image_size)
     cuda = device.startswith("cuda")
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     times = []
     for i in range(steps + 3):
         t = time.perf_counter()
-        with amp():
-            L = loss(model(x, bi), batch_d)
-        opt.zero_grad()
-        L["total"].backward()
-        opt.step()
+        T.train_step(st, batch_d, cfg, amp)
         if cuda:
             torch.cuda.synchronize()
         if i >= 3:  # the first steps warm up
             times.append(time.perf_counter() - t)
     sec = float(np.median(times))
-    return {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec,
-            "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    out = {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec,
+           "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if count_ops:
+        c = OpCounter()
+        st.module.forward = c.wrap(st.module.forward, "forward + losses")
+        st.optimizer.step = c.wrap(st.optimizer.step, "AdamW")
+        if st.ema is not None:
+            st.ema.update = c.wrap(st.ema.update, "EMA")
+        with c:
+            T.train_step(st, batch_d, cfg, amp)
+        out["ops"] = c.counts
+    if profile:
+        from torch.profiler import ProfilerActivity
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            T.train_step(st, batch_d, cfg, amp)
+            if cuda:
+                torch.cuda.synchronize()
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        out["profile"] = prof.key_averages().table(sort_by=key, row_limit=profile)
+    return out
 
 
 def main(argv=None) -> None:
@@ -115,6 +172,10 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=10, help="timed inference forwards")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="where the training speed is measured")
+    p.add_argument("--count-ops", action="store_true",
+                   help="also count the ATen ops of one training step, per phase")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile one training step and print its N costliest ops")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -126,10 +187,16 @@ def main(argv=None) -> None:
         print(f"| {r['config']} | {r['image_size']} | {r['backbone']} | {r['depth']} | "
               f"{r['params_m']:.2f} | {r['gflops_graph']:.2f} | {r['gflops_skinning']:.3f} | "
               f"{r['cpu_latency_ms_b1']:.1f} |")
-    tr = train_speed(args.train_config, asset, args.batch, args.steps, args.device)
+    tr = train_speed(args.train_config, asset, args.batch, args.steps, args.device,
+                     args.count_ops, args.profile)
     where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
     print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}: "
           f"{tr['step_s']:.2f} s/step = {tr['samples_per_s']:.1f} samples/s")
+    if "ops" in tr:
+        print(f"ATen ops of one step (~kernel launches on a GPU): {sum(tr['ops'].values())} = "
+              + ", ".join(f"{k} {v}" for k, v in tr["ops"].items()))
+    if "profile" in tr:
+        print(tr.pop("profile"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"configs": rows, "train": tr, "threads": args.threads}, f, indent=1)

@@ -51,9 +51,10 @@ want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:c
 
 want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
 
-want tbench && stamp training-step benchmark && timeout 90 $PY bench/bench_train.py \
-  --configs edge-s --device "$DEVICE" --batch 256 --steps ${TBENCH_STEPS:-20} \
-  --repeats 3 --threads 4 --json "$OUT/bench_train.json"
+want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_train.py \
+  --configs edge-s --train-config edge-s-gpu --device "$DEVICE" --batch 256 \
+  --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 \
+  --json "$OUT/bench_train.json"
 
 if want train; then
 stamp training for ${BUDGET}s

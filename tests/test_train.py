@@ -215,16 +215,21 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
 
 def test_ema_tracks_weights_with_decay():
     from d2a_edge.training.train import EMA
-    lin = torch.nn.Linear(2, 1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     with torch.no_grad():
-        lin.weight.fill_(0.0)
-    ema = EMA(lin, decay=0.9)
+        net[0].weight.fill_(0.0)
+    ema = EMA(net, decay=0.9)
     with torch.no_grad():
-        lin.weight.fill_(1.0)
-    ema.update(lin)
-    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((1, 2), 0.1))
-    ema.update(lin)
-    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((1, 2), 0.19))
+        net[0].weight.fill_(1.0)
+    net(torch.randn(4, 2))  # a training forward: BatchNorm counts a step (an integer buffer)
+    ema.update()
+    torch.testing.assert_close(ema.state_dict()["0.weight"], torch.full((2, 2), 0.1))
+    assert int(ema.state_dict()["1.num_batches_tracked"]) == 1  # integers are copied
+    # load_state_dict copies into the same tensors, so the EMA keeps following (resume)
+    net.load_state_dict({k: torch.ones_like(v) if v.is_floating_point() else v
+                         for k, v in net.state_dict().items()})
+    ema.update()
+    torch.testing.assert_close(ema.state_dict()["0.weight"], torch.full((2, 2), 0.19))
 
 
 @requires_anny
@@ -344,3 +349,35 @@ def test_compile_falls_back_to_eager_only_on_the_compiling_step(tmp_path, anny_a
     with pytest.raises(RuntimeError, match="backend exploded"):
         run(cfg, ds, tmp_path / "late", steps=2, ckpt_every=0, asset=anny_asset, progress=False,
             compile=True)
+
+
+@requires_anny
+def test_non_finite_loss_skips_the_update_and_gives_up_after_a_run(anny_asset, capsys):
+    """A NaN label: the step counts (LR schedule, data order) but no weight, optimizer or EMA
+    state changes (BatchNorm's batch statistics do: the forward ran); MAX_NONFINITE such steps
+    in a row stop training; a finite step resets the count."""
+    import contextlib
+
+    from _batches import make_batch, tiny_config
+    from d2a_edge.training import train as T
+    cfg = tiny_config(optim={"ema_decay": 0.5})
+    st = T.build_state(cfg, T.Dist(), total_steps=20, asset=anny_asset)
+    good = make_batch(anny_asset, 2, 64, seed=5)
+    bad = {**good, "transl": good["transl"].clone()}
+    bad["transl"][0, 2] = float("nan")
+    before = {k: v.detach().clone() for k, v in st.model.named_parameters()}
+    ema_before = {k: st.ema.state_dict()[k].clone() for k in before}
+    out = T.train_step(st, bad, cfg, contextlib.nullcontext)
+    assert not np.isfinite(out["total"]) and st.step == 1 and st.nonfinite == 1
+    assert "non-finite loss at step 0, update skipped" in capsys.readouterr().err
+    for k, v in st.model.named_parameters():
+        torch.testing.assert_close(v.detach(), before[k], rtol=0, atol=0)
+        torch.testing.assert_close(st.ema.state_dict()[k], ema_before[k], rtol=0, atol=0)
+    assert not st.optimizer.state  # AdamW never stepped
+    out = T.train_step(st, good, cfg, contextlib.nullcontext)
+    assert np.isfinite(out["total"]) and np.isfinite(out["grad_norm"]) and st.nonfinite == 0
+    assert any(not torch.equal(v.detach(), before[k]) for k, v in st.model.named_parameters())
+    for _ in range(T.MAX_NONFINITE - 1):
+        T.train_step(st, bad, cfg, contextlib.nullcontext)
+    with pytest.raises(RuntimeError, match="10 non-finite losses in a row"):
+        T.train_step(st, bad, cfg, contextlib.nullcontext)

@@ -6,22 +6,55 @@ Same signature and conventions as ``lbs_numpy.lbs``; device and dtype come from 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from d2a_edge.body.asset import BodyAsset
 
 
+@functools.lru_cache(maxsize=16)
+def _fk_levels(parents: tuple[int, ...], device: torch.device):
+    """The kinematic tree by depth: ``(order, inverse, levels)``. ``order`` lists the joints
+    level by level (root first), ``inverse`` maps back; each level after the root is
+    ``(start, stop, parent_pos)``: its slice of ``order`` and each joint's parent as a position
+    in the previous level's slice. Index tensors live on ``device``."""
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        if not 0 <= parents[j] < j:
+            raise ValueError(f"parents must precede their children; joint {j} has {parents[j]}")
+        depth[j] = depth[parents[j]] + 1
+    order = sorted(range(len(parents)), key=lambda j: depth[j])  # stable: ties keep index order
+    pos = {j: i for i, j in enumerate(order)}
+    levels, start = [], 1
+    for d in range(1, max(depth) + 1):
+        stop = start + depth.count(d)
+        prev = start - depth.count(d - 1)  # the previous level's first position
+        parent_pos = [pos[parents[order[i]]] - prev for i in range(start, stop)]
+        levels.append((start, stop, torch.tensor(parent_pos, device=device)))
+        start = stop
+    inverse = [pos[j] for j in range(len(parents))]
+    as_t = lambda x: torch.tensor(x, device=device)  # noqa: E731
+    return as_t(order), as_t(inverse), as_t([max(parents[j], 0) for j in order]), levels
+
+
 def forward_kinematics(rotmats: torch.Tensor, joints: torch.Tensor, parents,
                        transl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posed joints ``(B, J, 3)`` and skinning transforms ``(B, J, 3, 4)``."""
-    J = joints.shape[1]
-    rots, poss = [rotmats[:, 0]], [transl]
-    for j in range(1, J):
-        p = int(parents[j])
-        rots.append(rots[p] @ rotmats[:, j])
-        offset = (joints[:, j] - joints[:, p]).unsqueeze(-1)  # (B, 3, 1)
-        poss.append(poss[p] + (rots[p] @ offset).squeeze(-1))
-    rot, pos = torch.stack(rots, 1), torch.stack(poss, 1)  # (B, J, 3, 3), (B, J, 3)
+    """Posed joints ``(B, J, 3)`` and skinning transforms ``(B, J, 3, 4)``.
+
+    One step per level of the tree (8 for Anny's 25 joints), not per joint: on a GPU every op
+    is a kernel launch, and the training step is bound by launches."""
+    order, inverse, parent_of, levels = _fk_levels(tuple(int(p) for p in parents),
+                                                   rotmats.device)
+    rot_o = rotmats[:, order]  # (B, J, 3, 3) in level order
+    offset = (joints[:, order] - joints[:, parent_of]).unsqueeze(-1)  # (B, J, 3, 1)
+    rots, poss = [rot_o[:, :1]], [transl[:, None]]
+    for start, stop, parent_pos in levels:
+        r_parent = rots[-1][:, parent_pos]  # (B, n, 3, 3)
+        rots.append(r_parent @ rot_o[:, start:stop])
+        poss.append(poss[-1][:, parent_pos] + (r_parent @ offset[:, start:stop]).squeeze(-1))
+    rot = torch.cat(rots, 1)[:, inverse]  # (B, J, 3, 3)
+    pos = torch.cat(poss, 1)[:, inverse]  # (B, J, 3)
     t = pos - (rot @ joints.unsqueeze(-1)).squeeze(-1)
     return pos, torch.cat([rot, t.unsqueeze(-1)], dim=-1)
 
