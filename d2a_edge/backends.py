@@ -17,6 +17,7 @@ from d2a_edge.bundle import BundleError, ModelBundle
 
 log = logging.getLogger("d2a_edge")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class BackendUnavailable(RuntimeError):
@@ -96,6 +97,8 @@ def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto
     """Pick and build a backend; ``auto`` = TensorRT plan -> ONNX Runtime -> torch (logged)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} not in {BACKENDS}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
     outputs = list(bundle.manifest["outputs"])
     tried = []
     for name in (("tensorrt", "onnxruntime", "torch") if backend == "auto" else (backend,)):

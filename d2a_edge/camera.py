@@ -26,6 +26,25 @@ def intrinsics(focal: float, img_size: tuple[float, float],
     return np.array([[focal, 0, cx], [0, focal, cy], [0, 0, 1]], np.float32)
 
 
+def camera_matrix(K) -> np.ndarray:
+    """``K`` as a validated (3, 3) float32 pinhole matrix in pixels: finite, focal lengths
+    fx, fy > 0, last row (0, 0, 1). Raises ValueError naming what is wrong."""
+    try:
+        K = np.asarray(K, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"intrinsics must be a 3x3 camera matrix: {e}") from None
+    if K.shape != (3, 3):
+        raise ValueError(f"intrinsics must be a 3x3 camera matrix in pixels, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise ValueError(f"intrinsics must be finite, got {K.tolist()}")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"intrinsics need focal lengths fx, fy > 0 px, got fx={K[0, 0]:g}, "
+                         f"fy={K[1, 1]:g}")
+    if not np.allclose(K[2], (0.0, 0.0, 1.0)):
+        raise ValueError(f"intrinsics' last row must be (0, 0, 1), got {K[2].tolist()}")
+    return K.astype(np.float32)
+
+
 def project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pixel coordinates (..., 2) of camera-frame points (..., 3) (z > 0 assumed)."""
     points = np.asarray(points)

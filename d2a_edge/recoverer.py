@@ -17,7 +17,8 @@ import numpy as np
 from d2a_edge.backends import make_backend
 from d2a_edge.body import BodyModel
 from d2a_edge.bundle import load_bundle
-from d2a_edge.camera import bbox_info, crop_affine, intrinsics, project, square_box
+from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, project,
+                             square_box)
 from d2a_edge.imageio import InputError, as_bgr8, open_source
 from d2a_edge.smoothing import OneEuroFilter
 from d2a_edge.types import HumanMesh
@@ -153,6 +154,7 @@ class MeshRecoverer:
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
                  device: str = "auto", precision: str = "fp32", intrinsics=None,
                  skinning: str = "auto"):
+        self.K = None if intrinsics is None else camera_matrix(intrinsics)  # fail before loading
         self.bundle = load_bundle(model)
         self.backend = make_backend(self.bundle, backend, device, precision)
         engine_on = str(getattr(self.backend, "device", "cpu"))
@@ -161,7 +163,6 @@ class MeshRecoverer:
         # on the CPU the engine needs every core; with a GPU engine the helpers may use them
         self.one_thread_helpers = OneThreadHelpers() if engine_on == "cpu" \
             else contextlib.nullcontext
-        self.K = None if intrinsics is None else np.asarray(intrinsics, np.float32).reshape(3, 3)
 
     @property
     def skinning(self) -> str:

@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from d2a_edge.camera import (bbox_info, crop_affine, crop_intrinsics, intrinsics, project,
-                             square_box)
+from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, crop_intrinsics, intrinsics,
+                             project, square_box)
 
 
 def test_intrinsics_and_projection():
@@ -50,3 +50,21 @@ def test_bbox_info_cliff_formula_and_batching():
 def test_non_square_box_is_rejected():
     with pytest.raises(ValueError, match="square"):
         crop_affine(np.array([0, 0, 10, 20]), 64)
+
+
+@pytest.mark.parametrize("K, match", [
+    (np.eye(2), "3x3 camera matrix"),
+    ("K", "3x3 camera matrix"),
+    ([[500, 0, 320], [0, 500, 240], [0, 0, np.nan]], "finite"),
+    ([[-500, 0, 320], [0, 500, 240], [0, 0, 1]], "fx, fy > 0"),
+    ([[500, 0, 320], [0, 0, 240], [0, 0, 1]], "fx, fy > 0"),
+    ([[500, 0, 320], [0, 500, 240], [0, 0, 2]], r"last row must be \(0, 0, 1\)"),
+])
+def test_bad_intrinsics_are_rejected(K, match):
+    with pytest.raises(ValueError, match=match):
+        camera_matrix(K)
+
+
+def test_camera_matrix_accepts_lists_and_returns_float32():
+    K = camera_matrix([[500, 0, 320], [0, 510, 240], [0, 0, 1]])
+    assert K.dtype == np.float32 and K[1, 1] == 510

@@ -83,6 +83,17 @@ def test_bad_frames_and_boxes(fresh_bundle):
     assert len(rec(gray16)) == 1  # converted, not rejected
 
 
+def test_bad_constructor_arguments_fail_before_loading(tmp_path):
+    from d2a_edge.recoverer import MeshRecoverer
+    missing = tmp_path / "no-bundle"  # would raise BundleError if it were read first
+    with pytest.raises(ValueError, match="fx, fy > 0"):
+        MeshRecoverer(missing, intrinsics=[[-500, 0, 320], [0, 500, 240], [0, 0, 1]])
+    with pytest.raises(ValueError, match="3x3 camera matrix"):
+        MeshRecoverer(missing, intrinsics=np.eye(2))
+    with pytest.raises(ValueError, match=r"precision 'int4' not in \('fp32', 'fp16', 'int8'\)"):
+        MeshRecoverer(precision="int4")  # the bundled model
+
+
 def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypatch):
     """Cropping and skinning run on the calling thread, so the engine's pool has the cores;
     the caller's OpenCV and BLAS settings come back afterwards, also after an error."""
