@@ -13,6 +13,10 @@ import time
 
 import numpy as np
 
+from d2a_edge.backends import BACKENDS, PRECISIONS, BackendUnavailable
+from d2a_edge.bundle import BundleError
+from d2a_edge.recoverer import SKINNING
+
 
 def _frames(images: str | None, n: int) -> list[np.ndarray]:
     if images:
@@ -53,10 +57,10 @@ def bench_stages(rec, frames: list[np.ndarray], batch: int, repeats: int) -> dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="d2a-bench", description=__doc__)
     p.add_argument("--model", help="bundle directory (default: bundled edge-s)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--skinning", default="auto", help="auto | numpy | cuda")
-    p.add_argument("--precision", nargs="+", default=["fp32"])
+    p.add_argument("--skinning", default="auto", choices=SKINNING)
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
@@ -67,8 +71,11 @@ def main(argv=None) -> int:
     frames = _frames(args.images, 16)
     rows, results = [], []
     for prec in args.precision:
-        rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
-                            precision=prec, skinning=args.skinning)
+        try:
+            rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
+                                precision=prec, skinning=args.skinning)
+        except (BundleError, BackendUnavailable, RuntimeError) as e:
+            p.error(str(e))
         skin = rec.skinning
         for b in args.batch:
             bench_stages(rec, frames, b, args.warmup)

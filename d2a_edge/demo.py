@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from d2a_edge.backends import BACKENDS, PRECISIONS
+
 
 def render(frame: np.ndarray, people, K: np.ndarray, parents, fps: float | None,
            draw_mesh=None, sigma_full: float = 0.1) -> np.ndarray:
@@ -91,9 +93,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="0", help="camera index, video file or image folder")
     p.add_argument("--model", help="bundle directory (default: the bundled edge-s model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime",
-                                                         "torch"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
     p.add_argument("--obj-every", type=int, default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
