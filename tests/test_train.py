@@ -1,6 +1,7 @@
 """Training: config loading, checkpoints, overfitting, DDP (torchrun, gloo) and resume."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -150,6 +151,51 @@ def test_torchrun_ddp_two_ranks_identical_weights(tmp_path, shards):
     assert len(d) == 2 and d[0] == d[1], d
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["world_size"] == 2 and run_info["seed"] == 0
+
+
+DDP_NAN_SCRIPT = """
+import contextlib, json, sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from _batches import make_batch, tiny_config
+from d2a_edge.body import load_body
+from d2a_edge.training import train as T
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+asset = load_body("anny")
+cfg = tiny_config()
+st = T.build_state(cfg, T.Dist(rank, 2, rank, torch.device("cpu")), 10, asset=asset)
+b = make_batch(asset, 2, 64, seed=rank)
+if rank == 1:  # a NaN label on one rank only
+    b["transl"] = b["transl"].clone()
+    b["transl"][0, 2] = float("nan")
+before = {{k: v.detach().clone() for k, v in st.model.named_parameters()}}
+first = T.train_step(st, b, cfg, contextlib.nullcontext)
+unchanged = all(torch.equal(v.detach(), before[k]) for k, v in st.model.named_parameters())
+skipped = st.nonfinite
+second = T.train_step(st, make_batch(asset, 2, 64, seed=10 + rank), cfg, contextlib.nullcontext)
+print(json.dumps({{"rank": rank, "total": first["total"], "unchanged": unchanged,
+                  "skipped": skipped, "second": second["total"], "after": st.nonfinite}}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@requires_anny
+def test_ddp_ranks_skip_a_non_finite_step_together(tmp_path):
+    """A NaN loss on one rank: both ranks still run the backward pass (no rank is left waiting
+    in the all-reduce), both skip the update, and the next step trains on both."""
+    script = tmp_path / "ddp_nan.py"
+    script.write_text(DDP_NAN_SCRIPT.format(tests=str(Path(__file__).parent)))
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = {r["rank"]: r for r in map(json.loads, re.findall(r"^\{.*\}$", p.stdout, re.M))}
+    assert sorted(ranks) == [0, 1], p.stdout
+    assert np.isfinite(ranks[0]["total"]) and not np.isfinite(ranks[1]["total"])
+    for r in ranks.values():
+        assert r["unchanged"] and r["skipped"] == 1, r
+        assert np.isfinite(r["second"]) and r["after"] == 0, r
 
 
 def _safetensors(path):
