@@ -11,7 +11,7 @@ about one kernel launch); ``--profile N`` prints the N costliest ops of one step
 
     python bench/bench_train.py [--configs edge-s edge-m paper ...] [--threads 2] [--json OUT]
     python bench/bench_train.py --configs edge-s --train-config edge-s-gpu --device cuda \
-        --batch 256 --steps 20 --count-ops --profile 25
+        --batch 256 512 1024 --steps 20 --count-ops --profile 25
 """
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", nargs="+", default=None, help="default: all built-in configs")
     p.add_argument("--train-config", default="edge-s")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, nargs="+", default=[8],
+                   help="training batch sizes to time (ops and profile: the first only)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--repeats", type=int, default=10, help="timed inference forwards")
     p.add_argument("--threads", type=int, default=2)
@@ -187,19 +188,26 @@ def main(argv=None) -> None:
         print(f"| {r['config']} | {r['image_size']} | {r['backbone']} | {r['depth']} | "
               f"{r['params_m']:.2f} | {r['gflops_graph']:.2f} | {r['gflops_skinning']:.3f} | "
               f"{r['cpu_latency_ms_b1']:.1f} |")
-    tr = train_speed(args.train_config, asset, args.batch, args.steps, args.device,
-                     args.count_ops, args.profile)
-    where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
-    print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}: "
-          f"{tr['step_s']:.2f} s/step = {tr['samples_per_s']:.1f} samples/s")
-    if "ops" in tr:
-        print(f"ATen ops of one step (~kernel launches on a GPU): {sum(tr['ops'].values())} = "
-              + ", ".join(f"{k} {v}" for k, v in tr["ops"].items()))
-    if "profile" in tr:
-        print(tr.pop("profile"))
+    trains = []
+    for i, batch in enumerate(args.batch):
+        first = i == 0
+        tr = train_speed(args.train_config, asset, batch, args.steps, args.device,
+                         args.count_ops and first, args.profile if first else 0)
+        where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
+        print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}: "
+              f"{tr['step_s']:.3f} s/step = {tr['samples_per_s']:.1f} samples/s")
+        if "ops" in tr:
+            print(f"ATen ops of one step (~kernel launches on a GPU): "
+                  f"{sum(tr['ops'].values())} = "
+                  + ", ".join(f"{k} {v}" for k, v in tr["ops"].items()))
+        if "profile" in tr:
+            print(tr.pop("profile"))
+        trains.append(tr)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"configs": rows, "train": tr, "threads": args.threads}, f, indent=1)
+            json.dump({"configs": rows, "train": trains, "threads": args.threads}, f, indent=1)
 
 
 if __name__ == "__main__":

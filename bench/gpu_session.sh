@@ -52,7 +52,7 @@ want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:c
 want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
 
 want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_train.py \
-  --configs edge-s --train-config edge-s-gpu --device "$DEVICE" --batch 256 \
+  --configs edge-s --train-config edge-s-gpu --device "$DEVICE" --batch ${TBENCH_BATCH:-256 1024} \
   --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 \
   --json "$OUT/bench_train.json"
 

@@ -38,6 +38,12 @@ def test_configs_load_and_reject_typos(tmp_path):
         load_config("no-such-config")
     assert json.loads(json.dumps(config_to_dict(paper)))["model"]["backbone"]["name"] == \
         "hrnet_w64"
+    assert load_config("edge-s-gpu", {"optim": {"lr": 1.6e-3}}).optim.lr == 1.6e-3  # d2a-train --lr
+    for optim, match in (({"lr": -1e-3}, "lr and grad_clip must be > 0"),
+                         ({"grad_clip": 0.0}, "lr and grad_clip must be > 0"),
+                         ({"ema_decay": 1.0}, "0 <= ema_decay < 1")):
+        with pytest.raises(ValueError, match=match):
+            load_config("edge-s", {"optim": optim})
 
 
 def test_lr_schedule_warmup_then_cosine():

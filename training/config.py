@@ -110,6 +110,17 @@ class OptimConfig:
     amp: bool = True        # bf16/fp16 autocast on CUDA; CPU runs fp32 unless amp_cpu
     amp_cpu: bool = False   # bf16 autocast on CPU
 
+    def __post_init__(self):
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(f"optim: lr and grad_clip must be > 0 and weight_decay >= 0, got "
+                             f"lr={self.lr}, grad_clip={self.grad_clip}, "
+                             f"weight_decay={self.weight_decay}")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.min_lr_ratio <= 1 \
+                or self.warmup_steps < 0:
+            raise ValueError(f"optim: need 0 <= ema_decay < 1, 0 <= min_lr_ratio <= 1 and "
+                             f"warmup_steps >= 0, got ema_decay={self.ema_decay}, "
+                             f"min_lr_ratio={self.min_lr_ratio}, warmup_steps={self.warmup_steps}")
+
 
 @dataclass
 class TrainConfig:

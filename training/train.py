@@ -549,6 +549,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR's latest checkpoint")
     p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--lr", type=float, default=None, help="override optim.lr (peak learning rate)")
     p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -571,9 +572,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    over: dict = {"train": {}}
+    over: dict = {"train": {}, "optim": {}}
     if args.batch_size:
         over["train"]["batch_size"] = args.batch_size
+    if args.lr is not None:
+        over["optim"]["lr"] = args.lr
     if args.seed is not None:
         over["train"]["seed"] = args.seed
     try:
