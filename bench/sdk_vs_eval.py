@@ -4,6 +4,8 @@
 
 Each labelled crop of DATA_DIR is pasted back into its full virtual image; the SDK gets that
 frame, the true intrinsics and the person box, and its keypoints are scored like d2a-eval does.
+It also prints how ``HumanMesh.joint_sigma`` compares with the joints' actual pelvis-relative
+errors, by decile of σ (mean σ, mean error, their ratio).
 """
 import argparse
 
@@ -25,7 +27,7 @@ def main():
     args = p.parse_args()
     rec = MeshRecoverer(args.bundle, backend="onnxruntime", precision=args.precision)
     reader = ShardReader(args.data)
-    pred, gt = [], []
+    pred, gt, sigma, err = [], [], [], []
     for i in range(min(args.num, len(reader))):
         s = reader.sample(i)
         box = np.asarray(s["crop_box"], np.float64)
@@ -35,9 +37,18 @@ def main():
         kp = rec.bundle.asset.keypoints(person.joints3d, person.vertices, 17)
         pred.append(kp - kp[:1])
         gt.append(np.asarray(s["kp3d"]) - np.asarray(s["kp3d"])[:1])
+        j_gt = np.asarray(s["joints3d"], np.float64)
+        j_pr = np.asarray(person.joints3d, np.float64)
+        err.append(np.linalg.norm((j_pr - j_pr[:1]) - (j_gt - j_gt[:1]), axis=-1)[1:])
+        sigma.append(np.asarray(person.joint_sigma, np.float64)[1:])  # the pelvis: 0 by definition
     pred, gt = np.stack(pred), np.stack(gt)
     print(f"SDK ({args.precision}) on {len(pred)} frames of {args.data}: "
           f"MPJPE {M.mpjpe(pred, gt).mean():.1f} mm, PA-MPJPE {M.pa_mpjpe(pred, gt).mean():.1f} mm")
+    bins = M.calibration_bins(np.stack(sigma) * 1000, np.stack(err) * 1000)
+    print("joint_sigma vs pelvis-relative joint error, by decile of sigma (mm): " + ", ".join(
+        f"{b['sigma']:.0f}/{b['error']:.0f}" for b in bins))
+    ratio = np.mean(np.stack(err)) / np.mean(np.stack(sigma))
+    print(f"mean error / mean sigma: {ratio:.2f} (1 = calibrated on average)")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 from d2a_edge.body import BodyAsset, file_sha256, load_body_asset
 
@@ -34,9 +37,19 @@ class ModelBundle:
 
     @property
     def sigma_reference(self) -> float:
-        """The model's median mean joint σ (m) on in-distribution validation crops, measured by
-        d2a-export; ``HumanMesh.score`` is relative to it (0.05 m for older bundles)."""
+        """The model's median mean joint σ (m, calibrated) on in-distribution validation crops,
+        measured by d2a-export; ``HumanMesh.score`` is relative to it (0.05 m for older
+        bundles)."""
         return float(self.manifest.get("sigma_reference_m", 0.05))
+
+    def calibrate_sigma(self, sigma):
+        """The model's raw joint σ (metres, any shape) mapped to ``a · σ^p``, fitted by
+        d2a-export so that on its validation renders the mean pelvis-relative joint error at a
+        given σ is about σ (``manifest["sigma_calibration"]``; the identity for older
+        bundles)."""
+        cal = self.manifest.get("sigma_calibration") or {"a": 1.0, "p": 1.0}
+        sigma = np.maximum(np.asarray(sigma, np.float32), 0.0)
+        return (np.float32(cal["a"]) * sigma ** np.float32(cal["p"])).astype(np.float32)
 
     @property
     def name(self) -> str:
@@ -91,3 +104,12 @@ def _check_manifest(m: dict, where: Path) -> None:
     outs = [o for o in REQUIRED_OUTPUTS if o not in m["outputs"]]
     if outs:
         raise BundleError(f"{where}: model outputs lack {outs} (another model version?)")
+    cal = m.get("sigma_calibration")
+    if cal is not None:
+        try:
+            ok = all(math.isfinite(float(cal[k])) and float(cal[k]) > 0 for k in ("a", "p"))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise BundleError(f"{where}: sigma_calibration must hold positive numbers a and p, "
+                              f"got {cal!r}")

@@ -215,7 +215,8 @@ class MeshRecoverer:
     def meshes(self, out: dict, verts, joints, boxes: np.ndarray, K) -> list[HumanMesh]:
         """``HumanMesh`` per person from engine outputs and skinned vertices/joints."""
         pose = out["pose"].astype(np.float32)
-        sigma = np.linalg.norm(out["joint_sigma"].reshape(len(pose), -1, 3), axis=-1)  # (N, J)
+        sigma = self.bundle.calibrate_sigma(  # (N, J), metres
+            np.linalg.norm(out["joint_sigma"].reshape(len(pose), -1, 3), axis=-1))
         people = []
         for i in range(len(pose)):
             people.append(HumanMesh(

@@ -11,7 +11,10 @@ class HumanMesh:
     """One person in one frame. Camera optical frame (x right, y down, z forward), metres.
 
     vertices (V, 3); faces (F, 3) int32; joints3d (J, 3); joints2d (J, 2) image pixels;
-    joint_sigma (J,) metres, the predicted per-joint uncertainty (Laplace scale); pose (J, 3, 3)
+    joint_sigma (J,) metres, the predicted per-joint uncertainty: the model's σ, calibrated by
+    d2a-export so that on synthetic validation renders it about equals the mean error of the
+    joint's position relative to the pelvis (``translation``'s own error is not included; the
+    pelvis entry carries no meaning); pose (J, 3, 3)
     joint rotations (local-ref, see ``d2a_edge.body``); shape (S,) body-shape coefficients;
     translation (3,) root joint (pelvis) position; box (4,) [x0, y0, x1, y1] pixels; score in
     [0, 1] from the mean σ relative to the model's typical σ (2/3 typical, 0 at three times it);

@@ -29,6 +29,12 @@ def _report(manifest: dict, out: Path) -> str:
         lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with'][:40]} | "
                      f"{p['max_vertex_error_mm']:.4f} | {mean:.4f} | {p['mpjpe_mm']:.1f} | "
                      f"{p['pa_mpjpe_mm']:.1f} | {p['pa_mpjpe_delta_mm']:+.2f} |")
+    cal = manifest.get("sigma_calibration")
+    if cal:
+        r = cal["mean_error_over_mean_sigma"]
+        lines += ["", f"joint σ calibration: σ' = {cal['a']:.3g} · σ^{cal['p']:.3f} (metres), "
+                  f"fitted on {cal['fitted_on']}; mean error / mean σ: {r['raw']:.2f} raw, "
+                  f"{r['calibrated']:.2f} calibrated"]
     lines += ["", "use it:", "    from d2a_edge import MeshRecoverer",
               f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')  # or 'int8' / 'fp16'",
               "    people = rec(frame_bgr)"]
@@ -49,7 +55,8 @@ def main(argv=None) -> int:
     g.add_argument("--dynamic", action="store_true", help="dynamic batch dimension")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--val-samples", type=int, default=256,
-                   help="labelled synthetic crops for the parity report")
+                   help="labelled synthetic crops for the parity report (and as many OOD "
+                   "crops again for the joint σ calibration)")
     args = p.parse_args(argv)
     try:
         from d2a_edge.export.pipeline import ExportRequest, export_bundle

@@ -1,4 +1,5 @@
-"""Parity of exported graphs against PyTorch: max abs error per output, vertex error, MPJPE delta.
+"""Parity of exported graphs against PyTorch: max abs error per output, vertex error, MPJPE delta;
+and the calibration of the predicted joint σ.
 
 Validation crops come from the synthetic data engine with labels, so accuracy deltas
 (MPJPE / PA-MPJPE vs the ground truth) are measured, not just output differences.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from d2a_edge.body import BodyModel
-from d2a_edge.training.metrics import mpjpe, pa_mpjpe, root_align
+from d2a_edge.training.metrics import calibration_bins, mpjpe, pa_mpjpe, root_align
 
 
 def validation_set(asset, n: int, image_size: int, seed: int = 99_001, split: str = "id"):
@@ -79,3 +80,31 @@ def compare(asset, names, ref: list[np.ndarray], got: list[np.ndarray], labels) 
         "pa_mpjpe_delta_mm": e_got["pa_mpjpe_mm"] - e_ref["pa_mpjpe_mm"],
         "samples": int(len(ref[0])),
     }
+
+
+def joint_sigma_and_error(asset, outs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per joint except the pelvis, (N, J-1) each, metres: the predicted σ (the norm of the
+    per-axis σ, as ``HumanMesh.joint_sigma``) and the actual error of the skinned joint
+    relative to the pelvis (``HumanMesh.joints3d``'s pelvis-relative error)."""
+    _, joints = mesh_from_outputs(asset, outs)
+    gt = labels["joints3d"].astype(np.float64)
+    err = np.linalg.norm((joints - joints[:, :1]) - (gt - gt[:, :1]), axis=-1)
+    sigma = np.linalg.norm(outs[3].astype(np.float64).reshape(len(joints), -1, 3), axis=-1)
+    return sigma[:, 1:], err[:, 1:]
+
+
+def fit_sigma_calibration(sigma: np.ndarray, error: np.ndarray, bins: int = 10) -> dict:
+    """``{"a", "p"}`` with error ≈ a · σ^p (metres): a least-squares line in log-log space
+    through the mean σ and mean error of each σ decile (``calibration_bins``). With fewer than
+    three usable deciles, or a fitted p <= 0, it is a plain scale: p = 1, a = mean error /
+    mean σ."""
+    sigma, error = np.asarray(sigma, np.float64).ravel(), np.asarray(error, np.float64).ravel()
+    b = calibration_bins(sigma, error, bins)
+    s = np.array([r["sigma"] for r in b])
+    e = np.array([r["error"] for r in b])
+    ok = (s > 0) & (e > 0)
+    if ok.sum() >= 3 and np.ptp(np.log(s[ok])) > 0:
+        p, log_a = np.polyfit(np.log(s[ok]), np.log(e[ok]), 1)
+        if p > 0:
+            return {"a": float(np.exp(log_a)), "p": float(p)}
+    return {"a": float(error.mean() / max(sigma.mean(), 1e-12)), "p": 1.0}

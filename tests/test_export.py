@@ -36,6 +36,46 @@ def test_fp16_and_int8_are_measured(bundle):
     assert art["int8"]["bytes"] < art["fp32"]["bytes"] / 2
 
 
+def test_sigma_calibration_fit_recovers_a_power_law():
+    from d2a_edge.export.verify import fit_sigma_calibration
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.005, 0.3, 20000)
+    error = 1.7 * sigma ** 1.1 * rng.lognormal(0.0, 0.3, sigma.size)  # noisy, mean factor 1.05
+    cal = fit_sigma_calibration(sigma, error)
+    assert cal["p"] == pytest.approx(1.1, abs=0.03)
+    assert cal["a"] == pytest.approx(1.7 * np.exp(0.3 ** 2 / 2), rel=0.08)
+    # too few points for a slope: a plain scale, mean error / mean sigma
+    assert fit_sigma_calibration([0.1, 0.2], [0.3, 0.6]) == {"a": pytest.approx(3.0), "p": 1.0}
+
+
+def test_bundle_has_a_sigma_calibration_that_the_sdk_applies(bundle):
+    from d2a_edge.bundle import load_bundle
+    out, manifest = bundle
+    cal = manifest["sigma_calibration"]
+    assert cal["a"] > 0 and cal["p"] > 0 and "16 ID + 16 OOD" in cal["fitted_on"]
+    r = cal["mean_error_over_mean_sigma"]
+    assert abs(np.log(r["calibrated"])) < abs(np.log(r["raw"])) + 1e-6  # at least as close to 1
+    b = load_bundle(out)
+    raw = np.array([0.01, 0.1, 0.5], np.float32)
+    np.testing.assert_allclose(b.calibrate_sigma(raw), cal["a"] * raw ** cal["p"], rtol=1e-5)
+
+
+def test_bad_sigma_calibration_is_a_bundle_error(bundle, tmp_path):
+    import shutil
+
+    from d2a_edge.bundle import BundleError, load_bundle
+    out = tmp_path / "b"
+    shutil.copytree(bundle[0], out)
+    m = json.loads((out / "manifest.json").read_text())
+    m["sigma_calibration"] = {"a": -1.0, "p": 1.0}
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="sigma_calibration must hold positive numbers"):
+        load_bundle(out)
+    del m["sigma_calibration"]  # older bundles: the identity
+    (out / "manifest.json").write_text(json.dumps(m))
+    np.testing.assert_array_equal(load_bundle(out).calibrate_sigma([0.2]), np.float32([0.2]))
+
+
 def test_bad_requests(tmp_path, fresh_model, anny_asset):
     from d2a_edge.export.pipeline import ExportRequest, export_bundle
     with pytest.raises(ValueError, match="--int8 needs calibration data"):

@@ -29,14 +29,18 @@ def test_sdk_matches_torch_and_eval(fresh_model, fresh_bundle, anny_asset):
     ref = verify.run_torch(FusedGraph(fresh_model), images, info)
     ref_err = verify.keypoint_errors(anny_asset, ref, labels)["pa_mpjpe_mm"]
     rec = MeshRecoverer(fresh_bundle[0], backend="onnxruntime")
-    sdk_kp = []
+    sdk_kp, sdk_sigma = [], []
     for frame, box, K in zip(full_frames(labels), labels["crop_box"], labels["K"]):
         rec.K = K
         (person,) = rec(frame, boxes=[box_for_crop(box)])
         assert person.vertices.shape == (anny_asset.num_vertices, 3)
         assert person.joint_sigma.shape == (25,) and person.joints2d.shape == (25, 2)
         sdk_kp.append(anny_asset.keypoints(person.joints3d, person.vertices, 17))
+        sdk_sigma.append(person.joint_sigma)
     sdk_err = pa_mpjpe(np.stack(sdk_kp), labels["kp3d"]).mean()
+    cal = fresh_bundle[1]["sigma_calibration"]  # joint_sigma: calibrated norm of the per-axis σ
+    raw = np.linalg.norm(ref[3].reshape(len(images), -1, 3), axis=-1)
+    np.testing.assert_allclose(np.stack(sdk_sigma), cal["a"] * raw ** cal["p"], rtol=0.05)
     # re-sampling the crop twice costs a little; the SDK adds no error of its own
     assert abs(sdk_err - ref_err) < 0.02 * ref_err + 1.0, (sdk_err, ref_err)
 
