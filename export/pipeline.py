@@ -21,6 +21,7 @@ from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
 # what each format accepts (STYLE 9: validate from a table, fail loudly)
 FORMATS = {"onnx": {"fp32", "fp16", "int8"}, "trt": {"fp32", "fp16", "int8"},
            "torch-trt": {"fp32", "fp16"}}
+VALIDATION_SEEDS = {"id": 99_001, "ood": 99_002}  # parity: ID; σ calibration: both
 
 
 @dataclasses.dataclass
@@ -128,9 +129,6 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     return report
 
 
-SIGMA_CALIBRATION_SEEDS = {"id": 99_001, "ood": 99_002}  # ID: the parity crops themselves
-
-
 def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
     """``verify.fit_sigma_calibration`` on the validation crops of both splits: the ID crops
     already rendered for parity plus as many OOD crops, with the fp32 PyTorch outputs."""
@@ -138,15 +136,15 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
     images, info, labels, ref = id_data
     sig, err = verify.joint_sigma_and_error(asset, ref, labels)
     o_images, o_info, o_labels = verify.validation_set(
-        asset, req.val_samples, size, seed=SIGMA_CALIBRATION_SEEDS["ood"], split="ood")
+        asset, req.val_samples, size, seed=VALIDATION_SEEDS["ood"], split="ood")
     o_sig, o_err = verify.joint_sigma_and_error(
         asset, verify.run_torch(graph, o_images, o_info), o_labels)
     sig, err = np.concatenate([sig, o_sig]), np.concatenate([err, o_err])
     cal = verify.fit_sigma_calibration(sig, err)
     scaled = cal["a"] * sig ** cal["p"]
     return {**cal, "fitted_on": f"{req.val_samples} ID + {req.val_samples} OOD validation "
-                                f"renders (seeds {SIGMA_CALIBRATION_SEEDS['id']}, "
-                                f"{SIGMA_CALIBRATION_SEEDS['ood']}): pelvis-relative error of "
+                                f"renders (seeds {VALIDATION_SEEDS['id']}, "
+                                f"{VALIDATION_SEEDS['ood']}): pelvis-relative error of "
                                 "the skinned joints, by σ decile",
             "mean_error_over_mean_sigma": {"raw": float(err.mean() / sig.mean()),
                                            "calibrated": float(err.mean() / scaled.mean())}}
@@ -154,7 +152,8 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
 
 def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress) -> dict:
     progress(f"[1/4] rendering {req.val_samples} labelled validation crops")
-    images, info, labels = verify.validation_set(asset, req.val_samples, size)
+    images, info, labels = verify.validation_set(asset, req.val_samples, size,
+                                                 seed=VALIDATION_SEEDS["id"])
     ref = verify.run_torch(graph, images, info)
     data = (images, info, labels, ref)
     progress("[2/4] fp32 ONNX (fused depth net + transformer + heads), simplified")

@@ -15,10 +15,11 @@ from d2a_edge.body.asset import BodyAsset
 
 @functools.lru_cache(maxsize=16)
 def _fk_levels(parents: tuple[int, ...], device: torch.device):
-    """The kinematic tree by depth: ``(order, inverse, levels)``. ``order`` lists the joints
-    level by level (root first), ``inverse`` maps back; each level after the root is
-    ``(start, stop, parent_pos)``: its slice of ``order`` and each joint's parent as a position
-    in the previous level's slice. Index tensors live on ``device``."""
+    """The kinematic tree by depth: ``(order, inverse, parent_of, levels)``. ``order`` lists
+    the joints level by level (root first), ``inverse`` maps back, ``parent_of`` is each listed
+    joint's parent (0 for the root); each level after the root is ``(start, stop, parent_pos)``:
+    its slice of ``order`` and each joint's parent as a position in the previous level's slice.
+    Index tensors live on ``device``."""
     depth = [0] * len(parents)
     for j in range(1, len(parents)):
         if not 0 <= parents[j] < j:
@@ -43,7 +44,7 @@ def forward_kinematics(rotmats: torch.Tensor, joints: torch.Tensor, parents,
     """Posed joints ``(B, J, 3)`` and skinning transforms ``(B, J, 3, 4)``.
 
     One step per level of the tree (8 for Anny's 25 joints), not per joint: on a GPU every op
-    is a kernel launch, and the training step is bound by launches."""
+    is a kernel launch, and a training step of this small model may be bound by launches."""
     order, inverse, parent_of, levels = _fk_levels(tuple(int(p) for p in parents),
                                                    rotmats.device)
     rot_o = rotmats[:, order]  # (B, J, 3, 3) in level order
