@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,7 +313,9 @@ def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
         print(f"warning: non-finite loss at step {st.step}, update skipped: {out}",
               file=sys.stderr)
         st.scaler.update()  # ends this step's unscale_ (fp16: lowers the scale)
-        st.scheduler.step()
+        with warnings.catch_warnings():  # skipping the update is deliberate, not a misuse
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step")
+            st.scheduler.step()
         st.step += 1
         return out
     st.nonfinite = 0
