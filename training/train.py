@@ -56,8 +56,8 @@ class EMA:
     ``update()`` is two multi-tensor ops (``torch._foreach_lerp_`` on the floating-point tensors,
     ``_foreach_copy_`` on the integer ones, BatchNorm's step counters) instead of one op per
     tensor: about 500 tensors (498 ops per step counted by bench_train --count-ops, each a kernel
-    launch on a GPU). The model's tensors are
-    looked up once, so they must stay the same objects (``load_state_dict`` copies in place).
+    launch on a GPU). The model's tensors are looked up once, so they must stay the same objects
+    (``load_state_dict`` copies in place).
     """
 
     def __init__(self, model: nn.Module, decay: float):
