@@ -21,6 +21,14 @@ REQUIRED_OUTPUTS = ("pose", "shape", "translation", "joint_sigma")
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "edge-s"
 
 
+def calibrated_sigma(cal: dict | None, sigma) -> np.ndarray:
+    """``a · σ^p`` (float32) for a manifest's ``sigma_calibration`` ``{"a", "p"}``; ``None``
+    is the identity. σ in metres, any shape."""
+    cal = cal or {"a": 1.0, "p": 1.0}
+    sigma = np.maximum(np.asarray(sigma, np.float32), 0.0)
+    return (np.float32(cal["a"]) * sigma ** np.float32(cal["p"])).astype(np.float32)
+
+
 class BundleError(ValueError):
     """A model bundle is missing, corrupt, or from another d2a-edge / model version."""
 
@@ -47,9 +55,7 @@ class ModelBundle:
         d2a-export so that on its validation renders the mean pelvis-relative joint error at a
         given σ is about σ (``manifest["sigma_calibration"]``; the identity for older
         bundles)."""
-        cal = self.manifest.get("sigma_calibration") or {"a": 1.0, "p": 1.0}
-        sigma = np.maximum(np.asarray(sigma, np.float32), 0.0)
-        return (np.float32(cal["a"]) * sigma ** np.float32(cal["p"])).astype(np.float32)
+        return calibrated_sigma(self.manifest.get("sigma_calibration"), sigma)
 
     @property
     def name(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from d2a_edge.body import file_sha256, save_body_asset
+from d2a_edge.bundle import calibrated_sigma
 from d2a_edge.export import onnx_tools, verify
 from d2a_edge.export.manifest import build_manifest, write_manifest
 from d2a_edge.export.tensorrt_build import TensorRTUnavailable
@@ -141,7 +142,7 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
         asset, verify.run_torch(graph, o_images, o_info), o_labels)
     sig, err = np.concatenate([sig, o_sig]), np.concatenate([err, o_err])
     cal = verify.fit_sigma_calibration(sig, err)
-    scaled = cal["a"] * sig ** cal["p"]
+    scaled = calibrated_sigma(cal, sig)
     return {**cal, "fitted_on": f"{req.val_samples} ID + {req.val_samples} OOD validation "
                                 f"renders (seeds {VALIDATION_SEEDS['id']}, "
                                 f"{VALIDATION_SEEDS['ood']}): pelvis-relative error of "
@@ -196,7 +197,7 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         manifest["source_checkpoint"] = str(checkpoint)
     manifest["sigma_calibration"] = cal
     sigma = ref[OUTPUT_NAMES.index("joint_sigma")]  # (N, J*3) or (N, J, 3), metres
-    sigma = cal["a"] * np.linalg.norm(sigma.reshape(len(sigma), -1, 3), axis=-1) ** cal["p"]
+    sigma = calibrated_sigma(cal, np.linalg.norm(sigma.reshape(len(sigma), -1, 3), axis=-1))
     manifest["sigma_reference_m"] = float(np.median(sigma.mean(-1)))
     write_manifest(manifest, stage)
     return manifest, trt_error
