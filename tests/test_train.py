@@ -370,6 +370,25 @@ def test_time_budget_fits_the_schedule_then_stops(monkeypatch):
     assert calib.after_step(41, total, d) == (total, True)
 
 
+@pytest.mark.parametrize("slow", [range(1, 41), range(200, 10_000)],
+                         ids=["busy-while-first-timed", "busy-later"])
+def test_time_budget_refits_when_the_speed_changes(monkeypatch, slow):
+    """Steps take 0.5 s, or 2 s while another job shares the cores (during the first timing, or
+    from step 200 on). The re-fits follow the speed, so the schedule runs to its end and ends
+    on the 300 s budget (one fit at step 40 ended at 135 s, or ran past the budget)."""
+    from d2a_edge.training import train as T
+    clock = {"now": 0.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
+    calib, d = T.Calibration(start=0, budget=300.0, t0=0.0), T.Dist()
+    step, total, stop = 0, 10_000, False
+    while step < total and not stop:
+        step += 1
+        clock["now"] += 2.0 if step in slow else 0.5
+        total, stop = calib.after_step(step, total, d)
+    assert not stop and step == total
+    assert 0.97 * 300 <= clock["now"] <= 300
+
+
 @requires_anny
 def test_compile_falls_back_to_eager_only_on_the_compiling_step(tmp_path, anny_asset,
                                                                  monkeypatch, capsys):

@@ -372,8 +372,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
     ``time_budget`` (seconds of training in this process, data start-up included): after
-    ``CALIBRATION_STEPS`` timed steps the total is lowered to what fits, so the cosine schedule
-    ends on time; training also stops (with a checkpoint) when the budget runs out.
+    ``CALIBRATION_STEPS`` timed steps the total is lowered to what fits, and fitted again
+    ``REFITS`` times from the latest steps (``Calibration``), so the cosine schedule ends on
+    time; a single process also stops (with a checkpoint) when the budget runs out.
     ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer).
     ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
     ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
@@ -453,36 +454,55 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             "world_size": d.world, "rank_weight_digests": digests}
 
 
-CALIBRATION_STEPS = (10, 40)  # steps after the start between which --time-budget times a step
+CALIBRATION_STEPS = (10, 40)  # steps after the start between which --time-budget first times a step
+REFITS = 20  # after that first fit, the total is fitted again this many times, evenly spaced
 
 
 class Calibration:
-    """``--time-budget``: time steps ``start+10 .. start+40``, then fit the total to the budget."""
+    """``--time-budget``: fit the schedule's total step count to the budget, again and again.
+
+    The first fit times steps ``start+10 .. start+40``. After it the total is fitted again every
+    1/``REFITS`` of the remaining steps, each time from the steps since the previous fit, so a
+    slow (or fast) stretch, e.g. another job on the same cores during the first timing, is
+    corrected while the cosine schedule is still far from its end. Every fit only lowers the
+    step count given on the command line (or the config's), never raises it. Under DDP the fit
+    steps are the same on every rank and the ranks agree on the smallest total.
+    """
 
     def __init__(self, start: int, budget: float, t0: float):
         self.start, self.budget, self.t0 = start, budget, t0
-        self.t_first: float | None = None
-        self.done = False
+        self.mark: tuple[int, float] | None = None  # (step, time) the next fit times from
+        self.next_fit = start + CALIBRATION_STEPS[1]
+        self.every: int | None = None  # steps between fits, set by the first fit
+        self.cap: int | None = None    # the total before the first fit
 
     def after_step(self, step: int, total: int, d: Dist) -> tuple[int, bool]:
         """(new total, stop now) after ``step`` finished."""
         now = time.perf_counter()
-        first, last = (self.start + n for n in CALIBRATION_STEPS)
-        if step == first:
-            self.t_first = now
-        elif step == last and not self.done and self.t_first is not None:
-            self.done = True
-            per_step = (now - self.t_first) / (last - first)
-            fit = step + int((self.budget - (now - self.t0)) / per_step)
-            if d.world > 1:  # every rank must stop at the same step
-                t = torch.tensor([fit], device=d.device)
-                dist.all_reduce(t, op=dist.ReduceOp.MIN)
-                fit = int(t.item())
-            if d.main:
-                print(f"time budget {self.budget:.0f} s: {1 / per_step:.2f} steps/s -> "
-                      f"{min(total, fit)} steps", file=sys.stderr)
-            return max(step + 1, min(total, fit)), False
+        if step == self.start + CALIBRATION_STEPS[0]:
+            self.mark = (step, now)
+        elif step == self.next_fit and self.mark is not None:
+            return self._fit(step, now, total, d), False
         return total, (d.world == 1 and now - self.t0 > self.budget)
+
+    def _fit(self, step: int, now: float, total: int, d: Dist) -> int:
+        first = self.cap is None
+        if first:
+            self.cap = total
+        per_step = (now - self.mark[1]) / (step - self.mark[0])
+        fit = step + int((self.budget - (now - self.t0)) / per_step)
+        if d.world > 1:  # every rank must stop at the same step
+            t = torch.tensor([fit], device=d.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            fit = int(t.item())
+        new = max(step + 1, min(self.cap, fit))
+        if first:
+            self.every = max(CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0], (new - step) // REFITS)
+        self.mark, self.next_fit = (step, now), step + self.every
+        if d.main and (first or new != total):
+            print(f"time budget {self.budget:.0f} s, {now - self.t0:.0f} s used: "
+                  f"{1 / per_step:.2f} steps/s -> {new} steps", file=sys.stderr)
+        return new
 
 
 def uses_egl(dataset) -> bool:
@@ -568,7 +588,8 @@ def _parser() -> argparse.ArgumentParser:
                    "compiles for minutes; falls back to eager with a warning if that fails)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the step count (and the cosine schedule) to this much training "
-                   "time after timing the first steps; stop with a checkpoint when it runs out")
+                   "time after timing the first steps, re-fitted 20 times as the speed changes; "
+                   "stop with a checkpoint when it runs out")
     return p
 
 
