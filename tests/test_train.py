@@ -452,3 +452,26 @@ def test_non_finite_loss_skips_the_update_and_gives_up_after_a_run(anny_asset, c
         T.train_step(st, bad, cfg, contextlib.nullcontext)
     with pytest.raises(RuntimeError, match="10 non-finite losses in a row"):
         T.train_step(st, bad, cfg, contextlib.nullcontext)
+
+
+@pytest.mark.slow
+def test_spawned_rendering_workers_skip_the_interpreter_teardown(tmp_path, monkeypatch):
+    """make_loader's spawned workers leave with os._exit, as forked ones do: the atexit handlers
+    registered before worker_init_fn (here one that writes a marker file) never run. The
+    control loader without it shows that they otherwise do. The data is the same."""
+    from _exit_marker import Numbers
+    from d2a_edge.training.train import leave_like_a_forked_worker
+    monkeypatch.setenv("D2A_EXIT_MARKER", str(tmp_path / "teardown"))
+    monkeypatch.setenv("D2A_EXIT_MARKER_PARENT", str(os.getpid()))
+
+    def load(init, name):
+        monkeypatch.setenv("D2A_EXIT_MARKER", str(tmp_path / name))
+        loader = torch.utils.data.DataLoader(Numbers(), batch_size=4, num_workers=1,
+                                             multiprocessing_context="spawn",
+                                             worker_init_fn=init)
+        return torch.cat(list(loader)).tolist()  # the workers are joined at the end
+
+    assert load(None, "control") == list(range(8))
+    assert len(list(tmp_path.glob("control.*"))) == 1
+    assert load(leave_like_a_forked_worker, "fixed") == list(range(8))
+    assert list(tmp_path.glob("fixed.*")) == []

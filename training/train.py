@@ -526,8 +526,29 @@ def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
         persistent_workers=nw > 0, multiprocessing_context="spawn" if spawn else None,
+        worker_init_fn=leave_like_a_forked_worker if spawn else None,
         prefetch_factor=2 if nw > 0 else None,
         generator=torch.Generator().manual_seed(cfg.train.seed + start))
+
+
+def leave_like_a_forked_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of spawned rendering workers: end the process with ``os._exit``.
+
+    A forked worker already ends that way (multiprocessing's fork start method calls
+    ``os._exit``). A spawned one ends through ``sys.exit`` and the whole interpreter and C
+    library teardown, and on the GPU machine one such worker per run aborted there after the
+    final checkpoint ("terminate called without an active exception", from the EGL driver's
+    threads is the suspicion). An ``atexit`` handler registered here runs before the teardown
+    (atexit runs last-registered first) and skips it. Not yet verified on the GPU.
+    """
+    import atexit
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    atexit.register(leave)
 
 
 def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
