@@ -65,9 +65,18 @@ def default_intrinsics(width: int, height: int) -> np.ndarray:
 
 
 def _boxes_array(boxes) -> np.ndarray:
-    b = np.asarray(boxes, np.float32).reshape(-1, 4) if boxes is not None else None
-    if b is None or len(b) == 0:
+    """``boxes`` as a float32 (N, 4) array; one box may be given flat, as (4,)."""
+    try:
+        b = np.asarray(boxes, np.float32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"boxes must be numbers [x0, y0, x1, y1] per person: {e}") from None
+    if b.size == 0:
         return np.zeros((0, 4), np.float32)
+    if b.ndim == 1 and len(b) == 4:
+        b = b[None]
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise InputError(f"boxes must be an (N, 4) array of [x0, y0, x1, y1], got shape "
+                         f"{b.shape}")
     if not np.all(np.isfinite(b)) or np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
         raise InputError(f"boxes must be finite [x0, y0, x1, y1] with x1 > x0, y1 > y0: {b.tolist()}")
     return b

@@ -83,6 +83,12 @@ def test_bad_frames_and_boxes(fresh_bundle):
     assert rec(frame, boxes=np.zeros((0, 4))) == []
     with pytest.raises(InputError, match="x1 > x0"):
         rec(frame, boxes=[[10, 10, 5, 50]])
+    for bad in ([[1, 2, 3]], [[0, 0, 50, 50, 0, 0, 60, 60]], np.zeros((2, 2)), [0, 0, 50]):
+        with pytest.raises(InputError, match=r"\(N, 4\) array"):
+            rec(frame, boxes=bad)
+    with pytest.raises(InputError, match="numbers"):
+        rec(frame, boxes=[["a", 0, 5, 5]])
+    assert len(rec(frame, boxes=[0, 0, 50, 60])) == 1  # one box, flat
     gray16 = np.full((120, 160), 30000, np.uint16)
     assert len(rec(gray16)) == 1  # converted, not rejected
 
