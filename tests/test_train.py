@@ -454,7 +454,6 @@ def test_non_finite_loss_skips_the_update_and_gives_up_after_a_run(anny_asset, c
         T.train_step(st, bad, cfg, contextlib.nullcontext)
 
 
-@pytest.mark.slow
 def test_spawned_rendering_workers_skip_the_interpreter_teardown(tmp_path, monkeypatch):
     """make_loader's spawned workers leave with os._exit, as forked ones do: the atexit handlers
     registered before worker_init_fn (here one that writes a marker file) never run. The
