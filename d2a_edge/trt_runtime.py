@@ -4,6 +4,8 @@ NOT VERIFIED ON HARDWARE HERE: neither the development machine nor the lent GPU 
 TensorRT. Written to the TensorRT 10/11 name-based API (``set_tensor_address`` +
 ``execute_async_v3``); CUDA calls go through cuda-python (``cuda.bindings.runtime``, or the older
 ``cuda.cudart``), or pycuda where it is the only binding installed (many Jetson images).
+Every TensorRT name used here exists in the bindings of TensorRT 10.3, 10.13, 11.0 and 11.4
+(``scripts/trt_api_check.py``).
 Every CUDA call passes through ``cuda_call`` (one checker).
 """
 from __future__ import annotations

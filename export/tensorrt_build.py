@@ -2,7 +2,8 @@
 
 NOT VERIFIED ON HARDWARE HERE: TensorRT is installed on neither the development machine nor the
 lent GPU machine (its libraries are gigabytes). The version gate is unit-tested with a fake
-module; the calls follow NVIDIA's 10.x -> 11.x migration guide.
+module; the calls follow NVIDIA's 10.x -> 11.x migration guide, and every TensorRT name used
+here exists in the bindings of TensorRT 10.3, 10.13, 11.0 and 11.4 (``scripts/trt_api_check.py``).
 
 - TRT 11: strongly typed networks only. Precision comes from the graph: the FP16 mixed-precision
   ONNX or the INT8 Q/DQ ONNX. Builder precision flags do not exist any more.

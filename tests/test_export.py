@@ -1,9 +1,13 @@
 """Export: fused ONNX fp32 / fp16 / INT8 Q/DQ with parity vs PyTorch; bad requests fail clearly."""
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import has_module, requires_torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [requires_torch,
               pytest.mark.skipif(not has_module("onnxruntime"), reason="needs onnxruntime")]
@@ -184,3 +188,25 @@ def test_cli_errors(tmp_path, capsys):
         assert main([str(bad), "--out", str(tmp_path / "o"), "--format", "torch-trt"]) == 3
         assert "needs torch_tensorrt" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_trt_api_check_finds_the_names_and_flags_a_missing_one(tmp_path, capsys):
+    """scripts/trt_api_check.py (run by hand against real bindings wheels): it collects the
+    TensorRT names the builder and the runtime use, and reports one that a wheel lacks."""
+    import zipfile
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import trt_api_check as chk
+    names = chk.used_names()
+    assert {"Builder", "create_network", "build_serialized_network", "set_timing_cache",
+            "ignore_mismatch", "set_tensor_address", "execute_async_v3", "INPUT"} <= set(names)
+    assert chk.builder_flags(10) == {"FP16", "INT8"} and chk.builder_flags(11) == set()
+    everything = b"\0".join(n.encode() for n in names if n not in ("execute_async_v3", "INPUT"))
+    for version, extra in (("10.3.0", b"\0UINT8\0FP16\0DataType.INPUT\0"), ("11.4.0.106", b"\0")):
+        wheel = tmp_path / f"tensorrt_cu12_bindings-{version}-cp311-none-manylinux_2_28_x86_64.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            z.writestr("tensorrt_bindings/tensorrt.so", b"\x7fELF\0" + everything + extra)
+    assert chk.main([str(p) for p in sorted(tmp_path.glob("*.whl"))]) == 1
+    out, n = capsys.readouterr().out, len(names)
+    assert f"TensorRT 10.3.0: {n + 1} of {n + 2} present (2 only as a string's tail: INPUT, " \
+           "INT8); MISSING: execute_async_v3" in out
+    assert f"TensorRT 11.4.0.106: {n - 2} of {n} present; MISSING: INPUT, execute_async_v3" in out
