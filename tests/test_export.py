@@ -210,3 +210,37 @@ def test_trt_api_check_finds_the_names_and_flags_a_missing_one(tmp_path, capsys)
     assert f"TensorRT 10.3.0: {n + 1} of {n + 2} present (2 only as a string's tail: INPUT, " \
            "INT8); MISSING: execute_async_v3" in out
     assert f"TensorRT 11.4.0.106: {n - 2} of {n} present; MISSING: INPUT, execute_async_v3" in out
+
+
+def test_torch_trt_fp16_is_asked_for_the_way_each_version_takes_it():
+    """torch_tensorrt's dynamo compile signatures of 2.9, 2.12 and 2.14 (parameter names as in
+    the PyPI wheels' sources): enabled_precisions before 2.12, enable_autocast from 2.12 on
+    (2.12 rejects fp16 in enabled_precisions; 2.13+ drops it silently)."""
+    import types
+
+    import torch
+    from d2a_edge.export.torch_trt import precision_kwargs
+
+    def fake(version, compile_fn):
+        return types.SimpleNamespace(__version__=version,
+                                     dynamo=types.SimpleNamespace(compile=compile_fn))
+
+    def v2_9(exported_program, inputs=None, *, enabled_precisions=None,
+             use_explicit_typing=False, **kwargs): ...
+
+    def v2_12(exported_program, inputs=None, *, enabled_precisions=None,
+              use_explicit_typing=True, enable_autocast=False, **kwargs): ...
+
+    def v2_14(exported_program, arg_inputs=None, *, use_explicit_typing=True,
+              enable_autocast=False, autocast_low_precision_type=None, **kwargs): ...
+
+    def unknown(exported_program, **kwargs): ...
+
+    autocast = {"enable_autocast": True, "autocast_low_precision_type": torch.float16}
+    assert precision_kwargs(fake("2.9.0", v2_9), True) == {
+        "enabled_precisions": {torch.float16, torch.float32}}
+    assert precision_kwargs(fake("2.12.0", v2_12), True) == autocast
+    assert precision_kwargs(fake("2.14.0", v2_14), True) == autocast
+    assert precision_kwargs(fake("2.14.0", v2_14), False) == {}
+    with pytest.raises(RuntimeError, match="torch_tensorrt 9.0.*FP16"):
+        precision_kwargs(fake("9.0", unknown), True)
