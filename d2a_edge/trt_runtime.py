@@ -29,6 +29,10 @@ def _import_cudart():
     return cudart
 
 
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed (no usable GPU or driver, out of memory, ...)."""
+
+
 class CudaRT:
     """The few CUDA runtime calls the backend needs, through cuda-python."""
 
@@ -39,7 +43,9 @@ class CudaRT:
         err, *rest = result if isinstance(result, tuple) else (result,)
         if int(err) != 0:
             _, msg = self.rt.cudaGetErrorString(err)
-            raise RuntimeError(f"CUDA error {int(err)}: {msg!r}")
+            if isinstance(msg, bytes):
+                msg = msg.decode(errors="replace")
+            raise CudaError(f"CUDA error {int(err)}: {msg}")
         return rest[0] if len(rest) == 1 else rest
 
     def stream(self):
@@ -71,8 +77,13 @@ class PyCudaRT:
     """The same calls through pycuda (errors raise pycuda's own exceptions)."""
 
     def __init__(self):
-        import pycuda.autoinit  # noqa: F401  (creates the context)
         import pycuda.driver as cuda
+        try:
+            import pycuda.autoinit  # noqa: F401  (creates the context)
+        except ImportError:
+            raise
+        except Exception as e:  # pycuda's own errors: no device, no driver
+            raise CudaError(f"pycuda could not create a CUDA context: {e}") from e
         self.cuda, self._allocs = cuda, {}
 
     def stream(self):
@@ -122,15 +133,30 @@ class TensorRTBackend:
             import tensorrt as trt
         except ImportError as e:
             raise BackendUnavailable("tensorrt is not installed (pip install 'd2a-edge[trt]')") from e
-        self.trt, self.api, self.outputs = trt, cuda_api(), outputs
+        self.trt, self.outputs = trt, outputs
+        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
+        try:  # CUDA first: without a usable GPU, deserializing would fail as if the plan were bad
+            self.api = cuda_api()
+            self.stream = self.api.stream()
+        except CudaError as e:
+            raise BackendUnavailable(f"TensorRT is installed but CUDA is not usable here: {e}") \
+                from e
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        self.runtime = trt.Runtime(self.logger)  # kept: a runtime must outlive its engines
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
             raise BundleError(f"{plan} is not a TensorRT plan for this TensorRT version and GPU "
                               "(corrupt, or built elsewhere): rebuild it with d2a-export --format trt")
         self.context = self.engine.create_execution_context()
-        self.stream = self.api.stream()
-        self.buffers: dict[str, tuple[int, np.ndarray]] = {}
+        try:
+            self._allocate(plan)
+        except BaseException:
+            self.close()
+            raise
+
+    def _allocate(self, plan: Path) -> None:
+        """Device + host buffers for every I/O tensor, bound to the context by name."""
+        trt, outputs = self.trt, self.outputs
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
