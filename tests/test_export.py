@@ -244,3 +244,121 @@ def test_torch_trt_fp16_is_asked_for_the_way_each_version_takes_it():
     assert precision_kwargs(fake("2.14.0", v2_14), False) == {}
     with pytest.raises(RuntimeError, match="torch_tensorrt 9.0.*FP16"):
         precision_kwargs(fake("9.0", unknown), True)
+
+
+def _recording_tensorrt(version, calls, parse_ok=True, build_ok=True):
+    """A fake ``tensorrt`` module that records what build_engine asks of it."""
+    import types
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8")
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    class Tensor:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    class Network:
+        inputs = [Tensor("image", (-1, 3, 192, 192)), Tensor("bbox_info", (-1, 3))]
+        num_inputs = 2
+
+        def get_input(self, i):
+            return self.inputs[i]
+
+    class Parser:
+        num_errors = 0 if parse_ok else 2
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, data):
+            calls.append(("parse", len(data)))
+            return parse_ok
+
+        def get_error(self, i):
+            return f"node {i}: unsupported"
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            calls.append(("profile", name, lo, opt, hi))
+
+    class Cache:
+        def __init__(self, data):
+            self.data = data
+
+        def serialize(self):
+            return self.data + b"+new timings"
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("pool", pool, size))
+
+        def set_flag(self, flag):
+            calls.append(("flag", flag))
+
+        def add_optimization_profile(self, profile):
+            pass
+
+        def create_timing_cache(self, data):
+            calls.append(("cache in", data))
+            return Cache(data)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            pass
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, *flags):
+            calls.append(("network", flags))
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"PLAN" if build_ok else None
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, Parser
+    return trt
+
+
+@pytest.mark.parametrize("version,network,flags", [("11.4.0", (), []),
+                                                   ("10.3.0", (0,), ["INT8", "FP16"])])
+def test_trt_build_asks_each_version_the_right_way(tmp_path, monkeypatch, version, network,
+                                                   flags):
+    """build_engine against a recording fake tensorrt: TRT 11 gets a plain (strongly typed)
+    network and no precision flags, TRT 10 the INT8 + FP16 flags; the profile spans the batch
+    range on every input; the timing cache is read and written back; the plan is renamed into
+    place. A parse or build failure leaves no plan and no partial file."""
+    from d2a_edge.export.tensorrt_build import build_engine
+    calls = []
+    monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(version, calls))
+    onnx_path, plan, cache = tmp_path / "m.onnx", tmp_path / "m.plan", tmp_path / "timing.cache"
+    onnx_path.write_bytes(b"onnx bytes")
+    cache.write_bytes(b"old")
+    assert build_engine(onnx_path, plan, "int8", 192, batch_range=(1, 4, 8),
+                        workspace_gb=1.0, timing_cache=cache) == plan
+    assert plan.read_bytes() == b"PLAN" and cache.read_bytes() == b"old+new timings"
+    assert ("network", network) in calls and ("parse", 10) in calls
+    assert [c[1] for c in calls if c[0] == "flag"] == flags
+    assert ("pool", "WORKSPACE", 1 << 30) in calls and ("cache in", b"old") in calls
+    assert ("profile", "image", (1, 3, 192, 192), (4, 3, 192, 192), (8, 3, 192, 192)) in calls
+    assert ("profile", "bbox_info", (1, 3), (4, 3), (8, 3)) in calls
+    for kw, match in (({"parse_ok": False}, "could not parse .*node 0: unsupported; node 1"),
+                      ({"build_ok": False}, "failed to build a int8 engine")):
+        monkeypatch.setitem(sys.modules, "tensorrt", _recording_tensorrt(version, [], **kw))
+        out = tmp_path / f"bad_{next(iter(kw))}.plan"
+        with pytest.raises(RuntimeError, match=match):
+            build_engine(onnx_path, out, "int8", 192)
+        assert not out.exists() and not list(tmp_path.glob("*.partial"))
