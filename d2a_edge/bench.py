@@ -40,7 +40,7 @@ def bench_stages(rec, frames: list[np.ndarray], batch: int, repeats: int) -> dic
         with rec.one_thread_helpers():  # as in MeshRecoverer.__call__
             t0 = time.perf_counter()
             K = rec.camera(W, H)
-            crops, sq, info = make_crops(frame, boxes, K, rec.size)
+            crops, sq, info = make_crops(frame, boxes, K, rec.size, rec.crop_pool)
             t1 = time.perf_counter()
             out = rec.backend.run(crops, info)
             t2 = time.perf_counter()

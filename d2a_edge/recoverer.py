@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -28,7 +29,8 @@ CROP_SCALE = 1.2  # crop side / max(box w, h): the middle of the training range
 
 
 class OneThreadHelpers:
-    """While a call runs, OpenCV and numpy's BLAS work on the calling thread only (CPU engines).
+    """While a call runs, OpenCV works on the calling thread only, and numpy's BLAS too unless
+    ``blas=False`` (for GPU engines, whose numpy skinning may use the free cores).
 
     Cropping one person and skinning one mesh are too small to gain from threads, but their
     thread pools keep spinning after each use and take the cores from the engine's own pool
@@ -37,8 +39,8 @@ class OneThreadHelpers:
     limited through ``threadpoolctl`` when it is installed (a dependency of the package).
     """
 
-    def __init__(self):
-        self._blas = None
+    def __init__(self, blas: bool = True):
+        self._blas = None if blas else False  # False: leave BLAS alone
 
     @contextlib.contextmanager
     def __call__(self):
@@ -90,24 +92,35 @@ def box_for_crop(crop_box) -> list[float]:
     return [c[0] - half, c[1] - half, c[0] + half, c[1] + half]
 
 
-def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int):
+def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, pool=None):
     """Model inputs for person ``boxes`` (N, 4) in a BGR ``image``: square crops
-    (N, 3, s, s) float32 RGB 0..1, the square boxes (N, 4) and bbox_info (N, 3)."""
+    (N, 3, s, s) float32 RGB 0..1, the square boxes (N, 4) and bbox_info (N, 3).
+
+    ``pool`` (an executor): the crops are cut in parallel, one task per person (OpenCV and
+    numpy release the GIL). The result is the same bit for bit."""
     import cv2
 
     H, W = image.shape[:2]
     sq = np.stack([square_box(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2),
                               max(b[2] - b[0], b[3] - b[1]) * CROP_SCALE) for b in boxes])
-    bgr = np.stack([cv2.warpAffine(image, crop_affine(b, size), (size, size),
-                                   flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-                    for b in sq])  # (N, s, s, 3) BGR
-    batch = np.empty((len(sq), 3, size, size), np.float32)  # RGB 0..1, one pass (4x faster)
-    np.multiply(bgr.transpose(0, 3, 1, 2)[:, ::-1], np.float32(1 / 255), out=batch)
+    batch = np.empty((len(sq), 3, size, size), np.float32)  # RGB 0..1
+
+    def cut(n: int) -> None:
+        bgr = cv2.warpAffine(image, crop_affine(sq[n], size), (size, size),
+                             flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        np.multiply(bgr.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=batch[n])
+
+    if pool is None or len(sq) < 2:
+        for n in range(len(sq)):
+            cut(n)
+    else:
+        list(pool.map(cut, range(len(sq))))
     info = bbox_info(sq, np.broadcast_to(K, (len(sq), 3, 3)), np.tile([W, H], (len(sq), 1)))
     return batch, sq, info.astype(np.float32)
 
 
 SKINNING = ("auto", "numpy", "cuda")
+CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
 LOST_SCORE = 0.25  # below this, stream() treats the person as lost and runs locate() again
 WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
@@ -169,9 +182,15 @@ class MeshRecoverer:
         engine_on = str(getattr(self.backend, "device", "cpu"))
         self.skinner = make_skinner(self.bundle.asset, skinning, engine_on)
         self.size = self.bundle.image_size
-        # on the CPU the engine needs every core; with a GPU engine the helpers may use them
-        self.one_thread_helpers = OneThreadHelpers() if engine_on == "cpu" \
-            else contextlib.nullcontext
+        # On the CPU the engine needs every core. With a GPU engine the cores are free: the
+        # crops of several people are cut in parallel, one OpenCV thread per task (nested
+        # OpenCV pools would only compete), and numpy skinning keeps its BLAS threads.
+        if engine_on == "cpu":
+            self.one_thread_helpers, self.crop_pool = OneThreadHelpers(), None
+        else:
+            self.one_thread_helpers = OneThreadHelpers(blas=False)
+            self.crop_pool = ThreadPoolExecutor(min(CROP_THREADS, os.cpu_count() or 1),
+                                                thread_name_prefix="d2a-crops")
 
     @property
     def skinning(self) -> str:
@@ -196,7 +215,7 @@ class MeshRecoverer:
             return []
         K = self.camera(W, H)
         with self.one_thread_helpers():
-            crops, sq, info = make_crops(image, b, K, self.size)
+            crops, sq, info = make_crops(image, b, K, self.size, self.crop_pool)
             out = self.backend.run(crops, info)
             verts, joints = self.skin(out)
             return self.meshes(out, verts, joints, sq, K)
