@@ -48,7 +48,7 @@ def test_configs_load_and_reject_typos(tmp_path):
 
 def test_lr_schedule_warmup_then_cosine():
     from d2a_edge.training.config import OptimConfig
-    from d2a_edge.training.train import lr_factor
+    from d2a_edge.training.schedule import lr_factor
     o = OptimConfig(warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, 100, o) == pytest.approx(0.1)
     assert lr_factor(9, 100, o) == pytest.approx(1.0)
@@ -57,7 +57,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 
 def test_step_sampler_resumes_mid_epoch():
-    from d2a_edge.training.train import StepSampler
+    from d2a_edge.training.feed import StepSampler
     full = StepSampler(10, 3, 0, 1, seed=5, start=0)
     it = iter(full)
     first = [next(it) for _ in range(7)]
@@ -317,7 +317,8 @@ def test_weights_only_copy_init_and_echo(tmp_path, anny_asset):
     data echoing draws its extra steps from the fresh batches."""
     from _batches import BatchDataset, tiny_config
     from d2a_edge.training import checkpoint as ckpt
-    from d2a_edge.training.train import EchoBuffer, run
+    from d2a_edge.training.feed import EchoBuffer
+    from d2a_edge.training.train import run
     cfg = tiny_config(optim={"ema_decay": 0.5, "warmup_steps": 1})
     ds = BatchDataset(anny_asset, 4, 64, seed=4)
     run(cfg, ds, tmp_path / "a", steps=2, ckpt_every=0, asset=anny_asset, progress=False)
@@ -355,10 +356,11 @@ def test_weights_only_copy_init_and_echo(tmp_path, anny_asset):
 def test_time_budget_fits_the_schedule_then_stops(monkeypatch):
     """Steps 10..40 take 0.5 s each and 25 s have passed at step 40, so a 100 s budget leaves
     room for 150 more steps (190 in all); past the budget the loop is told to stop."""
-    from d2a_edge.training import train as T
+    from d2a_edge.training import schedule as T
+    from d2a_edge.training.distributed import Dist
     clock = {"now": 0.0}
     monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
-    calib, d = T.Calibration(start=0, budget=100.0, t0=0.0), T.Dist()
+    calib, d = T.Calibration(start=0, budget=100.0, t0=0.0), Dist()
     total = 10_000
     for step in range(1, 41):
         clock["now"] = 5.0 + 0.5 * step
@@ -376,10 +378,11 @@ def test_time_budget_refits_when_the_speed_changes(monkeypatch, slow):
     """Steps take 0.5 s, or 2 s while another job shares the cores (during the first timing, or
     from step 200 on). The re-fits follow the speed, so the schedule runs to its end and ends
     on the 300 s budget (one fit at step 40 ended at 135 s, or ran past the budget)."""
-    from d2a_edge.training import train as T
+    from d2a_edge.training import schedule as T
+    from d2a_edge.training.distributed import Dist
     clock = {"now": 0.0}
     monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
-    calib, d = T.Calibration(start=0, budget=300.0, t0=0.0), T.Dist()
+    calib, d = T.Calibration(start=0, budget=300.0, t0=0.0), Dist()
     step, total, stop = 0, 10_000, False
     while step < total and not stop:
         step += 1
@@ -459,7 +462,7 @@ def test_spawned_rendering_workers_skip_the_interpreter_teardown(tmp_path, monke
     registered before worker_init_fn (here one that writes a marker file) never run. The
     control loader without it shows that they otherwise do. The data is the same."""
     from _exit_marker import Numbers
-    from d2a_edge.training.train import leave_like_a_forked_worker
+    from d2a_edge.training.feed import leave_like_a_forked_worker
     monkeypatch.setenv("D2A_EXIT_MARKER", str(tmp_path / "teardown"))
     monkeypatch.setenv("D2A_EXIT_MARKER_PARENT", str(os.getpid()))
 

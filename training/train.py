@@ -24,6 +24,9 @@ from torch import nn
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training.config import Config, OptimConfig, available_configs, config_to_dict, \
     load_config
+from d2a_edge.training.distributed import Dist, setup_distributed
+from d2a_edge.training.feed import EchoBuffer, build_dataset, make_loader, to_device
+from d2a_edge.training.schedule import Calibration, Schedule, lr_factor
 from d2a_edge.training.losses import D2ALoss
 from d2a_edge.training.model import D2AHMR, build_model
 
@@ -85,70 +88,14 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-class StepSampler(torch.utils.data.Sampler):
-    """Batch indices for steps ``start, start+1, ...``: a seeded permutation per epoch, split
-    across ranks, so a resumed run sees exactly the batches an uninterrupted one would."""
-
-    def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int, start: int):
-        per_rank = n // world
-        if per_rank < batch_size:
-            raise ValueError(f"dataset of {n} samples is too small for batch_size={batch_size} "
-                             f"on {world} process(es); lower train.batch_size or add data")
-        self.n, self.bs, self.rank, self.world = n, batch_size, rank, world
-        self.seed, self.start, self.per_epoch = seed, start, per_rank // batch_size
-
-    def __iter__(self):
-        step, perm_epoch, perm = self.start, -1, None
-        while True:
-            epoch, i = divmod(step, self.per_epoch)
-            if epoch != perm_epoch:  # one permutation per epoch (on-the-fly epochs are 1e6)
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                perm, perm_epoch = torch.randperm(self.n, generator=g)[self.rank::self.world], epoch
-            yield perm[i * self.bs:(i + 1) * self.bs].tolist()
-            step += 1
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
-def setup_distributed(device_arg: str) -> Dist:
-    """Single process, or the ``torchrun`` environment (gloo on CPU, nccl on CUDA)."""
-    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
-    if device_arg == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but torch sees no CUDA device")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
-    if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world, local, device)
 
 
-@dataclass
-class Schedule:
-    """The step count the LR schedule decays over; ``--time-budget`` lowers it after timing."""
-
-    total: int
 
 
-def lr_factor(step: int, total: int, o: OptimConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    t = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def autocast_for(device: torch.device, o: OptimConfig):
@@ -161,23 +108,6 @@ def autocast_for(device: torch.device, o: OptimConfig):
     return contextlib.nullcontext, False
 
 
-def build_dataset(args, cfg: Config):
-    """The Dataset named on the command line (shards, or on-the-fly rendering of one or more
-    splits: an equal share of ``--on-the-fly-size`` each, split k seeded ``train.seed + k``)."""
-    from d2a_edge.training.data.dataset import ConcatOnTheFly, OnTheFlyDataset, ShardDataset
-    if args.data:
-        parts = [ShardDataset(d) for d in args.data]
-        for d, ds in zip(args.data, parts):
-            size = int(ds[0]["image"].shape[-1])
-            if size != cfg.model.image_size:
-                raise ValueError(f"shards in {d} have {size}px crops but config "
-                                 f"{cfg.name!r} expects model.image_size={cfg.model.image_size}")
-        return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    splits = args.on_the_fly or [cfg.data.split]
-    parts = [OnTheFlyDataset(split, size=args.on_the_fly_size // len(splits),
-                             seed=cfg.train.seed + k, image_size=cfg.model.image_size,
-                             body=cfg.model.body) for k, split in enumerate(splits)]
-    return parts[0] if len(parts) == 1 else ConcatOnTheFly(parts)
 
 
 @dataclass
@@ -248,37 +178,10 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
 
 
-ECHO_BUFFER = 8  # fresh batches kept for data echoing
 
 
-class EchoBuffer:
-    """The last ``ECHO_BUFFER`` fresh batches (on the device); ``draw`` mixes their samples."""
-
-    def __init__(self, seed: int):
-        self.batches: list[dict] = []
-        self.seed = seed
-
-    def add(self, batch: dict) -> None:
-        self.batches = (self.batches + [batch])[-ECHO_BUFFER:]
-
-    def draw(self, step: int, size: int) -> dict:
-        """``size`` samples drawn without replacement from the buffer (seeded by ``step``);
-        only the drawn rows are copied."""
-        keys = [k for k, v in self.batches[0].items() if torch.is_tensor(v)]
-        lens = [len(b[keys[0]]) for b in self.batches]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        pick = torch.randperm(sum(lens), generator=g)[:size]
-        rows, start = [], 0
-        for n in lens:  # the picked rows of each buffered batch
-            rows.append(pick[(pick >= start) & (pick < start + n)] - start)
-            start += n
-        return {k: torch.cat([b[k][r.to(b[k].device)] for b, r in zip(self.batches, rows)])
-                for k in keys}
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
 
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
@@ -454,101 +357,14 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             "world_size": d.world, "rank_weight_digests": digests}
 
 
-CALIBRATION_STEPS = (10, 40)  # steps after the start between which --time-budget first times a step
-REFITS = 20  # after that first fit, the total is fitted again this many times, evenly spaced
 
 
-class Calibration:
-    """``--time-budget``: fit the schedule's total step count to the budget, again and again.
-
-    The first fit times steps ``start+10 .. start+40``. After it the total is fitted again every
-    1/``REFITS`` of the remaining steps, each time from the steps since the previous fit, so a
-    slow (or fast) stretch, e.g. another job on the same cores during the first timing, is
-    corrected while the cosine schedule is still far from its end. Every fit only lowers the
-    step count given on the command line (or the config's), never raises it. Under DDP the fit
-    steps are the same on every rank and the ranks agree on the smallest total.
-    """
-
-    def __init__(self, start: int, budget: float, t0: float):
-        self.start, self.budget, self.t0 = start, budget, t0
-        self.mark: tuple[int, float] | None = None  # (step, time) the next fit times from
-        self.next_fit = start + CALIBRATION_STEPS[1]
-        self.every: int | None = None  # steps between fits, set by the first fit
-        self.cap: int | None = None    # the total before the first fit
-
-    def after_step(self, step: int, total: int, d: Dist) -> tuple[int, bool]:
-        """(new total, stop now) after ``step`` finished."""
-        now = time.perf_counter()
-        if step == self.start + CALIBRATION_STEPS[0]:
-            self.mark = (step, now)
-        elif step == self.next_fit and self.mark is not None:
-            return self._fit(step, now, total, d), False
-        return total, (d.world == 1 and now - self.t0 > self.budget)
-
-    def _fit(self, step: int, now: float, total: int, d: Dist) -> int:
-        first = self.cap is None
-        if first:
-            self.cap = total
-        per_step = (now - self.mark[1]) / (step - self.mark[0])
-        fit = step + int((self.budget - (now - self.t0)) / per_step)
-        if d.world > 1:  # every rank must stop at the same step
-            t = torch.tensor([fit], device=d.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            fit = int(t.item())
-        new = max(step + 1, min(self.cap, fit))
-        if first:
-            self.every = max(CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0], (new - step) // REFITS)
-        self.mark, self.next_fit = (step, now), step + self.every
-        if d.main and (first or new != total):
-            print(f"time budget {self.budget:.0f} s, {now - self.t0:.0f} s used: "
-                  f"{1 / per_step:.2f} steps/s -> {new} steps", file=sys.stderr)
-        return new
 
 
-def uses_egl(dataset) -> bool:
-    """Whether ``dataset`` (or a part of a ConcatDataset) renders samples through EGL."""
-    from d2a_edge.training.data.dataset import OnTheFlyDataset
-    parts = getattr(dataset, "datasets", [dataset])
-    return any(isinstance(p, OnTheFlyDataset) for p in parts)
 
 
-def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
-    """DataLoader over ``StepSampler`` batches from step ``start``.
-
-    Rendering workers are spawned, not forked, when this process holds a CUDA context (the
-    GPU's EGL driver in a child forked from a CUDA process is not supported).
-    """
-    sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
-                          start)
-    nw = cfg.train.num_workers if workers is None else workers
-    spawn = nw > 0 and d.device.type == "cuda" and uses_egl(dataset)
-    # the loader gets its own generator so creating it leaves the global RNG (masking) alone
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
-        persistent_workers=nw > 0, multiprocessing_context="spawn" if spawn else None,
-        worker_init_fn=leave_like_a_forked_worker if spawn else None,
-        prefetch_factor=2 if nw > 0 else None,
-        generator=torch.Generator().manual_seed(cfg.train.seed + start))
 
 
-def leave_like_a_forked_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of spawned rendering workers: end the process with ``os._exit``.
-
-    A forked worker already ends that way (multiprocessing's fork start method calls
-    ``os._exit``). A spawned one ends through ``sys.exit`` and the whole interpreter and C
-    library teardown, and on the GPU machine one such worker per run aborted there after the
-    final checkpoint ("terminate called without an active exception", from the EGL driver's
-    threads is the suspicion). An ``atexit`` handler registered here runs before the teardown
-    (atexit runs last-registered first) and skips it. Not yet verified on the GPU.
-    """
-    import atexit
-
-    def leave() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    atexit.register(leave)
 
 
 def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
