@@ -291,9 +291,13 @@ class MeshRecoverer:
     def _track_box(person: HumanMesh, shape, K: np.ndarray,
                    min_score: float = LOST_SCORE) -> np.ndarray | None:
         H, W = shape[:2]
-        uv = project(person.vertices, K)
-        inside = (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = project(person.vertices, K)
+        seen = (person.vertices[:, 2] > 0) & np.isfinite(uv).all(1)  # in front of the camera
+        inside = seen & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
         if person.score < min_score or inside.mean() < 0.5:
             return None
-        lo, hi = uv.min(0), uv.max(0)
+        lo, hi = uv[seen].min(0), uv[seen].max(0)
+        if not np.all(hi > lo):  # a mesh collapsed to a point or a line: no box
+            return None
         return np.array([lo[0], lo[1], hi[0], hi[1]], np.float32)

@@ -21,6 +21,31 @@ def test_search_windows_cover_the_frame_with_squares():
     assert len(search_windows(64, 64)) >= 3  # tiny frames still get windows
 
 
+def test_tracking_box_ignores_vertices_at_or_behind_the_camera():
+    """The next frame's crop comes from the mesh's projection. Vertices at z = 0 (projected to
+    infinity) or behind the camera must not enter it: the box stays finite (the next call
+    would reject an infinite box), and a mesh entirely behind the camera is lost."""
+    from d2a_edge.recoverer import default_intrinsics
+    from d2a_edge.types import HumanMesh
+    K = default_intrinsics(640, 480)
+    xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
+    verts = np.concatenate([xy.reshape(-1, 2), np.full((100, 1), 3.0)], 1).astype(np.float32)
+
+    def box(v):
+        p = HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25],
+                      joints2d=np.zeros((25, 2)), joint_sigma=np.full(25, 0.05), pose=None,
+                      shape=None, translation=np.zeros(3), box=None, score=0.9)
+        return MeshRecoverer._track_box(p, (480, 640), K)
+
+    want = box(verts)
+    assert want is not None and np.all(np.isfinite(want))
+    near = verts.copy()
+    near[:10, 2] = 0.0  # a few vertices on the camera plane
+    got = box(near)
+    assert got is not None and np.all(np.isfinite(got)) and np.all(got[2:] > got[:2])
+    assert box(verts * np.float32([1, 1, -1])) is None  # behind the camera
+
+
 def test_score_is_relative_to_the_models_typical_sigma():
     assert person_score(np.full(25, 0.1), 0.1) == pytest.approx(2 / 3)
     assert person_score(np.full(25, 0.3), 0.1) == pytest.approx(0.0, abs=1e-9)
