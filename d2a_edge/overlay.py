@@ -8,6 +8,9 @@ import numpy as np
 
 from d2a_edge.camera import project
 
+NEAR = 0.05  # m: faces with a corner nearer than this (or behind the camera) are not drawn
+FAR_PX = 1e6  # px: coordinates beyond this are clipped (mesh) or not drawn (joints)
+
 
 def draw_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.ndarray,
               color=(120, 170, 210), alpha: float = 0.7) -> np.ndarray:
@@ -21,8 +24,10 @@ def draw_mesh(image: np.ndarray, verts: np.ndarray, faces: np.ndarray, K: np.nda
     facing = (n * centre).sum(1) < 0  # front faces point back toward the camera
     light = np.clip(-(n @ np.array([0.3, 0.5, 1.0]) / np.linalg.norm([0.3, 0.5, 1.0])), 0, 1)
     order = np.argsort(-centre[:, 2])  # far to near
-    order = order[facing[order] & (centre[order, 2] > 0.05)]
-    px = project(verts, K)
+    in_front = (tri[:, :, 2] > NEAR).all(1)  # every corner: a corner at z <= 0 projects wildly
+    order = order[facing[order] & in_front[order]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        px = np.clip(project(verts, K), -FAR_PX, FAR_PX)  # fixed-point shift=4 fits in int32
     layer = image.copy()
     base = np.array(color, np.float64)
     pts = np.round(px[faces[order]] * 16).astype(np.int32)  # 4 fractional bits
@@ -42,14 +47,17 @@ def draw_joints(image: np.ndarray, joints2d: np.ndarray, parents=None,
     if sigma is None:
         sigma = np.zeros(len(joints2d))
     t = np.clip(np.asarray(sigma) / sigma_full, 0, 1)
+    joints2d = np.asarray(joints2d, np.float64)
+    ok = np.isfinite(joints2d).all(1) & (np.abs(joints2d) < FAR_PX).all(1)  # drawable
     if parents is not None:
         for j, p in enumerate(parents):
-            if p >= 0:
+            if p >= 0 and ok[p] and ok[j]:
                 cv2.line(out, tuple(int(v) for v in joints2d[p]), tuple(int(v) for v in joints2d[j]),
                          (255, 255, 255), 1, cv2.LINE_AA)
-    for (x, y), tj in zip(joints2d, t):
-        cv2.circle(out, (int(x), int(y)), radius, (0, int(255 * (1 - tj)), int(255 * tj)), -1,
-                   cv2.LINE_AA)
+    for (x, y), tj, good in zip(joints2d, t, ok):
+        if good:
+            cv2.circle(out, (int(x), int(y)), radius, (0, int(255 * (1 - tj)), int(255 * tj)),
+                       -1, cv2.LINE_AA)
     return out
 
 

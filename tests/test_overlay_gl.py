@@ -60,3 +60,21 @@ def test_drawer_choice():
     assert make_mesh_drawer("cv") is draw_mesh
     with pytest.raises(ValueError, match="auto, gl or cv"):
         make_mesh_drawer("vulkan")
+
+
+def test_painter_and_joints_survive_points_at_or_behind_the_camera():
+    """A mesh that reaches the camera plane (z = 0 projects to infinity) or crosses behind it,
+    and joints at infinity or NaN: the OpenCV overlays draw what is drawable and do not raise
+    (int(inf) raised OverflowError in the demo before). The part in front is still drawn."""
+    from d2a_edge.overlay import draw_joints
+    verts, faces, K = _scene()
+    frame = np.zeros((480, 640, 3), np.uint8)
+    whole = (draw_mesh(frame, verts, faces, K) != 0).any(-1).sum()
+    cut = verts.copy()
+    cut[verts[:, 1] < np.median(verts[:, 1]), 2] = 0.0  # the upper half on the camera plane
+    cut[: len(verts) // 10, 2] = -1.0  # some behind it
+    drawn = (draw_mesh(frame, cut, faces, K) != 0).any(-1).sum()
+    assert 0 < drawn < whole
+    j2d = np.array([[100, 100], [np.inf, 5], [np.nan, 1], [3e12, 7], [200, 220]], np.float64)
+    out = draw_joints(frame, j2d, parents=[-1, 0, 1, 2, 0], sigma=np.full(5, 0.02))
+    assert out[100, 100].any() and out[220, 200].any() and out[160, 150].any()  # dots + bone 0-4
