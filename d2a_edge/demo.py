@@ -45,10 +45,7 @@ def _can_show() -> bool:
 
 
 def run(args) -> int:
-    import cv2
-
     from d2a_edge.imageio import open_source
-    from d2a_edge.overlay import write_obj
     from d2a_edge.recoverer import MeshRecoverer
     rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision)
     save = Path(args.save) if args.save else None
@@ -62,10 +59,25 @@ def run(args) -> int:
     parents = rec.bundle.asset.parents
     from d2a_edge.overlay_gl import make_mesh_drawer
     drawer = make_mesh_drawer(args.overlay)
-    fps, last, n = None, time.perf_counter(), 0
     frames = open_source(args.source)
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
         ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
+    try:
+        n = _loop(args, rec, results, drawer, parents, save, show)
+    except KeyboardInterrupt:  # Ctrl-C ends a camera demo; what was saved stays
+        print("d2a-demo: interrupted", file=sys.stderr)
+        n = None
+    print("d2a-demo: " + (f"{n} frames, " if n is not None else "")
+          + f"backend {rec.backend.name}" + (f", overlays in {save}" if save else ""))
+    return 0
+
+
+def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool) -> int:
+    """Overlays for each frame of ``results``: shown and/or saved; returns the frame count."""
+    import cv2
+
+    from d2a_edge.overlay import write_obj
+    fps, last, n = None, time.perf_counter(), 0
     for _, frame, people in results:
         now = time.perf_counter()
         fps = 1.0 / max(now - last, 1e-6) if fps is None else 0.9 * fps + 0.1 / max(now - last, 1e-6)
@@ -73,7 +85,9 @@ def run(args) -> int:
         K = rec.camera(frame.shape[1], frame.shape[0])
         vis = render(frame, people, K, parents, fps, drawer, 2 * rec.bundle.sigma_reference)
         if save:
-            cv2.imwrite(str(save / f"frame_{n:05d}.png"), vis)
+            path = save / f"frame_{n:05d}.png"
+            if not cv2.imwrite(str(path), vis):
+                raise OSError(f"could not write {path} (disk full or not writable?)")
             if people and n % args.obj_every == 0:
                 write_obj(save / f"mesh_{n:05d}.obj", people[0].vertices, people[0].faces)
         if show:
@@ -83,9 +97,19 @@ def run(args) -> int:
         n += 1
         if args.max_frames and n >= args.max_frames:
             break
-    print(f"d2a-demo: {n} frames, backend {rec.backend.name}"
-          + (f", overlays in {save}" if save else ""))
-    return 0
+    return n
+
+
+def _at_least(lo: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def main(argv=None) -> int:
@@ -96,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
-    p.add_argument("--obj-every", type=int, default=1, help="write an OBJ every N frames")
+    p.add_argument("--obj-every", type=_positive, default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing")
     p.add_argument("--locate", action="store_true", help="find the person in each frame with "
@@ -105,7 +129,8 @@ def main(argv=None) -> int:
                    help="mesh overlay renderer: OpenGL (moderngl + EGL) when it works, else OpenCV")
     p.add_argument("--no-smoothing", action="store_true")
     p.add_argument("--no-display", action="store_true")
-    p.add_argument("--max-frames", type=int, default=0)
+    p.add_argument("--max-frames", type=_at_least(0), default=0, help="stop after N frames "
+                   "(0: run to the end of the source)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from d2a_edge.backends import BackendUnavailable
@@ -113,7 +138,7 @@ def main(argv=None) -> int:
     from d2a_edge.imageio import InputError
     try:
         return run(args)
-    except (InputError, BundleError, BackendUnavailable, RuntimeError) as e:
+    except (InputError, BundleError, BackendUnavailable, RuntimeError, OSError) as e:
         print(f"d2a-demo: error: {e}", file=sys.stderr)
         return 2
 

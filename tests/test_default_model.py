@@ -25,3 +25,16 @@ def test_main_job_writes_overlays(tmp_path):
     assert len(list(tmp_path.glob("frame_*.png"))) == 6
     assert len(list(tmp_path.glob("mesh_*.obj"))) == 6
     assert demo_main(["--source", str(tmp_path / "missing"), "--save", str(tmp_path)]) == 2
+
+
+def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
+    import cv2
+    import pytest
+    for flag, value in (("--obj-every", "0"), ("--max-frames", "-1")):
+        with pytest.raises(SystemExit) as e:  # argparse: usage error, exit code 2
+            demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path), flag, value])
+        assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
+    monkeypatch.setattr(cv2, "imwrite", lambda path, image: False)  # e.g. a full disk
+    assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
+                      "--no-display", "--overlay", "cv"]) == 2
+    assert "could not write" in capsys.readouterr().err
