@@ -18,6 +18,7 @@ from d2a_edge.bundle import BundleError, ModelBundle
 log = logging.getLogger("d2a_edge")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class BackendUnavailable(RuntimeError):
@@ -99,6 +100,8 @@ def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto
         raise ValueError(f"backend {backend!r} not in {BACKENDS}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} not in {DEVICES}")
     outputs = list(bundle.manifest["outputs"])
     tried = []
     for name in (("tensorrt", "onnxruntime", "torch") if backend == "auto" else (backend,)):

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from d2a_edge.backends import BACKENDS, PRECISIONS, BackendUnavailable
+from d2a_edge._cli import at_least
+from d2a_edge.backends import BACKENDS, DEVICES, PRECISIONS, BackendUnavailable
 from d2a_edge.bundle import BundleError
 from d2a_edge.recoverer import SKINNING
 
@@ -58,12 +59,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="d2a-bench", description=__doc__)
     p.add_argument("--model", help="bundle directory (default: bundled edge-s)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--skinning", default="auto", choices=SKINNING)
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", nargs="+", type=at_least(1), default=[1, 8])
+    p.add_argument("--repeats", type=at_least(1), default=30)
+    p.add_argument("--warmup", type=at_least(0), default=3)
     p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args(argv)

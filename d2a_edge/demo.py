@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from d2a_edge._cli import at_least
 from d2a_edge.backends import BACKENDS, PRECISIONS
 
 
@@ -100,18 +101,6 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool) ->
     return n
 
 
-def _at_least(lo: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-    return parse
-
-
-_positive = _at_least(1)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="d2a-demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
-    p.add_argument("--obj-every", type=_positive, default=1, help="write an OBJ every N frames")
+    p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing")
     p.add_argument("--locate", action="store_true", help="find the person in each frame with "
@@ -129,7 +118,7 @@ def main(argv=None) -> int:
                    help="mesh overlay renderer: OpenGL (moderngl + EGL) when it works, else OpenCV")
     p.add_argument("--no-smoothing", action="store_true")
     p.add_argument("--no-display", action="store_true")
-    p.add_argument("--max-frames", type=_at_least(0), default=0, help="stop after N frames "
+    p.add_argument("--max-frames", type=at_least(0), default=0, help="stop after N frames "
                    "(0: run to the end of the source)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

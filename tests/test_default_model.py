@@ -34,6 +34,11 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
         with pytest.raises(SystemExit) as e:  # argparse: usage error, exit code 2
             demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path), flag, value])
         assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
+    from d2a_edge.bench import main as bench_main
+    for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--device", "gpu")):
+        with pytest.raises(SystemExit) as e:  # was: a numpy error, NaN medians, silently CPU
+            bench_main([flag, value])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
     monkeypatch.setattr(cv2, "imwrite", lambda path, image: False)  # e.g. a full disk
     assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
                       "--no-display", "--overlay", "cv"]) == 2

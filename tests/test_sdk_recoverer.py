@@ -102,6 +102,8 @@ def test_bad_constructor_arguments_fail_before_loading(tmp_path):
         MeshRecoverer(missing, intrinsics=np.eye(2))
     with pytest.raises(ValueError, match=r"precision 'int4' not in \('fp32', 'fp16', 'int8'\)"):
         MeshRecoverer(precision="int4")  # the bundled model
+    with pytest.raises(ValueError, match=r"device 'gpu' not in \('auto', 'cpu', 'cuda'\)"):
+        MeshRecoverer(device="gpu")  # was: silently the CPU
 
 
 def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypatch):
