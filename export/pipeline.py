@@ -47,6 +47,13 @@ class ExportRequest:
         if self.int8 and not self.calib:
             raise ValueError("--int8 needs calibration data: --calib N (synthetic crops) or "
                              "--calib DIR (a folder of your images)")
+        if self.int8 and str(self.calib).isdigit() and int(self.calib) < 1:
+            raise ValueError(f"--calib {self.calib}: at least 1 calibration crop is needed")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"--batch must be >= 1 (or --dynamic), got {self.batch}")
+        if self.val_samples < 1:
+            raise ValueError(f"--val-samples must be >= 1 (the parity report needs crops), "
+                             f"got {self.val_samples}")
         return p
 
 

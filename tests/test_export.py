@@ -184,6 +184,12 @@ def test_cli_errors(tmp_path, capsys):
     assert "meta.json unreadable" in capsys.readouterr().err
     assert main([str(bad), "--out", str(tmp_path / "o"), "--int8"]) == 2
     assert "--int8 needs calibration data" in capsys.readouterr().err
+    for args, msg in ((["--val-samples", "0"], "--val-samples must be >= 1"),
+                      (["--batch", "0"], "--batch must be >= 1"),
+                      (["--int8", "--calib", "0"], "at least 1 calibration crop")):
+        # checked before anything is loaded or written (was: a numpy error after the export)
+        assert main([str(bad), "--out", str(tmp_path / "o"), *args]) == 2
+        assert msg in capsys.readouterr().err
     if not has_module("torch_tensorrt"):
         assert main([str(bad), "--out", str(tmp_path / "o"), "--format", "torch-trt"]) == 3
         assert "needs torch_tensorrt" in capsys.readouterr().err

@@ -477,3 +477,17 @@ def test_spawned_rendering_workers_skip_the_interpreter_teardown(tmp_path, monke
     assert len(list(tmp_path.glob("control.*"))) == 1
     assert load(leave_like_a_forked_worker, "fixed") == list(range(8))
     assert list(tmp_path.glob("fixed.*")) == []
+
+
+def test_cli_rejects_counts_out_of_range(capsys):
+    """Usage errors before any work (--batch-size 0 and --threads 0 silently fell back to the
+    config's values; a negative budget stopped at once)."""
+    from d2a_edge.training.train import main
+    for args, msg in ((["--batch-size", "0"], "--batch-size: must be >= 1"),
+                      (["--threads", "0"], "--threads: must be >= 1"),
+                      (["--steps", "-3"], "--steps: must be >= 1"),
+                      (["--workers", "-1"], "--workers: must be >= 0"),
+                      (["--time-budget", "0"], "--time-budget must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            main(["edge-s", "--on-the-fly", "--out", "unused", *args])
+        assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training import metrics as M
 from d2a_edge.training.checkpoint import load_model_config
@@ -157,9 +158,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="shard directory (repeat for several splits); the split name comes "
                         "from its manifest (id / ood), else the directory name")
     p.add_argument("--out", default=None, help="output directory (default CHECKPOINT_DIR/eval)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--workers", type=at_least(0), default=0, help="DataLoader workers")
     p.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA exists")
     return p
 

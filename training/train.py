@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training.config import Config, OptimConfig, available_configs, config_to_dict, \
     load_config
@@ -403,22 +404,23 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--on-the-fly", nargs="*", metavar="SPLIT", choices=("id", "ood"),
                      help="render samples while training, from these splits (default: the "
                      "config's data.split); e.g. --on-the-fly id ood")
-    p.add_argument("--on-the-fly-size", type=int, default=1_000_000,
+    p.add_argument("--on-the-fly-size", type=at_least(1), default=1_000_000,
                    help="samples per on-the-fly epoch (default 1e6)")
     p.add_argument("--out", required=True, help="run directory (created)")
-    p.add_argument("--steps", type=int, default=None, help="total steps (default: config)")
+    p.add_argument("--steps", type=at_least(1), default=None, help="total steps (default: config)")
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR's latest checkpoint")
-    p.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    p.add_argument("--batch-size", type=at_least(1), default=None, help="per-process batch size")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr (peak learning rate)")
-    p.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
+    p.add_argument("--ckpt-every", type=at_least(0), default=None,
+                   help="steps between checkpoints (0: only the last)")
+    p.add_argument("--workers", type=at_least(0), default=None, help="DataLoader workers per process")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads per process")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (EMA if present), fresh optimizer")
-    p.add_argument("--echo", type=int, default=1,
+    p.add_argument("--echo", type=at_least(1), default=1,
                    help="data echoing factor for data-bound runs (steps per fresh batch)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the forward (GPU: fewer kernel launches; the first step "
@@ -431,7 +433,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.time_budget is not None and not args.time_budget > 0:
+        p.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if args.threads:
         torch.set_num_threads(args.threads)
     over: dict = {"train": {}, "optim": {}}
