@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -191,6 +192,9 @@ class MeshRecoverer:
             self.one_thread_helpers = OneThreadHelpers(blas=False)
             self.crop_pool = ThreadPoolExecutor(min(CROP_THREADS, os.cpu_count() or 1),
                                                 thread_name_prefix="d2a-crops")
+        # TensorRT's and the CUDA skinner's device buffers are per instance: calls from several
+        # threads take turns (use one MeshRecoverer per thread to run them side by side)
+        self._lock = threading.Lock()
 
     @property
     def skinning(self) -> str:
@@ -214,7 +218,7 @@ class MeshRecoverer:
         if len(b) == 0:
             return []
         K = self.camera(W, H)
-        with self.one_thread_helpers():
+        with self._lock, self.one_thread_helpers():
             crops, sq, info = make_crops(image, b, K, self.size, self.crop_pool)
             out = self.backend.run(crops, info)
             verts, joints = self.skin(out)

@@ -157,3 +157,44 @@ def test_crops_cut_in_parallel_are_the_same_bit_for_bit():
     for a, b in zip(serial, parallel):
         assert a.dtype == b.dtype and np.array_equal(a, b)
     assert serial[0].shape == (16, 3, 64, 64) and serial[0].max() <= 1.0
+
+
+def test_one_recoverer_shared_by_threads_gives_each_caller_its_own_result():
+    """Backends with per-instance device buffers (TensorRT, the CUDA skinner) are not
+    re-entrant; MeshRecoverer serialises calls. Stand-in: a backend that stages the crops in one
+    shared buffer, as TensorRT does, around the real ONNX Runtime engine."""
+    import threading
+    import time
+
+    from d2a_edge.recoverer import MeshRecoverer
+    rec = MeshRecoverer(backend="onnxruntime")
+    inner = rec.backend
+
+    class StagedBackend:
+        name, device, arrivals = "staged", "cpu", 0
+
+        def run(self, crops, info):
+            self.staged = (crops.copy(), info.copy())  # one buffer per instance
+            self.arrivals += 1
+            deadline = time.monotonic() + 0.2  # give another caller the chance to overwrite it
+            while self.arrivals % 2 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return inner.run(*self.staged)
+
+    rec.backend = StagedBackend()
+    rng = np.random.default_rng(7)
+    frames = [rng.integers(0, 256, (96, 96, 3), np.uint8) for _ in range(2)]
+    want = [rec(f)[0].translation for f in frames]
+    got = {0: [], 1: []}
+
+    def worker(k):
+        for _ in range(4):
+            got[k].append(rec(frames[k])[0].translation)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in (0, 1):
+        assert all(np.array_equal(g, want[k]) for g in got[k])
