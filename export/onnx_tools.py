@@ -119,7 +119,7 @@ def to_int8_qdq(src: str | os.PathLike, dst: str | os.PathLike,
                 per_channel: bool = True, op_types: tuple[str, ...] = INT8_OPS,
                 symmetric: bool = False) -> Path:
     """Explicit Q/DQ INT8 graph (weights int8 symmetric per-channel, activations per-tensor,
-    MinMax calibration). Percentile calibration was measured worse on the shipped weights (128
+    MinMax calibration). Percentile calibration was measured worse on the stage-3 weights (128
     ID crops against the fp32 graph: worst vertex 673 against 551 mm, PA-MPJPE delta +0.63
     against +0.29 mm, mean vertex 36.1 against 37.4 mm); ONNX Runtime's Entropy method wrote
     the same bytes as MinMax here.
