@@ -12,11 +12,17 @@ OUT=${OUT:?set OUT}
 BUDGET=${TRAIN_BUDGET:-330}
 DEVICE=${DEVICE:-cuda}
 STAGES=${STAGES:-install tests kbench tbench train sdk}  # a subset runs only those
+# The whole script ends within DEADLINE seconds, so that the device call's limit (run's timeout_s)
+# never kills it before the run is packed: training's budget shrinks to fit, and the SDK stage is
+# skipped when too little time is left.
+DEADLINE=${DEADLINE:-560}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 LOG=$OUT/session.log
+RUN=/tmp/d2a_run
 exec > >(tee -a "$LOG") 2>&1
 stamp() { echo "=== [$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
 T0=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }  # seconds until DEADLINE
 
 stamp setup
 if [ -d .gl ] && [ "$DEVICE" = cuda ]; then
@@ -57,10 +63,11 @@ want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_trai
   --json "$OUT/bench_train.json"
 
 if want train; then
+fit=$(( $(left) - 75 ))  # start-up, final checkpoint and shutdown, packing
+if [ "$fit" -lt "$BUDGET" ]; then echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit; fi
 stamp training for ${BUDGET}s
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-RUN=/tmp/d2a_run
-timeout $((BUDGET + 150)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
+timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
   | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror|initialised/ || !/step\/s|s\/step/'
 unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
@@ -74,16 +81,18 @@ if [ -f $RUN/checkpoints/latest.json ]; then
   ls -la "$OUT"
 fi
 
-if want sdk && [ -f $RUN/checkpoints/latest.json ]; then
+if want sdk && [ -f $RUN/checkpoints/latest.json ] && [ "$(left)" -lt 45 ]; then
+  echo "SDK stage skipped: $(left)s left before DEADLINE"
+elif want sdk && [ -f $RUN/checkpoints/latest.json ]; then
   stamp SDK latency on the GPU
   cp -r d2a_edge/models/edge-s /tmp/bundle
   $PY - <<PYEOF
 import json; p = "/tmp/bundle/manifest.json"; m = json.load(open(p))
 m["checkpoint"] = "$RUN"; json.dump(m, open(p, "w"), indent=1)
 PYEOF
-  timeout 120 $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
+  timeout $(( $(left) < 120 ? $(left) : 120 )) $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
     --batch 1 64 --repeats 50 --images samples --json "$OUT/bench_sdk_gpu.json"
-  timeout 60 $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
+  timeout $(( $(left) < 60 ? $(left) : 60 )) $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
     --skinning numpy --batch 1 64 --repeats 30 --images samples
 fi
 stamp done
