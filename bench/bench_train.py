@@ -7,11 +7,13 @@ CPU latency of that forward. For ``--train-config`` (default edge-s): training s
 d2a-train's own step (forward, all losses, backward, grad clip, AdamW, EMA) at ``--batch`` on
 ``--device`` (cpu, or cuda with the config's autocast; the data pipeline is not included: see
 d2a-train's log). ``--count-ops`` counts the ATen ops of one step per phase (on a GPU each is
-about one kernel launch); ``--profile N`` prints the N costliest ops of one step.
+about one kernel launch); ``--profile N`` prints the N costliest ops of one step;
+``--channels-last`` also times each batch size with channels-last weights and images
+(``d2a-train --channels-last``).
 
     python bench/bench_train.py [--configs edge-s edge-m paper ...] [--threads 2] [--json OUT]
     python bench/bench_train.py --configs edge-s --train-config edge-s-gpu --device cuda \
-        --batch 256 512 1024 --steps 20 --count-ops --profile 25
+        --batch 256 512 1024 --steps 20 --count-ops --profile 25 [--channels-last]
 """
 from __future__ import annotations
 
@@ -119,13 +121,14 @@ class OpCounter(TorchDispatchMode):
 
 
 def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
-                count_ops: bool = False, profile: int = 0) -> dict:
+                count_ops: bool = False, profile: int = 0, channels_last: bool = False) -> dict:
     """Samples/s of d2a-train's own step (``train_step``: forward, losses, backward, grad clip,
     AdamW, EMA, in the config's precision) on random images with consistent labels; with
     ``count_ops`` also the ATen ops of one step, per phase; with ``profile`` the table of the
-    ``profile`` ops that took the most (device, on a GPU) time in one step."""
+    ``profile`` ops that took the most (device, on a GPU) time in one step; ``channels_last``:
+    the config's ``train.channels_last`` on."""
     from d2a_edge.training import train as T
-    cfg = load_config(name)
+    cfg = load_config(name, {"train": {"channels_last": True}} if channels_last else None)
     st = T.build_state(cfg, T.Dist(device=torch.device(device)), total_steps=steps + 4,
                        asset=asset)
     amp, _ = T.autocast_for(torch.device(device), cfg.optim)
@@ -141,7 +144,8 @@ def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
             times.append(time.perf_counter() - t)
     sec = float(np.median(times))
     out = {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec,
-           "device": torch.cuda.get_device_name() if cuda else "cpu"}
+           "device": torch.cuda.get_device_name() if cuda else "cpu",
+           "channels_last": channels_last}
     if count_ops:
         c = OpCounter()
         st.module.forward = c.wrap(st.module.forward, "forward + losses")
@@ -177,6 +181,8 @@ def main(argv=None) -> None:
                    help="also count the ATen ops of one training step, per phase")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="also profile one training step and print its N costliest ops")
+    p.add_argument("--channels-last", action="store_true",
+                   help="also time each batch size with channels-last weights and images")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -189,12 +195,15 @@ def main(argv=None) -> None:
               f"{r['params_m']:.2f} | {r['gflops_graph']:.2f} | {r['gflops_skinning']:.3f} | "
               f"{r['cpu_latency_ms_b1']:.1f} |")
     trains = []
-    for i, batch in enumerate(args.batch):
-        first = i == 0
+    runs = [(b, cl) for b in args.batch for cl in ([False, True] if args.channels_last
+                                                    else [False])]
+    for i, (batch, channels_last) in enumerate(runs):
+        first = i == 0 or (i == 1 and channels_last)  # ops and profile: each layout once
         tr = train_speed(args.train_config, asset, batch, args.steps, args.device,
-                         args.count_ops and first, args.profile if first else 0)
+                         args.count_ops and first, args.profile if first else 0, channels_last)
         where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
-        print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}: "
+        layout = ", channels-last" if channels_last else ""
+        print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}{layout}: "
               f"{tr['step_s']:.3f} s/step = {tr['samples_per_s']:.1f} samples/s")
         if "ops" in tr:
             print(f"ATen ops of one step (~kernel launches on a GPU): "

@@ -57,7 +57,6 @@ class ExportRequest:
         return p
 
 
-
 def calibration_batches(calib: str, asset, size: int):
     """(image (1,3,s,s), bbox_info (1,3)) pairs: N synthetic crops or a folder of images."""
     if str(calib).isdigit():

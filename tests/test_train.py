@@ -491,3 +491,35 @@ def test_cli_rejects_counts_out_of_range(capsys):
         with pytest.raises(SystemExit) as e:
             main(["edge-s", "--on-the-fly", "--out", "unused", *args])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@requires_anny
+def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path, anny_asset):
+    """train.channels_last (d2a-train --channels-last): the conv weights are channels-last and
+    the losses of three steps match the default layout up to float rounding; a resumed run's
+    AdamW moments get the weights' layout back (a checkpoint stores them contiguous)."""
+    import contextlib
+
+    from _batches import BatchDataset, make_batch, tiny_config
+    from d2a_edge.training import train as T
+    batch = make_batch(anny_asset, 2, 64, seed=5)
+    losses = []
+    for channels_last in (False, True):
+        cfg = tiny_config(train={"channels_last": channels_last})
+        st = T.build_state(cfg, T.Dist(), total_steps=5, asset=anny_asset)
+        convs = [p for p in st.model.parameters() if p.dim() == 4]
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert convs and all(p.is_contiguous(memory_format=fmt) for p in convs)
+        losses.append([T.train_step(st, batch, cfg, contextlib.nullcontext)["total"]
+                       for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert losses[0][2] != losses[0][0]  # the steps trained
+
+    cfg = tiny_config(train={"channels_last": True})
+    T.run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path, steps=2, ckpt_every=0,
+          asset=anny_asset, progress=False)
+    st = T.build_state(cfg, T.Dist(), total_steps=3, asset=anny_asset)
+    T.resume_state(st, tmp_path, T.Dist())
+    moments = [st.optimizer.state[p]["exp_avg"] for p in st.model.parameters() if p.dim() == 4]
+    assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
+    T.train_step(st, batch, cfg, contextlib.nullcontext)

@@ -132,6 +132,9 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 500
     seed: int = 0
+    # conv weights and images in channels-last (NHWC) memory order: on a GPU, cuDNN's NHWC batch
+    # norm and convolutions instead of PyTorch's NCHW batch-norm kernels and layout conversions
+    channels_last: bool = False
 
 
 @dataclass

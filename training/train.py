@@ -43,14 +43,17 @@ scheduler, AMP scaler, RNG and data position. Multi-GPU / multi-process:
 
 
 class TrainModule(nn.Module):
-    """Model + loss as one module (so DDP syncs the RLE flow's gradients too)."""
+    """Model + loss as one module (so DDP syncs the RLE flow's gradients too). With
+    ``channels_last`` the images enter in the model's channels-last memory order."""
 
-    def __init__(self, model: D2AHMR, loss: D2ALoss):
+    def __init__(self, model: D2AHMR, loss: D2ALoss, channels_last: bool = False):
         super().__init__()
         self.model, self.loss = model, loss
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, batch: dict) -> tuple[dict, dict]:
-        out = self.model(batch["image"], batch["bbox_info"])
+        image = batch["image"].contiguous(memory_format=self.memory_format)
+        out = self.model(image, batch["bbox_info"])
         return out, self.loss(out, batch)
 
 
@@ -89,16 +92,6 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
-
-
-
-
-
-
-
-
-
-
 def autocast_for(device: torch.device, o: OptimConfig):
     """(autocast context factory, use fp16 GradScaler)."""
     if device.type == "cuda" and o.amp:
@@ -107,8 +100,6 @@ def autocast_for(device: torch.device, o: OptimConfig):
     if device.type == "cpu" and o.amp_cpu:
         return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
     return contextlib.nullcontext, False
-
-
 
 
 @dataclass
@@ -130,8 +121,10 @@ class State:
 def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg.model, asset).to(d.device)
+    if cfg.train.channels_last:  # before the optimizer and EMA take references to the weights
+        model = model.to(memory_format=torch.channels_last)
     loss = D2ALoss(cfg.loss, model.body).to(d.device)
-    module: nn.Module = TrainModule(model, loss)
+    module: nn.Module = TrainModule(model, loss, cfg.train.channels_last)
     if d.world > 1:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
@@ -160,9 +153,22 @@ def resume_state(st: State, run_dir: Path, d: Dist) -> dict:
         st.ema.load_state_dict(ckpt.split_weights(w, "ema"))
     st.step = ckpt.restore_train_state(c, optimizer=st.optimizer, scheduler=st.scheduler,
                                        scaler=st.scaler)
+    match_param_layout(st.optimizer)
     if d.main:
         print(f"resumed from {c['dir']} at step {st.step}", file=sys.stderr)
     return c["meta"]
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored optimizer state its parameter's memory order (a checkpoint stores every
+    tensor contiguous; a channels-last weight's moments must be channels-last as well, as the
+    optimizer makes them on its first step)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def init_weights(st: State, path: str, d: Dist) -> None:
@@ -177,12 +183,6 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         st.ema.load_state_dict(model)
     if d.main:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
-
-
-
-
-
-
 
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
@@ -282,8 +282,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer).
     ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
     ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
-    ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches on a GPU,
-    where a step of this small model is launch-bound; the first step compiles for minutes).
+    ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches and fused
+    elementwise work on a GPU; the first step compiles for minutes).
     If compiling fails, training goes on in eager mode with a warning.
     """
     from torch.utils.tensorboard import SummaryWriter
@@ -358,16 +358,6 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             "world_size": d.world, "rank_weight_digests": digests}
 
 
-
-
-
-
-
-
-
-
-
-
 def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
     """Every loss term, grad norm, lr and samples/s to TensorBoard; loss + rate on the bar."""
     for k, v in last.items():
@@ -422,6 +412,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights (EMA if present), fresh optimizer")
     p.add_argument("--echo", type=at_least(1), default=1,
                    help="data echoing factor for data-bound runs (steps per fresh batch)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) weights and images (GPU: cuDNN's NHWC batch norm "
+                   "and convolutions; same results up to rounding)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the forward (GPU: fewer kernel launches; the first step "
                    "compiles for minutes; falls back to eager with a warning if that fails)")
@@ -446,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         over["optim"]["lr"] = args.lr
     if args.seed is not None:
         over["train"]["seed"] = args.seed
+    if args.channels_last:
+        over["train"]["channels_last"] = True
     try:
         cfg = load_config(args.config, over)
         dataset = build_dataset(args, cfg)
