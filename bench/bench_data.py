@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from d2a_edge.body import load_body
 from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
