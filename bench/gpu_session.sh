@@ -65,7 +65,7 @@ want lbench && stamp loader benchmark && OMP_NUM_THREADS=1 timeout 120 $PY bench
 
 want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_train.py \
   --configs edge-s --train-config edge-s-gpu --device "$DEVICE" --batch ${TBENCH_BATCH:-256 1024} \
-  --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 \
+  --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 --channels-last \
   --json "$OUT/bench_train.json"
 
 if want train; then
