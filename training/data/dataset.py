@@ -44,9 +44,9 @@ def expand(batch: dict) -> dict:
     """A batch (or sample) in the float form, whether it came compact or not (``to_tensors``):
     the same values as ``compact=False`` gives, computed where the tensors are."""
     out = dict(batch)
-    if out["image"].dtype == torch.uint8:
+    if "image" in out and out["image"].dtype == torch.uint8:
         out["image"] = out["image"].float() / 255
-    if out["mask"].dtype == torch.uint8:
+    if "mask" in out and out["mask"].dtype == torch.uint8:  # (real-data batches have none)
         out["mask"] = out["mask"].float()
     return out
 
