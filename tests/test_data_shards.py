@@ -301,3 +301,5 @@ def test_compact_batches_expand_to_the_float_form(reference):
             assert moved[key].dtype == a[key].dtype, key
             torch.testing.assert_close(moved[key], a[key], rtol=0, atol=0, msg=key)
         assert expand(a)["image"] is a["image"]  # the float form passes through
+        real = expand({"image": b["image"]})  # real-data batches have no mask
+        assert set(real) == {"image"} and torch.equal(real["image"], a["image"])
