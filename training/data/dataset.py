@@ -28,16 +28,13 @@ def to_tensors(sample: dict[str, np.ndarray], index: int,
     """One numpy schema sample -> the Dataset's tensor dict (see the module docstring)."""
     out = {k: torch.from_numpy(np.array(sample[k], np.float32)) for k in SCHEMA_KEYS
            if k not in ("image", "mask")}
-    image = torch.from_numpy(np.array(sample["image"], np.uint8)).permute(2, 0, 1)
-    mask = torch.from_numpy(np.array(sample["mask"], np.uint8))
-    if compact:
-        out["image"], out["mask"] = image.contiguous(), mask
-    else:
-        out["image"], out["mask"] = image.float() / 255, mask.float()
+    image = torch.from_numpy(np.array(sample["image"], np.uint8))  # (s, s, 3)
+    out["image"] = image.permute(2, 0, 1).contiguous()  # (3, s, s)
+    out["mask"] = torch.from_numpy(np.array(sample["mask"], np.uint8))
     out["bbox_info"] = torch.from_numpy(bbox_info(sample["crop_box"], sample["K"],
                                                   sample["img_size"]))
     out["index"] = torch.tensor(index, dtype=torch.int64)
-    return out
+    return out if compact else expand(out)
 
 
 def expand(batch: dict) -> dict:
