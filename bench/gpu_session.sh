@@ -70,6 +70,26 @@ want tbench && stamp training-step benchmark && timeout 120 $PY bench/bench_trai
   --steps ${TBENCH_STEPS:-20} --count-ops --profile 25 --repeats 3 --threads 4 --channels-last \
   --json "$OUT/bench_train.json"
 
+# LAYOUT=auto (the default): train in channels-last when tbench timed it at least 5 % faster
+# than the default layout at its first batch size; LAYOUT=default / channels-last forces one.
+LAYOUT=${LAYOUT:-auto}
+if want train && [ "$LAYOUT" = auto ] && [ -f "$OUT/bench_train.json" ]; then
+  LAYOUT=$($PY - "$OUT/bench_train.json" <<'PYEOF'
+import json, sys
+runs = json.load(open(sys.argv[1]))["train"]
+b = runs[0]["batch"]
+t = {r.get("channels_last", False): r["step_s"] for r in runs if r["batch"] == b}
+fast = True in t and False in t and t[True] < 0.95 * t[False]
+print("channels-last" if fast else "default")
+print(f"layout: {t} s/step at batch {b}", file=sys.stderr)
+PYEOF
+)
+fi
+if want train && [ "$LAYOUT" = channels-last ]; then
+  TRAIN_ARGS="${TRAIN_ARGS:-} --channels-last"
+fi
+want train && echo "training layout: $LAYOUT"
+
 fit=$(( $(left) - 75 ))  # start-up, final checkpoint and shutdown, packing
 if want train && [ "$fit" -lt "$BUDGET" ]; then
   echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit
