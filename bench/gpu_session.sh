@@ -98,6 +98,7 @@ if want train && [ "$BUDGET" -lt 30 ]; then
   echo "training skipped: ${BUDGET}s left for it before DEADLINE"
 elif want train; then
 stamp training for ${BUDGET}s
+rm -rf $RUN  # d2a-train refuses an --out that holds checkpoints (a warm rerun's previous run)
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \

@@ -101,6 +101,33 @@ def test_checkpoint_roundtrip_and_corruption(tmp_path, anny_asset):
         ckpt.read_checkpoint(tmp_path / "nothing")
 
 
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path, anny_asset):
+    """keep=2 keeps the two newest steps; a later-numbered checkpoint left by another run in the
+    same directory does not push out the one just written (it did: pruning sorted by name)."""
+    from _batches import tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import Dist, build_state
+    st = build_state(tiny_config(), Dist(), 10, anny_asset)
+    parts = dict(model=st.model, loss=st.loss, optimizer=st.optimizer, scheduler=st.scheduler,
+                 scaler=st.scaler, meta={})
+    for step in (900, 1, 2, 3):
+        ckpt.save_checkpoint(tmp_path, step, keep=2, **parts)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_00000002", "step_00000003", "step_00000900"]
+    assert ckpt.read_checkpoint(tmp_path)["meta"]["step"] == 3
+
+
+def test_a_new_run_refuses_a_directory_holding_checkpoints(tmp_path, anny_asset):
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training.train import run
+    cfg, ds = tiny_config(), BatchDataset(anny_asset, 4, 64, seed=4)
+    run(cfg, ds, tmp_path, steps=1, ckpt_every=0, asset=anny_asset, progress=False)
+    before = (tmp_path / "checkpoints" / "latest.json").read_text()
+    with pytest.raises(ValueError, match="already holds a run's checkpoints; pass --resume"):
+        run(cfg, ds, tmp_path, steps=1, ckpt_every=0, asset=anny_asset, progress=False)
+    assert (tmp_path / "checkpoints" / "latest.json").read_text() == before
+
+
 @pytest.mark.slow
 @requires_anny
 def test_overfit_fixed_batch_pa_mpjpe_below_15mm(tmp_path, anny_asset):

@@ -108,7 +108,10 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _write_json_atomic(root / "latest.json", {"step": step, "path": name})
-    for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+    # Keep the newest ``keep`` up to this one. Only earlier steps are removed: never the checkpoint
+    # just written, even where a later-numbered one from another run shares the directory.
+    earlier = sorted(p for p in root.glob("step_*") if p.name < name)
+    for old in earlier[:max(len(earlier) - (keep - 1), 0)] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -289,8 +289,11 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    d = setup_distributed(device)
     run_dir = Path(run_dir)
+    if not resume and (run_dir / "checkpoints" / "latest.json").is_file():
+        raise ValueError(f"{run_dir} already holds a run's checkpoints; pass --resume to continue "
+                         "it, or choose another --out")
+    d = setup_distributed(device)
     total = steps if steps is not None else cfg.train.steps
     every = ckpt_every if ckpt_every is not None else cfg.train.ckpt_every
     st = build_state(cfg, d, total, asset)
