@@ -117,6 +117,30 @@ def test_pruning_never_removes_the_checkpoint_just_written(tmp_path, anny_asset)
     assert ckpt.read_checkpoint(tmp_path)["meta"]["step"] == 3
 
 
+def test_the_summary_reports_the_time_spent_waiting_for_data(tmp_path, anny_asset):
+    """A dataset that takes 0.1 s per sample: 3 steps of batch 4 wait >= 1.2 s for it."""
+    import time as _time
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training.train import run
+
+    class Slow(BatchDataset):
+        def __getitem__(self, i):
+            _time.sleep(0.1)
+            return super().__getitem__(i)
+
+    cfg = tiny_config()
+    fast = run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path / "fast", steps=3,
+               ckpt_every=0, asset=anny_asset, progress=False)
+    slow = run(cfg, Slow(anny_asset, 4, 64, seed=4), tmp_path / "slow", steps=3, ckpt_every=0,
+               asset=anny_asset, progress=False)
+    assert 1.2 <= slow["data_wait_s"] <= slow["seconds"]
+    assert 0 <= fast["data_wait_s"] < 1.2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tb = EventAccumulator(str(tmp_path / "slow" / "tb")).Reload()
+    shares = [e.value for e in tb.Scalars("train/data_wait_fraction")]  # log_every 1: per step
+    assert len(shares) == 3 and all(0.1 < v <= 1.0 for v in shares)
+
+
 def test_a_new_run_refuses_a_directory_holding_checkpoints(tmp_path, anny_asset):
     from _batches import BatchDataset, tiny_config
     from d2a_edge.training.train import run

@@ -322,13 +322,16 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)
-    last, t0, seen = {}, time.perf_counter(), 0
+    last, t0, seen, wait = {}, time.perf_counter(), 0, 0.0  # wait: seconds spent on the loader
+    mark = (t0, 0.0)  # (time, wait) at the last log: the logged wait share is since then
     calib = Calibration(st.step, time_budget, t0) if time_budget else None
     it = iter(loader)
     echoes = EchoBuffer(cfg.train.seed) if echo > 1 else None
     while st.step < total:
         if echoes is None or st.step % echo == 0 or not echoes.batches:  # (a resume empties it)
+            tw = time.perf_counter()
             batch = to_device(next(it), d.device)
+            wait += time.perf_counter() - tw
             seen += batch["image"].shape[0] * d.world
             if echoes is not None:
                 echoes.add(batch)
@@ -348,7 +351,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             if stop:
                 break
         if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
-            log_scalars(writer, bar, st, last, seen / max(time.perf_counter() - t0, 1e-9))
+            now = time.perf_counter()
+            log_scalars(writer, bar, st, last, seen / max(now - t0, 1e-9),
+                        (wait - mark[1]) / max(now - mark[0], 1e-9))
+            mark = (now, wait)
         if every > 0 and st.step % every == 0 and st.step < total:
             save(st, cfg, run_dir, d)
     path, digests = finish(st, cfg, run_dir, d)
@@ -358,16 +364,21 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     elapsed = time.perf_counter() - t0
     return {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
             "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
+            "data_wait_s": wait,
             "world_size": d.world, "rank_weight_digests": digests}
 
 
-def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float) -> None:
-    """Every loss term, grad norm, lr and samples/s to TensorBoard; loss + rate on the bar."""
+def log_scalars(writer, bar, st: State, last: dict[str, float], rate: float,
+                wait_frac: float) -> None:
+    """Every loss term, grad norm, lr, samples/s and the share of the time since the last log
+    spent waiting for the loader (``wait``: more than a few % means the data, not the step,
+    limits the run) to TensorBoard; loss, rate and wait on the bar."""
     for k, v in last.items():
         writer.add_scalar(f"loss/{k}" if k != "grad_norm" else "train/grad_norm", v, st.step)
     writer.add_scalar("train/lr", st.scheduler.get_last_lr()[0], st.step)
     writer.add_scalar("train/samples_per_s", rate, st.step)
-    bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}")
+    writer.add_scalar("train/data_wait_fraction", wait_frac, st.step)
+    bar.set_postfix(loss=f"{last['total']:.4f}", sps=f"{rate:.1f}", wait=f"{wait_frac:.0%}")
 
 
 def finish(st: State, cfg: Config, run_dir: Path, d: Dist) -> tuple[Path | None, list]:
