@@ -3,7 +3,8 @@
 Goals: batch 1 latency >= 10x faster than torch eager; batch 256 achieved DRAM bandwidth
 >= 60 % of the device's peak (bytes = inputs + outputs + body arrays read once + the
 transform scratch written and read; peak = 2 x memory clock x bus width).
-Prints a table to stdout and writes nothing. Exit code 2 without a CUDA GPU or the extension.
+Prints a table to stdout (with each kernel's device time at batch 256, so the forward-kinematics
+launch and the skinning launch are told apart) and writes nothing. Exit code 2 without a CUDA GPU or the extension.
 
 ``--roofline`` prints, on any machine, the kernel's arithmetic (FLOPs per vertex and body from
 the asset's skinning weights) against its DRAM bytes, and what the bandwidth goal demands of the
@@ -49,6 +50,26 @@ def _throughput_ms(fn, torch, iters: int) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def kernel_times_us(fn, torch, iters: int) -> dict[str, float]:
+    """Device µs per call of each CUDA kernel that fn() launches (torch.profiler, which sees the
+    extension's kernels too), by kernel name without namespace and arguments."""
+    import re
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.self_device_time_total > 0:
+            name = re.sub(r"\(anonymous namespace\)::", "", e.key)  # void d2a::(anon...)::f(...)
+            name = re.sub(r"\(.*$", "", name).split("::")[-1]
+            out[name] = out.get(name, 0.0) + e.self_device_time_total / iters
+    return out
 
 
 def traffic_bytes(B: int, V: int, J: int, S: int) -> int:
@@ -141,6 +162,11 @@ def run(asset_spec: str, iters: int) -> int:
         out256 = [torch.empty(256, V, 3, device="cuda"), torch.empty(256, J, 3, device="cuda")]
         ptrs256 = [t.data_ptr() for t in (*x256, *out256)]
         kernel_ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream), torch, iters)
+        try:  # a breakdown only: the profiler failing must not cost the numbers above
+            parts = kernel_times_us(lambda: buf.lbs(*ptrs256, 256, stream), torch, 50)
+        except Exception as e:  # noqa: BLE001 (CUPTI errors surface as several types)
+            print(f"no per-kernel breakdown: {type(e).__name__}: {e}", file=sys.stderr)
+            parts = {}
         eager256_ms = _throughput_ms(lambda: oracle(*x256), torch, max(iters // 10, 5))
     speedup = eager_ms / wrap_ms
     bandwidth = traffic_bytes(256, V, J, S) / (kernel_ms * 1e-3)
@@ -154,6 +180,8 @@ def run(asset_spec: str, iters: int) -> int:
           f"{traffic_bytes(256, V, J, S) / 1e6:.1f} MB -> {bandwidth / 1e9:.0f} GB/s = "
           f"{100 * fraction:.0f} % of peak (goal >= {100 * GOAL_BANDWIDTH_FRACTION:.0f} %: "
           f"{'met' if fraction >= GOAL_BANDWIDTH_FRACTION else 'MISSED'})")
+    for name, us in sorted(parts.items(), key=lambda kv: -kv[1]):  # where the time goes
+        print(f"batch 256   {name:<24} {us:9.1f} us of device time per call (profiler)")
     useful, _ = skin_flops(asset)
     print(f"batch 256 fp32 work          {useful * 256 * V / (kernel_ms * 1e-3) / 1e12:9.1f} "
           f"TFLOP/s useful (see --roofline)")
