@@ -4,7 +4,8 @@ Goals: batch 1 latency >= 10x faster than torch eager; batch 256 achieved DRAM b
 >= 60 % of the device's peak (bytes = inputs + outputs + body arrays read once + the
 transform scratch written and read; peak = 2 x memory clock x bus width).
 Prints a table to stdout (with each kernel's device time at batch 256, so the forward-kinematics
-launch and the skinning launch are told apart) and writes nothing. Exit code 2 without a CUDA GPU or the extension.
+launch and the skinning launch are told apart) and writes nothing. Exit code 2 without a CUDA
+GPU or the extension.
 
 ``--roofline`` prints, on any machine, the kernel's arithmetic (FLOPs per vertex and body from
 the asset's skinning weights) against its DRAM bytes, and what the bandwidth goal demands of the
