@@ -50,5 +50,6 @@ def main() -> None:
                     times.append(time.perf_counter() - t)
                 print(f"{args.people} crops, {name}: median {1e3 * np.median(times):.1f} ms")
 
+
 if __name__ == "__main__":
     main()
