@@ -126,6 +126,33 @@ def test_int8_quantizes_the_backbone_and_large_convs_only(bundle):
     assert any(size < INT8_MIN_WEIGHTS for _, size in kept)  # small depth-net convs stay fp32
 
 
+def test_int8_folds_the_relus_after_backbone_convs(bundle, tmp_path, anny_asset):
+    """ONNX Runtime's uint8 graph folds each ReLU that follows a quantized backbone conv into
+    that conv's output range (zero point 0, nothing below it); the ReLUs after the residual
+    Adds stay. TensorRT's zero-point-0 graph keeps every ReLU."""
+    import onnx
+    from d2a_edge.export import onnx_tools
+    from d2a_edge.export.pipeline import calibration_batches
+    out, manifest = bundle
+    relus = lambda m: {n.name for n in m.graph.node  # noqa: E731
+                       if n.op_type == "Relu" and n.name.startswith("/backbone/")}
+    fp32 = onnx.load(str(out / "model_fp32.onnx"))
+    int8 = onnx.load(str(out / "model_int8.onnx"))
+    kept = relus(int8)
+    assert "/backbone/body/act1/Relu" in relus(fp32) and "/backbone/body/act1/Relu" not in kept
+    assert kept and kept < relus(fp32) and all(name.endswith("act2/Relu") for name in kept)
+    stem = next(n for n in fp32.graph.node if n.name == "/backbone/body/act1/Relu")
+    made_by = {o: n for n in int8.graph.node for o in n.output}
+    q = next(n for n in int8.graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] == stem.output[0])
+    zp = next(t for t in int8.graph.initializer if t.name == q.input[2])
+    assert onnx.numpy_helper.to_array(zp) == 0 and made_by[stem.output[0]].op_type == "Conv"
+    sym = onnx_tools.to_int8_qdq(out / "model_fp32.onnx", tmp_path / "sym.onnx",
+                                 calibration_batches("2", anny_asset, manifest["inputs"]["image"]["shape"][-1]),
+                                 symmetric=True)
+    assert relus(onnx.load(str(sym))) == relus(fp32)
+
+
 def test_int8_flavours(bundle, tmp_path, fresh_model, anny_asset):
     """ONNX Runtime gets uint8 activations with zero points (U8S8); a TensorRT request also
     writes the zero-point-0 int8 graph (S8S8) that TensorRT needs, verified like the others."""
