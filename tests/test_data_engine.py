@@ -46,6 +46,32 @@ def test_ood_is_more_extreme_than_id(anny_asset):
     assert spread["ood"] > 1.3 * spread["id"]
 
 
+def test_mirrored_pose_is_the_reflection(anny_asset):
+    """``PoseSampler.mirror`` swaps the sides: the skeleton it poses is the original's reflection
+    (x -> -x) with left and right joints exchanged, to within the rest skeleton's own asymmetry
+    (3.1 mm), and mirroring twice gives the pose back. (It once gave each right joint its own
+    reflected rotation: right limbs bent the wrong way in half of all samples.)"""
+    from d2a_edge.body import BodyModel
+    from d2a_edge.training.data.posing import PoseConfig, PoseSampler
+    names = list(anny_asset.joint_names)
+    other = {n: n.replace("Left", "Right") if n.startswith("Left") else
+             n.replace("Right", "Left") if n.startswith("Right") else
+             n.replace("LHip", "RHip") if n.startswith("LHip") else
+             n.replace("RHip", "LHip") for n in names}
+    swap = [names.index(other[n]) for n in names]
+    assert swap != list(range(len(names)))
+    body, betas, transl = BodyModel(anny_asset), np.zeros((1, anny_asset.num_betas)), np.zeros((1, 3))
+    j = anny_asset.j_template - anny_asset.j_template[0]
+    for split in ("id", "ood"):
+        ps = PoseSampler(anny_asset.joint_names, j, anny_asset.parents, PoseConfig(split=split))
+        for seed in range(10):
+            R = ps.sample(np.random.default_rng(seed))
+            np.testing.assert_allclose(ps.mirror(ps.mirror(R)), R, atol=1e-12)
+            joints = body(R[None], betas, transl)[1][0]
+            mirrored = body(ps.mirror(R)[None], betas, transl)[1][0]
+            assert np.abs((joints * [-1.0, 1.0, 1.0])[swap] - mirrored).max() < 0.01  # metres
+
+
 def test_schema_shapes_and_dtypes(generated, anny_asset):
     _, out = generated
     N, J, nb = 12, anny_asset.num_joints, anny_asset.num_betas

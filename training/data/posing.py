@@ -165,10 +165,10 @@ class PoseSampler:
         return R
 
     def mirror(self, R: np.ndarray) -> np.ndarray:
-        """The left-right mirrored pose (J, 3, 3)."""
+        """The left-right mirrored pose (J, 3, 3): each joint takes the reflected rotation of its
+        counterpart on the other side (spine and head joints their own)."""
         out = MIRROR @ R @ MIRROR
-        swap = [self.index.get(_right_name(n), self.index.get(_left_name(n), i))
-                for i, n in enumerate(self.names)]
+        swap = [self.index.get(_other_side(n), i) for i, n in enumerate(self.names)]
         return out[swap]
 
     def root(self, rng: np.random.Generator, elevation_deg: float) -> np.ndarray:
@@ -189,5 +189,9 @@ def _right_name(name: str) -> str:
     return name.replace("Left", "Right").replace("LHip", "RHip")
 
 
-def _left_name(name: str) -> str:
-    return name.replace("Right", "Left").replace("RHip", "LHip")
+def _other_side(name: str) -> str:
+    """"LeftArm" <-> "RightArm", "LHipJoint" <-> "RHipJoint"; other names unchanged."""
+    for this, that in (("Left", "Right"), ("Right", "Left"), ("LHip", "RHip"), ("RHip", "LHip")):
+        if name.startswith(this):
+            return that + name[len(this):]
+    return name

@@ -27,7 +27,7 @@ from d2a_edge.training.data.engine import SCHEMA_KEYS, SPLITS, SampleGenerator, 
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "d2a-edge-synthetic", 1
-ENGINE_VERSION = 3  # bump whenever the same seed renders different samples (guards resume)
+ENGINE_VERSION = 4  # bump whenever the same seed renders different samples (guards resume)
 
 
 @dataclasses.dataclass(frozen=True)
