@@ -107,10 +107,11 @@ INT8_MIN_WEIGHTS = 16384
 # With uint8 activations ONNX Runtime folds a ReLU that follows a quantized conv into that conv's
 # output quantization: the range becomes [0, max] instead of the conv's signed range, twice the
 # resolution (the ResNet stem's output spans -19..21 on calibration crops), and the ReLU node
-# goes. Measured with the stage-6 weights against the fp32 graph on 256 ID test crops
-# (median / p90 / max, mm): translation drift 13 / 51 / 168 against 19 / 51 / 208, worst
-# root-relative vertex 17 / 39 / 103 against 22 / 46 / 110; batch 1 on the 2-core CPU, 16.8
-# against 17.4 ms (fp32: 22.2). The ReLUs after a residual Add have no quantized input and stay.
+# goes. Measured with the stage-6 weights against the fp32 graph on 256 ID test crops (engine
+# v2, before the mirror fix; median / p90 / max, mm): translation drift 13 / 51 / 168 against
+# 19 / 51 / 208, worst root-relative vertex 17 / 39 / 103 against 22 / 46 / 110; batch 1 on the
+# 2-core CPU, 16.8 against 17.4 ms (fp32: 22.2). The ReLUs after a residual Add have no
+# quantized input and stay.
 # Measured and not taken: leaving the stem and the first residual block in fp32 as well (drift
 # 7 / 27 / 65 and 10 / 18 / 48 mm, but 18.3 ms, which would lose INT8's margin to MediaPipe);
 # clipping the early activations' ranges to the 99.99th percentile (worse: vertex max 321 mm).
@@ -174,7 +175,7 @@ def to_int8_qdq(src: str | os.PathLike, dst: str | os.PathLike,
         quantize_static(str(pre), str(tmp), _Reader(batches), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=per_channel,
-                        op_types_to_quantize=list(op_types) + ([] if symmetric else list(INT8_FOLD)),
+                        op_types_to_quantize=list(op_types) + list(() if symmetric else INT8_FOLD),
                         nodes_to_quantize=nodes,
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         os.replace(tmp, dst)

@@ -60,7 +60,8 @@ def test_mirrored_pose_is_the_reflection(anny_asset):
              n.replace("RHip", "LHip") for n in names}
     swap = [names.index(other[n]) for n in names]
     assert swap != list(range(len(names)))
-    body, betas, transl = BodyModel(anny_asset), np.zeros((1, anny_asset.num_betas)), np.zeros((1, 3))
+    body = BodyModel(anny_asset)
+    betas, transl = np.zeros((1, anny_asset.num_betas)), np.zeros((1, 3))
     j = anny_asset.j_template - anny_asset.j_template[0]
     for split in ("id", "ood"):
         ps = PoseSampler(anny_asset.joint_names, j, anny_asset.parents, PoseConfig(split=split))

@@ -147,9 +147,9 @@ def test_int8_folds_the_relus_after_backbone_convs(bundle, tmp_path, anny_asset)
              if n.op_type == "QuantizeLinear" and n.input[0] == stem.output[0])
     zp = next(t for t in int8.graph.initializer if t.name == q.input[2])
     assert onnx.numpy_helper.to_array(zp) == 0 and made_by[stem.output[0]].op_type == "Conv"
+    size = manifest["inputs"]["image"]["shape"][-1]
     sym = onnx_tools.to_int8_qdq(out / "model_fp32.onnx", tmp_path / "sym.onnx",
-                                 calibration_batches("2", anny_asset, manifest["inputs"]["image"]["shape"][-1]),
-                                 symmetric=True)
+                                 calibration_batches("2", anny_asset, size), symmetric=True)
     assert relus(onnx.load(str(sym))) == relus(fp32)
 
 
