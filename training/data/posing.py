@@ -111,7 +111,7 @@ class PoseSampler:
             for name, limits in table.items():
                 if side and not name.startswith(("Left", "LHip")):
                     continue
-                target = self.index[_right_name(name) if side else name]
+                target = self.index[_other_side(name) if side else name]
                 for axis, lo, hi in limits:
                     rows.append((target, bool(side), axes[name][axis], lo, hi, side + name, axis))
         self.target = np.array([r[0] for r in rows])
@@ -183,10 +183,6 @@ class PoseSampler:
         """(S,) shape coefficients ~ N(0, betas_std^2), clipped to +-betas_clip."""
         b = rng.normal(0.0, self.config.betas_std, num_betas)
         return np.clip(b, -self.config.betas_clip, self.config.betas_clip)
-
-
-def _right_name(name: str) -> str:
-    return name.replace("Left", "Right").replace("LHip", "RHip")
 
 
 def _other_side(name: str) -> str:
