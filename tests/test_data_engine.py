@@ -182,3 +182,24 @@ def test_renderer_orientation_and_camera(anny_asset):
     assert rows[0] < head[1] < rows[-1]
     assert 2.6 < depth[mask > 0].min() < 3.0 and depth[mask > 0].max() < 3.4
     assert rgb[mask > 0].mean() > 20  # lit, not black
+
+
+def test_bundled_samples_are_current_engine_renders(anny_asset):
+    """samples/ (the README's main job) is what scripts/make_samples.py renders now: bumping
+    ENGINE_VERSION without re-running it fails here."""
+    import json
+    from pathlib import Path
+
+    from d2a_edge.imageio import read_image
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+    from d2a_edge.training.data.shards import ENGINE_VERSION
+
+    folder = Path(__file__).resolve().parents[1] / "samples"
+    index = json.loads((folder / "README.json").read_text())
+    assert {e["engine_version"] for e in index.values()} == {ENGINE_VERSION}
+    entry = index["id_0.jpg"]
+    gen = SampleGenerator(anny_asset, SceneConfig.for_split(entry["split"], entry["size"]))
+    want = gen.generate(entry["seed"], [entry["index"]])["image"][0].astype(np.float32)
+    got = read_image(folder / "id_0.jpg")[..., ::-1].astype(np.float32)  # BGR
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < 6.0  # JPEG (quality 92): 3.3; the v2 render: 14.6
