@@ -5,9 +5,9 @@
 
 Runs the bundle's fp32 graph and the ``--precision`` graph (default bundle: the bundled edge-s)
 on the first N crops of DATA_DIR, one at a time, and prints percentiles of the translation
-difference and of the root-relative vertex difference (meshes skinned at the root), in mm. A third row takes the root (whole-body)
-rotation from the fp32 graph, leaving the articulation's drift: where it is much smaller than
-the second, the lower precision turned whole bodies.
+difference and of the root-relative vertex difference (meshes skinned at the root), in mm.
+A third row takes the root (whole-body) rotation from the fp32 graph, leaving the articulation's
+drift: where it is much smaller than the second, the lower precision turned whole bodies.
 
 Two noise floors run the fp32 graph itself on a slightly changed input instead:
 ``fp16-input`` rounds the input image to fp16 (what the first layer of an fp16 graph sees), and
