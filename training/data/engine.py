@@ -15,7 +15,7 @@ from d2a_edge.body import BodyAsset, BodyModel
 from d2a_edge.camera import crop_intrinsics, intrinsics, project, square_box
 from d2a_edge.training.data import effects
 from d2a_edge.training.data.appearance import Backgrounds, Material, part_labels, sample_material
-from d2a_edge.training.data.posing import PoseConfig, PoseSampler
+from d2a_edge.training.data.posing import PoseConfig, PoseDraw, PoseSampler
 
 SPLITS = {"id": 1, "ood": 2}  # split -> seed stream id
 IMAGE_SIZES = ((640, 480), (1280, 720), (1920, 1080), (1024, 768), (720, 1280))
@@ -36,6 +36,19 @@ class SceneConfig:
     crop_jitter: float = 0.07  # centre jitter as a fraction of the crop side
     elevation: tuple[float, float] = (-15.0, 25.0)  # camera pitch; + = camera above
     background_dir: str | None = None
+    effects: str | None = None  # "id" / "ood" lighting and image effects; None: the split's
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {self.split!r}")
+        if self.effects is not None and self.effects not in SPLITS:
+            raise ValueError(f"effects must be None or one of {sorted(SPLITS)}, "
+                             f"got {self.effects!r}")
+
+    @property
+    def harsh(self) -> bool:
+        """Whether samples get the OOD lighting and image effects (occluders, motion blur)."""
+        return (self.effects or self.split) == "ood"
 
     @classmethod
     def for_split(cls, split: str, image_size: int = 192, background_dir: str | None = None):
@@ -50,11 +63,12 @@ class SceneConfig:
 
 
 @dataclasses.dataclass
-class _Params:
+class SampleParams:
     """What is drawn for one sample before skinning."""
 
     rng: np.random.Generator
     rotmats: np.ndarray  # (J, 3, 3)
+    pose: PoseDraw  # the pose's origin (sampler branch, noise-free centre)
     betas: np.ndarray  # (S,)
     material: Material
     elevation: float
@@ -90,20 +104,22 @@ class SampleGenerator:
                                           self.config.image_size)
         return self._renderer
 
-    def _sample_params(self, seed: int, index: int) -> _Params:
+    def params(self, seed: int, index: int) -> SampleParams:
+        """What sample ``index`` of the ``seed`` dataset draws before skinning."""
         rng = sample_rng(seed, self.config.split, index)
         elev = rng.uniform(*self.config.elevation)
         if self.config.split == "ood":
             elev *= rng.choice([-1.0, 1.0], p=[0.3, 0.7])  # high or low camera
-        R = self.poser.sample(rng)
+        pose = self.poser.draw(rng)
+        R = pose.rotmats.copy()
         R[0] = self.poser.root(rng, elev)
-        return _Params(rng, R, self.poser.betas(rng, self.asset.num_betas),
-                       sample_material(rng, harsh=self.config.split == "ood"), elev)
+        return SampleParams(rng, R, pose, self.poser.betas(rng, self.asset.num_betas),
+                       sample_material(rng, harsh=self.config.harsh), elev)
 
     def generate(self, seed: int, indices: range | list[int]) -> dict[str, np.ndarray]:
         """Samples ``indices`` of the ``seed`` dataset, stacked: key -> (N, ...) arrays."""
         t0 = time.perf_counter()
-        params = [self._sample_params(seed, i) for i in indices]
+        params = [self.params(seed, i) for i in indices]
         t1 = time.perf_counter()
         rot = np.stack([p.rotmats for p in params]).astype(np.float32)
         betas = np.stack([p.betas for p in params]).astype(np.float32)
@@ -160,7 +176,7 @@ class SampleGenerator:
         centre = (lo + hi) / 2 + rng.uniform(-cfg.crop_jitter, cfg.crop_jitter, 2) * side
         return square_box(centre, max(side, 8.0))
 
-    def _scene(self, p: _Params, vt_rel, joints_rel) -> dict[str, np.ndarray]:
+    def _scene(self, p: SampleParams, vt_rel, joints_rel) -> dict[str, np.ndarray]:
         """Camera, placement and crop for root-centred vertices vt_rel (3, V), joints (J, 3)."""
         K, img_size, transl = self._place(p.rng, vt_rel[:, ::4])  # placement is approximate
         vt = vt_rel + transl[:, None]  # (3, V): row reductions are ~100x faster than (V, 3)
@@ -169,11 +185,11 @@ class SampleGenerator:
                     img_size=img_size, transl=transl, crop_box=crop_box,
                     Kc=crop_intrinsics(K, crop_box, self.config.image_size))
 
-    def _finish(self, p: _Params, sc: dict, rot, betas, rgb, depth, mask) -> dict[str, np.ndarray]:
+    def _finish(self, p: SampleParams, sc: dict, rot, betas, rgb, depth, mask) -> dict[str, np.ndarray]:
         """One sample: the rendered crop composed over a background, plus its labels."""
         rng, s, verts, joints3d = p.rng, self.config.image_size, sc["verts"], sc["joints3d"]
         image = self.effects.compose(rng, rgb, mask, self.backgrounds.sample(rng, s),
-                                     ood=self.config.split == "ood")
+                                     ood=self.config.harsh)
         kp3d = self.asset.keypoints(joints3d, verts, 17).astype(np.float32)
         return dict(image=image, depth=depth, mask=mask, rotmats=rot, betas=betas,
                     transl=sc["transl"], joints3d=joints3d.astype(np.float32), kp3d=kp3d,

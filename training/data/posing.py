@@ -94,6 +94,18 @@ def axis_angle(axis: np.ndarray, deg: np.ndarray | float) -> np.ndarray:
     return rodrigues(axis * np.radians(np.asarray(deg, np.float64))[..., None])
 
 
+@dataclasses.dataclass(frozen=True)
+class PoseDraw:
+    """One sampled pose and its origin: ``kind`` is "id", "uniform" (OOD, uniform over the
+    extreme table) or an OOD sports template; ``centre (E,)`` the branch's noise-free angles
+    (``PoseSampler.compose(centre, mirrored)`` is the template pose on the same side)."""
+
+    rotmats: np.ndarray  # (J, 3, 3) local rotations, root = identity
+    kind: str
+    centre: np.ndarray  # (E,) degrees
+    mirrored: bool
+
+
 class PoseSampler:
     """Samples ``rotmats (J, 3, 3)`` (root = identity; the scene sets the global orientation)."""
 
@@ -142,27 +154,43 @@ class PoseSampler:
 
     def angles(self, rng: np.random.Generator) -> np.ndarray:
         """(E,) degrees, one per row of the limit table (clipped to the limits)."""
+        return self._angles(rng)[0]
+
+    def _angles(self, rng: np.random.Generator) -> tuple[np.ndarray, str, np.ndarray]:
+        """(E,) degrees (clipped), the branch drawn ("id", "uniform" or a SPORTS template) and
+        the branch's centre (E,): the neutral angles, the middle of the range or the template."""
         cfg, lo, hi = self.config, self.lo, self.hi
         if cfg.split == "ood" and rng.random() < cfg.sports_fraction:
-            mean = self.sports[sorted(self.sports)[rng.integers(len(self.sports))]]
-            v = rng.normal(mean, cfg.sports_jitter)
+            kind = sorted(self.sports)[rng.integers(len(self.sports))]
+            centre = self.sports[kind]
+            v = rng.normal(centre, cfg.sports_jitter)
         elif cfg.split == "id":  # clipped normal around the neutral angle
-            v = np.clip(0.0, lo, hi) + rng.normal(0.0, 1.0, lo.shape) * cfg.id_sigma_frac * (hi - lo)
+            kind, centre = "id", np.clip(0.0, lo, hi)
+            v = centre + rng.normal(0.0, 1.0, lo.shape) * cfg.id_sigma_frac * (hi - lo)
             v = np.where(lo == 0, np.abs(v), v)
         else:  # OOD random: uniform over the extreme range
+            kind, centre = "uniform", (lo + hi) / 2
             v = rng.uniform(lo, hi)
-        return np.clip(v, lo, hi)
+        return np.clip(v, lo, hi), kind, np.clip(centre, lo, hi)
 
     def sample(self, rng: np.random.Generator) -> np.ndarray:
         """(J, 3, 3) float64 local rotations; the root (index 0) is the identity."""
-        rots = axis_angle(self.axis, self.angles(rng))  # (E, 3, 3)
+        return self.draw(rng).rotmats
+
+    def draw(self, rng: np.random.Generator) -> PoseDraw:
+        """``sample`` with where the pose came from (same random stream, same rotations)."""
+        v, kind, centre = self._angles(rng)
+        mirrored = bool(rng.random() < 0.5)  # swap sides so the acting limb is left or right
+        return PoseDraw(self.compose(v, mirrored), kind, centre, mirrored)
+
+    def compose(self, angles: np.ndarray, mirrored: bool = False) -> np.ndarray:
+        """(J, 3, 3) local rotations from (E,) table angles in degrees, optionally mirrored."""
+        rots = axis_angle(self.axis, angles)  # (E, 3, 3)
         rots[self.mirrored] = MIRROR @ rots[self.mirrored] @ MIRROR
         R = np.broadcast_to(np.eye(3), (len(self.names), 3, 3)).copy()
         for joints, rows in self.slots:  # R_j = R_j,0 @ R_j,1 @ ... in table order
             R[joints] = R[joints] @ rots[rows]
-        if rng.random() < 0.5:  # swap sides so the acting limb is left or right
-            R = self.mirror(R)
-        return R
+        return self.mirror(R) if mirrored else R
 
     def mirror(self, R: np.ndarray) -> np.ndarray:
         """The left-right mirrored pose (J, 3, 3): each joint takes the reflected rotation of its
