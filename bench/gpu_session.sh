@@ -17,6 +17,7 @@ STAGES=${STAGES:-install tests kbench dbench lbench tbench train sdk}  # a subse
 # never kills it before the run is packed: training's budget shrinks to fit, and the SDK stage is
 # skipped when too little time is left.
 DEADLINE=${DEADLINE:-560}
+MIX=${MIX:-id ood}  # the on-the-fly splits, one equal share each ("id ood ood": two thirds OOD)
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 LOG=$OUT/session.log
 RUN=/tmp/d2a_run
@@ -100,7 +101,7 @@ elif want train; then
 stamp training for ${BUDGET}s
 rm -rf $RUN  # d2a-train refuses an --out that holds checkpoints (a warm rerun's previous run)
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly id ood \
+timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly $MIX \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
   | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror|initialised/ || !/step\/s|s\/step/'
 unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
