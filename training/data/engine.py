@@ -114,7 +114,7 @@ class SampleGenerator:
         R = pose.rotmats.copy()
         R[0] = self.poser.root(rng, elev)
         return SampleParams(rng, R, pose, self.poser.betas(rng, self.asset.num_betas),
-                       sample_material(rng, harsh=self.config.harsh), elev)
+                            sample_material(rng, harsh=self.config.harsh), elev)
 
     def generate(self, seed: int, indices: range | list[int]) -> dict[str, np.ndarray]:
         """Samples ``indices`` of the ``seed`` dataset, stacked: key -> (N, ...) arrays."""
@@ -185,7 +185,8 @@ class SampleGenerator:
                     img_size=img_size, transl=transl, crop_box=crop_box,
                     Kc=crop_intrinsics(K, crop_box, self.config.image_size))
 
-    def _finish(self, p: SampleParams, sc: dict, rot, betas, rgb, depth, mask) -> dict[str, np.ndarray]:
+    def _finish(self, p: SampleParams, sc: dict, rot, betas, rgb, depth,
+                mask) -> dict[str, np.ndarray]:
         """One sample: the rendered crop composed over a background, plus its labels."""
         rng, s, verts, joints3d = p.rng, self.config.image_size, sc["verts"], sc["joints3d"]
         image = self.effects.compose(rng, rgb, mask, self.backgrounds.sample(rng, s),
