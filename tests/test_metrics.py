@@ -57,6 +57,17 @@ def test_translation_pck_and_shapes(rng):
         M.mpjpe(np.zeros((1, 4, 3)), np.zeros((1, 5, 3)))
 
 
+def test_rotation_error_is_the_relative_angle():
+    """The angle of pred^T gt, whatever the common rotation: 0, 30, 90 and 180 degrees."""
+    base = _rot([0.3, -1.0, 0.5], 70.0)
+    pred = np.stack([base] * 4)
+    gt = np.stack([base @ _rot([1.0, 2.0, -0.5], d) for d in (0.0, 30.0, 90.0, 180.0)])
+    np.testing.assert_allclose(M.rotation_error_deg(pred, gt), [0.0, 30.0, 90.0, 180.0],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="rotations"):
+        M.rotation_error_deg(np.eye(3)[None], np.eye(3))
+
+
 def test_calibration_bins_sorted_by_sigma():
     sigma = np.arange(100.0)
     err = 2 * sigma

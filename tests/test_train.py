@@ -308,10 +308,11 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
     m = res["id"]
     assert m["num_samples"] == 4 and m["pa_mpjpe"] <= m["mpjpe"] + 1e-6
     assert 0 <= m["pck3d_150"] <= 1 and m["pve"] > 0 and m["trans_err_cm"] > 0
+    assert 0 < m["root_rot_deg"] <= 180
     js = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert js["step"] == 1 and set(js["splits"]) == {"id"}
     md = (tmp_path / "eval" / "metrics.md").read_text()
-    assert "| id | 4 |" in md and "PA-MPJPE" in md
+    assert "| id | 4 |" in md and "PA-MPJPE" in md and "orient. err (deg)" in md
     img = cv2.imread(str(tmp_path / "eval" / "calibration_id.png"))
     assert img is not None and img.shape == (480, 480, 3) and (img != 255).any()
 

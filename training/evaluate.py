@@ -1,8 +1,9 @@
 """``d2a-eval``: accuracy of a checkpoint on one or more datasets.
 
 Metrics (per split): MPJPE and PA-MPJPE (mm, H36M-17 keypoints, pelvis-aligned), PVE (mm, all
-mesh vertices, root-aligned), root translation error (cm), PCK3D@150 mm, and the calibration of
-the predicted per-joint sigma against the joint head's actual error.
+mesh vertices, root-aligned), root translation error (cm), root orientation error (degrees,
+camera frame), PCK3D@150 mm, and the calibration of the predicted per-joint sigma against the
+joint head's actual error.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ on each --data DIR (shards from `d2a-data generate`). Writes to --out (default
 CHECKPOINT_DIR/eval): metrics.json (per split), metrics.md (Markdown table) and
 calibration_<split>.png (predicted sigma vs actual joint error, binned)."""
 
-METRIC_KEYS = ("mpjpe", "pa_mpjpe", "pve", "trans_err_cm", "pck3d_150")
+METRIC_KEYS = ("mpjpe", "pa_mpjpe", "pve", "trans_err_cm", "root_rot_deg", "pck3d_150")
 
 
 @torch.no_grad()
@@ -53,6 +54,8 @@ def predict(model: D2AHMR, loader, device, progress: bool = True) -> dict[str, n
                 "pve": M.pve(v_pr, v_gt),
                 "trans_err_cm": M.translation_error(out["translation"].cpu().numpy(),
                                                     b["transl"].cpu().numpy()),
+                "root_rot_deg": M.rotation_error_deg(out["rotmats"][:, 0].cpu().numpy(),
+                                                     b["rotmats"][:, 0].cpu().numpy()),
                 "pck3d_150": M.pck3d(kp_pr, kp_gt, 150.0),
                 "sigma": np.linalg.norm(out["joint_sigma"].cpu().numpy(), axis=-1) * 1000,
                 "mu_err": mu_err}
@@ -115,11 +118,12 @@ def calibration_png(bins: list[dict], path: str | Path, title: str, size: int = 
 
 def markdown_table(results: dict[str, dict], title: str) -> str:
     head = ("| split | N | MPJPE (mm) | PA-MPJPE (mm) | PVE (mm) | transl. err (cm) | "
-            "PCK3D@150 | sigma-error Spearman |")
-    lines = [f"# {title}", "", head, "|" + "---|" * 8]
+            "orient. err (deg) | PCK3D@150 | sigma-error Spearman |")
+    lines = [f"# {title}", "", head, "|" + "---|" * 9]
     for split, r in results.items():
         lines.append(f"| {split} | {r['num_samples']} | {r['mpjpe']:.1f} | {r['pa_mpjpe']:.1f} | "
-                     f"{r['pve']:.1f} | {r['trans_err_cm']:.1f} | {r['pck3d_150']:.3f} | "
+                     f"{r['pve']:.1f} | {r['trans_err_cm']:.1f} | {r['root_rot_deg']:.1f} | "
+                     f"{r['pck3d_150']:.3f} | "
                      f"{r['sigma_error_spearman']:.2f} |")
     return "\n".join(lines) + "\n"
 
