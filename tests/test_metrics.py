@@ -66,6 +66,8 @@ def test_rotation_error_is_the_relative_angle():
                                atol=1e-5)
     with pytest.raises(ValueError, match="rotations"):
         M.rotation_error_deg(np.eye(3)[None], np.eye(3))
+    with pytest.raises(ValueError, match="rotations"):  # unbatched
+        M.rotation_error_deg(np.eye(3), np.eye(3))
 
 
 def test_calibration_bins_sorted_by_sigma():

@@ -65,7 +65,7 @@ def rotation_error_deg(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """Geodesic angle between rotations in degrees: ``(B, 3, 3) x2 -> (B,)`` (e.g. the root's
     orientation in the camera frame: which way the person faces)."""
     pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-    if pred.shape != gt.shape or pred.shape[-2:] != (3, 3):
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[1:] != (3, 3):
         raise ValueError(f"expected (B, 3, 3) rotations, got {pred.shape} and {gt.shape}")
     cos = (np.einsum("bij,bij->b", pred, gt) - 1.0) / 2.0  # trace(pred^T gt) = sum of products
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
