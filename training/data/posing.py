@@ -129,7 +129,8 @@ class PoseSampler:
         self.target = np.array([r[0] for r in rows])
         self.mirrored = np.array([r[1] for r in rows])
         self.axis = np.array([r[2] for r in rows])  # (E, 3)
-        self.lo, self.hi = np.array([r[3] for r in rows], float), np.array([r[4] for r in rows], float)
+        self.lo = np.array([r[3] for r in rows], float)
+        self.hi = np.array([r[4] for r in rows], float)
         self.sports = {k: np.array([t.get(r[5], {}).get(r[6], 0.0) for r in rows])
                        for k, t in sorted(SPORTS.items())}  # template -> (E,) mean angles
         slot = [sum(1 for q in rows[:e] if q[0] == r[0]) for e, r in enumerate(rows)]
