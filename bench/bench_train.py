@@ -18,6 +18,7 @@ about one kernel launch); ``--profile N`` prints the N costliest ops of one step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -121,12 +122,14 @@ class OpCounter(TorchDispatchMode):
 
 
 def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
-                count_ops: bool = False, profile: int = 0, channels_last: bool = False) -> dict:
+                count_ops: bool = False, profile: int = 0, channels_last: bool = False,
+                cuda_graph: bool = False) -> dict:
     """Samples/s of d2a-train's own step (``train_step``: forward, losses, backward, grad clip,
     AdamW, EMA, in the config's precision) on random images with consistent labels; with
     ``count_ops`` also the ATen ops of one step, per phase; with ``profile`` the table of the
     ``profile`` ops that took the most (device, on a GPU) time in one step; ``channels_last``:
-    the config's ``train.channels_last`` on."""
+    the config's ``train.channels_last`` on; ``cuda_graph``: the forward and backward replayed
+    from CUDA graphs as ``d2a-train --cuda-graph`` does (raises if capturing fails)."""
     from d2a_edge.training import train as T
     cfg = load_config(name, {"train": {"channels_last": True}} if channels_last else None)
     st = T.build_state(cfg, T.Dist(device=torch.device(device)), total_steps=steps + 4,
@@ -134,6 +137,10 @@ def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
     amp, _ = T.autocast_for(torch.device(device), cfg.optim)
     batch_d = label_batch(st.model, batch, cfg.model.image_size)
     cuda = device.startswith("cuda")
+    if cuda_graph:
+        if not T.graph_or_eager(st, batch_d, T.amp_dtype(torch.device(device), cfg.optim)):
+            raise RuntimeError("CUDA graph capture failed (the warning above says why)")
+        amp = contextlib.nullcontext
     times = []
     for i in range(steps + 3):
         t = time.perf_counter()
@@ -145,10 +152,11 @@ def train_speed(name: str, asset, batch: int, steps: int, device: str = "cpu",
     sec = float(np.median(times))
     out = {"config": name, "batch": batch, "step_s": sec, "samples_per_s": batch / sec,
            "device": torch.cuda.get_device_name() if cuda else "cpu",
-           "channels_last": channels_last}
+           "channels_last": channels_last, "cuda_graph": cuda_graph}
     if count_ops:
         c = OpCounter()
-        st.module.forward = c.wrap(st.module.forward, "forward + losses")
+        if not cuda_graph:  # replayed graphs issue no ATen ops to count
+            st.module.forward = c.wrap(st.module.forward, "forward + losses")
         st.optimizer.step = c.wrap(st.optimizer.step, "AdamW")
         if st.ema is not None:
             st.ema.update = c.wrap(st.ema.update, "EMA")
@@ -183,8 +191,13 @@ def main(argv=None) -> None:
                    help="also profile one training step and print its N costliest ops")
     p.add_argument("--channels-last", action="store_true",
                    help="also time each batch size with channels-last weights and images")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time each batch size with the forward and backward replayed from "
+                   "CUDA graphs (d2a-train --cuda-graph; GPU only)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph needs --device cuda")
     torch.set_num_threads(args.threads)
     asset = load_body("anny")
     rows = [describe(n, asset, args.repeats) for n in (args.configs or available_configs())]
@@ -195,14 +208,16 @@ def main(argv=None) -> None:
               f"{r['params_m']:.2f} | {r['gflops_graph']:.2f} | {r['gflops_skinning']:.3f} | "
               f"{r['cpu_latency_ms_b1']:.1f} |")
     trains = []
-    runs = [(b, cl) for b in args.batch for cl in ([False, True] if args.channels_last
-                                                    else [False])]
-    for i, (batch, channels_last) in enumerate(runs):
-        first = i == 0 or (i == 1 and channels_last)  # ops and profile: each layout once
+    variants = [(False, False)] + [(True, False)] * args.channels_last \
+        + [(False, True)] * args.cuda_graph  # (channels-last, CUDA graphs)
+    runs = [(b, *v) for b in args.batch for v in variants]
+    for i, (batch, channels_last, graphed) in enumerate(runs):
+        first = i < len(variants)  # ops and profile: each variant once, at the first batch size
         tr = train_speed(args.train_config, asset, batch, args.steps, args.device,
-                         args.count_ops and first, args.profile if first else 0, channels_last)
+                         args.count_ops and first, args.profile if first else 0, channels_last,
+                         graphed)
         where = tr["device"] if tr["device"] != "cpu" else f"CPU ({args.threads} threads)"
-        layout = ", channels-last" if channels_last else ""
+        layout = ", channels-last" * channels_last + ", CUDA graphs" * graphed
         print(f"\ntraining {tr['config']} on {where}, batch {tr['batch']}{layout}: "
               f"{tr['step_s']:.3f} s/step = {tr['samples_per_s']:.1f} samples/s")
         if "ops" in tr:

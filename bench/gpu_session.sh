@@ -56,7 +56,8 @@ if [ "$DEVICE" = cuda ]; then
 fi
 $PY -c "from d2a_edge.training.data.render import egl_context; c = egl_context(); print('EGL:', c.info['GL_RENDERER'])"
 
-want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_kernel.py tests/test_sdk_skinning.py
+want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider \
+  tests/test_cuda_kernel.py tests/test_sdk_skinning.py tests/test_cuda_graph.py
 
 want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
 
@@ -79,7 +80,8 @@ if want train && [ "$LAYOUT" = auto ] && [ -f "$OUT/bench_train.json" ]; then
 import json, sys
 runs = json.load(open(sys.argv[1]))["train"]
 b = runs[0]["batch"]
-t = {r.get("channels_last", False): r["step_s"] for r in runs if r["batch"] == b}
+t = {r.get("channels_last", False): r["step_s"] for r in runs
+     if r["batch"] == b and not r.get("cuda_graph")}
 fast = True in t and False in t and t[True] < 0.95 * t[False]
 print("channels-last" if fast else "default")
 print(f"layout: {t} s/step at batch {b}", file=sys.stderr)
@@ -90,6 +92,25 @@ if want train && [ "$LAYOUT" = channels-last ]; then
   TRAIN_ARGS="${TRAIN_ARGS:-} --channels-last"
 fi
 want train && echo "training layout: $LAYOUT"
+
+# GRAPH=auto (the default): train with --cuda-graph when both GPU tests of tests/test_cuda_graph.py
+# pass here (graphed steps give the same losses, weights and BatchNorm statistics as eager ones;
+# a skip does not count); GRAPH=on / off forces it.
+GRAPH=${GRAPH:-auto}
+if want train && [ "$GRAPH" = auto ]; then
+  GRAPH=off
+  if [ "$DEVICE" = cuda ]; then
+    stamp CUDA graph check
+    timeout "$(cap 120)" $PY -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_cuda_graph.py \
+      > /tmp/graph_check.txt 2>&1
+    cat /tmp/graph_check.txt
+    grep -Eq "^2 passed" /tmp/graph_check.txt && GRAPH=on
+  fi
+fi
+if want train && [ "$GRAPH" = on ]; then
+  TRAIN_ARGS="${TRAIN_ARGS:-} --cuda-graph"
+fi
+want train && echo "training with CUDA graphs: $GRAPH"
 
 fit=$(( $(left) - 75 ))  # start-up, final checkpoint and shutdown, packing
 if want train && [ "$fit" -lt "$BUDGET" ]; then

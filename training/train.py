@@ -25,6 +25,7 @@ from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training.config import Config, OptimConfig, available_configs, config_to_dict, \
     load_config
+from d2a_edge.training.cuda_graph import GraphedModule
 from d2a_edge.training.distributed import Dist, setup_distributed
 from d2a_edge.training.feed import EchoBuffer, build_dataset, make_loader, to_device
 from d2a_edge.training.schedule import Calibration, Schedule, lr_factor
@@ -92,14 +93,21 @@ class EMA:
             self.shadow[k].copy_(v)
 
 
+def amp_dtype(device: torch.device, o: OptimConfig) -> torch.dtype | None:
+    """The autocast dtype on ``device`` (None: fp32)."""
+    if device.type == "cuda" and o.amp:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and o.amp_cpu:
+        return torch.bfloat16
+    return None
+
+
 def autocast_for(device: torch.device, o: OptimConfig):
     """(autocast context factory, use fp16 GradScaler)."""
-    if device.type == "cuda" and o.amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return (lambda: torch.autocast("cuda", dtype=dtype)), dtype == torch.float16
-    if device.type == "cpu" and o.amp_cpu:
-        return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), False
-    return contextlib.nullcontext, False
+    dtype = amp_dtype(device, o)
+    if dtype is None:
+        return contextlib.nullcontext, False
+    return (lambda: torch.autocast(device.type, dtype=dtype)), dtype == torch.float16
 
 
 @dataclass
@@ -246,6 +254,20 @@ def first_step_or_eager(st: State, batch: dict, cfg: Config, amp, eager: nn.Modu
     return out
 
 
+def graph_or_eager(st: State, batch: dict, dtype: torch.dtype | None) -> bool:
+    """Replace ``st.module`` by a ``GraphedModule`` captured on ``batch``; True if that worked.
+    If capture fails, training goes on eagerly with a warning (nothing was updated)."""
+    try:
+        st.module = GraphedModule(st.module, batch, dtype)
+    except Exception as e:  # capture fails in many ways (unsupported ops, syncs, memory)
+        print(f"warning: CUDA graph capture failed ({type(e).__name__}: {str(e)[:300]}); "
+              "training without it", file=sys.stderr)
+        return False
+    print(f"CUDA graphs captured: forward + backward of {len(st.module.names)} loss terms",
+          file=sys.stderr)
+    return True
+
+
 def weights_digest(module: nn.Module) -> str:
     """SHA-256 over a module's state (names, shapes and bytes), for cross-rank checks."""
     import hashlib
@@ -271,7 +293,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         resume: bool = False, device: str = "auto", workers: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
         time_budget: float | None = None, init: str | None = None, echo: int = 1,
-        compile: bool = False) -> dict:
+        compile: bool = False, cuda_graph: bool = False) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -285,6 +307,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches and fused
     elementwise work on a GPU; the first step compiles for minutes).
     If compiling fails, training goes on in eager mode with a warning.
+    ``cuda_graph``: replay the forward and backward from CUDA graphs captured on the first
+    batch (``cuda_graph.py``; one CUDA process, not with ``compile``); if capturing fails,
+    training goes on in eager mode with a warning.
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -294,6 +319,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         raise ValueError(f"{run_dir} already holds a run's checkpoints; pass --resume to continue "
                          "it, or choose another --out")
     d = setup_distributed(device)
+    if cuda_graph and (d.device.type != "cuda" or d.world > 1 or compile):
+        raise ValueError("--cuda-graph needs one CUDA process (not torchrun) and no --compile; "
+                         f"got device {d.device}, {d.world} process(es), compile={compile}")
     total = steps if steps is not None else cfg.train.steps
     every = ckpt_every if ckpt_every is not None else cfg.train.ckpt_every
     st = build_state(cfg, d, total, asset)
@@ -337,6 +365,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
                 echoes.add(batch)
         else:
             batch = echoes.draw(st.step, cfg.train.batch_size)
+        if cuda_graph and st.step == first and graph_or_eager(st, batch,
+                                                              amp_dtype(d.device, cfg.optim)):
+            amp = contextlib.nullcontext  # the autocast is inside the graph
         if compile and st.step == first:  # the step that compiles
             last = first_step_or_eager(st, batch, cfg, amp, eager)
         else:
@@ -357,6 +388,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
             mark = (now, wait)
         if every > 0 and st.step % every == 0 and st.step < total:
             save(st, cfg, run_dir, d)
+    if cuda_graph:
+        st.module = eager  # the same weights; a GraphedModule has no state of its own
     path, digests = finish(st, cfg, run_dir, d)
     bar.close()
     if writer is not None:
@@ -432,6 +465,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the forward (GPU: fewer kernel launches; the first step "
                    "compiles for minutes; falls back to eager with a warning if that fails)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each step's forward and backward from CUDA graphs captured on "
+                   "the first batch (one CUDA process; far fewer kernel launches from the "
+                   "host; falls back to eager with a warning if capturing fails)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="fit the step count (and the cosine schedule) to this much training "
                    "time after timing the first steps, re-fitted 20 times as the speed changes; "
@@ -461,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
                       time_budget=args.time_budget, init=args.init, echo=args.echo,
-                      compile=args.compile)
+                      compile=args.compile, cuda_graph=args.cuda_graph)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
