@@ -18,6 +18,12 @@ STAGES=${STAGES:-install tests kbench dbench lbench tbench train sdk}  # a subse
 # skipped when too little time is left.
 DEADLINE=${DEADLINE:-560}
 MIX=${MIX:-id ood}  # the on-the-fly splits, one equal share each ("id ood ood": two thirds OOD)
+# One schedule over two calls: STOP_AFTER=S stops training after S seconds with a checkpoint,
+# the cosine schedule fitted to TRAIN_BUDGET, not ended; the next call on the still-warm machine,
+# with RESUME=1, continues it (--resume on this machine's run directory, its TRAIN_BUDGET the
+# seconds it has; the rest of the schedule is re-fitted to them).
+STOP_AFTER=${STOP_AFTER:-}
+RESUME=${RESUME:-0}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 LOG=$OUT/session.log
 RUN=/tmp/d2a_run
@@ -97,6 +103,9 @@ want train && echo "training layout: $LAYOUT"
 # pass here (graphed steps give the same losses, weights and BatchNorm statistics as eager ones;
 # a skip does not count); GRAPH=on / off forces it.
 GRAPH=${GRAPH:-auto}
+if want train && [ "$GRAPH" = auto ] && [ "$RESUME" = 1 ] && [ -f /tmp/d2a_graph ]; then
+  GRAPH=$(cat /tmp/d2a_graph)  # the previous call's check, on this machine
+fi
 if want train && [ "$GRAPH" = auto ]; then
   GRAPH=off
   if [ "$DEVICE" = cuda ]; then
@@ -106,6 +115,7 @@ if want train && [ "$GRAPH" = auto ]; then
     cat /tmp/graph_check.txt
     grep -Eq "^2 passed" /tmp/graph_check.txt && GRAPH=on
   fi
+  echo "$GRAPH" > /tmp/d2a_graph
 fi
 if want train && [ "$GRAPH" = on ]; then
   TRAIN_ARGS="${TRAIN_ARGS:-} --cuda-graph"
@@ -113,18 +123,28 @@ fi
 want train && echo "training with CUDA graphs: $GRAPH"
 
 fit=$(( $(left) - 75 ))  # start-up, final checkpoint and shutdown, packing
-if want train && [ "$fit" -lt "$BUDGET" ]; then
-  echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit
+RUNFOR=$BUDGET  # seconds this call trains
+if want train && [ -n "$STOP_AFTER" ]; then
+  RUNFOR=$(( fit < STOP_AFTER ? fit : STOP_AFTER ))
+  echo "schedule fitted to ${BUDGET}s; this call stops after ${RUNFOR}s (STOP_AFTER=$STOP_AFTER)"
+  TRAIN_ARGS="${TRAIN_ARGS:-} --stop-after $RUNFOR"
+elif want train && [ "$fit" -lt "$BUDGET" ]; then
+  echo "time budget ${BUDGET}s cut to ${fit}s by DEADLINE"; BUDGET=$fit; RUNFOR=$fit
 fi
-if want train && [ "$BUDGET" -lt 30 ]; then
-  echo "training skipped: ${BUDGET}s left for it before DEADLINE"
+if want train && [ "$RUNFOR" -lt 30 ]; then
+  echo "training skipped: ${RUNFOR}s left for it before DEADLINE"
 elif want train; then
-stamp training for ${BUDGET}s
-rm -rf $RUN  # d2a-train refuses an --out that holds checkpoints (a warm rerun's previous run)
+stamp training for ${RUNFOR}s
+if [ "$RESUME" = 1 ]; then  # continue this machine's previous call
+  TRAIN_ARGS="${TRAIN_ARGS:-} --resume"
+else
+  rm -rf $RUN  # d2a-train refuses an --out that holds checkpoints (a warm rerun's previous run)
+fi
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-timeout $((BUDGET + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly $MIX \
+timeout $((RUNFOR + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly $MIX \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
-  | tr '\r' '\n' | awk 'NR % 20 == 0 || /budget|warning|rror|initialised/ || !/step\/s|s\/step/'
+  | tr '\r' '\n' \
+  | awk 'NR % 20 == 0 || /budget|warning|rror|initiali|resum|stopping|CUDA/ || !/step\/s|s\/step/'
 unset OMP_NUM_THREADS OPENBLAS_NUM_THREADS MKL_NUM_THREADS
 fi
 

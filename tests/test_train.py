@@ -295,6 +295,31 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, shards):
 
 
 @requires_anny
+def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, anny_asset, capsys):
+    """--stop-after (e.g. the end of one lent GPU call): a checkpoint before the schedule ends,
+    and --resume (the next call) continues that schedule to the same weights as one run."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import run
+    cfg, ds, steps = tiny_config(), BatchDataset(anny_asset, 8, 64, seed=4), 4
+    run(cfg, ds, tmp_path / "ref", steps=steps, ckpt_every=0, asset=anny_asset, progress=False)
+    first = run(cfg, ds, tmp_path / "cut", steps=steps, ckpt_every=0, asset=anny_asset,
+                progress=False, stop_after=1e-9)  # stops after its first step
+    assert first["step"] == 1 and "stopping after 0 s at step 1 of 4" in capsys.readouterr().err
+    assert ckpt.read_checkpoint(tmp_path / "cut")["meta"]["schedule_total"] == steps
+    rest = run(cfg, ds, tmp_path / "cut", steps=steps, ckpt_every=0, asset=anny_asset,
+               progress=False, resume=True)
+    assert rest["step"] == steps
+    a = ckpt.read_checkpoint(tmp_path / "cut")["weights"]
+    b = ckpt.read_checkpoint(tmp_path / "ref")["weights"]
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="--stop-after needs seconds > 0"):
+        run(cfg, ds, tmp_path / "bad", steps=1, asset=anny_asset, progress=False, stop_after=0)
+
+
+@requires_anny
 def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
     import cv2
     from _batches import BatchDataset, tiny_config
@@ -539,7 +564,8 @@ def test_cli_rejects_counts_out_of_range(capsys):
                       (["--threads", "0"], "--threads: must be >= 1"),
                       (["--steps", "-3"], "--steps: must be >= 1"),
                       (["--workers", "-1"], "--workers: must be >= 0"),
-                      (["--time-budget", "0"], "--time-budget must be > 0")):
+                      (["--time-budget", "0"], "--time-budget must be > 0"),
+                      (["--stop-after", "-1"], "--stop-after must be > 0")):
         with pytest.raises(SystemExit) as e:
             main(["edge-s", "--on-the-fly", "--out", "unused", *args])
         assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -293,7 +293,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         resume: bool = False, device: str = "auto", workers: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
         time_budget: float | None = None, init: str | None = None, echo: int = 1,
-        compile: bool = False, cuda_graph: bool = False) -> dict:
+        compile: bool = False, cuda_graph: bool = False,
+        stop_after: float | None = None) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -310,6 +311,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     ``cuda_graph``: replay the forward and backward from CUDA graphs captured on the first
     batch (``cuda_graph.py``; one CUDA process, not with ``compile``); if capturing fails,
     training goes on in eager mode with a warning.
+    ``stop_after``: stop with a checkpoint after this many seconds of this process (single
+    process), leaving the schedule where it is: ``resume`` continues it, e.g. in a second lent
+    GPU call (with ``time_budget``, the resumed run re-fits the rest of the saved schedule to
+    its own budget).
     """
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -322,6 +327,9 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     if cuda_graph and (d.device.type != "cuda" or d.world > 1 or compile):
         raise ValueError("--cuda-graph needs one CUDA process (not torchrun) and no --compile; "
                          f"got device {d.device}, {d.world} process(es), compile={compile}")
+    if stop_after is not None and not (stop_after > 0 and d.world == 1):
+        raise ValueError(f"--stop-after needs seconds > 0 and one process; got {stop_after} s, "
+                         f"{d.world} process(es)")
     total = steps if steps is not None else cfg.train.steps
     every = ckpt_every if ckpt_every is not None else cfg.train.ckpt_every
     st = build_state(cfg, d, total, asset)
@@ -381,6 +389,11 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
                 bar.refresh()
             if stop:
                 break
+        if stop_after is not None and time.perf_counter() - t0 > stop_after:
+            if d.main:
+                print(f"stopping after {stop_after:.0f} s at step {st.step} of {total}; "
+                      "--resume continues the schedule", file=sys.stderr)
+            break
         if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
             now = time.perf_counter()
             log_scalars(writer, bar, st, last, seen / max(now - t0, 1e-9),
@@ -473,6 +486,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fit the step count (and the cosine schedule) to this much training "
                    "time after timing the first steps, re-fitted 20 times as the speed changes; "
                    "stop with a checkpoint when it runs out")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="stop with a checkpoint after this many seconds, before the schedule "
+                   "ends (one process); --resume continues it")
     return p
 
 
@@ -481,6 +497,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.time_budget is not None and not args.time_budget > 0:
         p.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
+    if args.stop_after is not None and not args.stop_after > 0:
+        p.error(f"--stop-after must be > 0 seconds, got {args.stop_after}")
     if args.threads:
         torch.set_num_threads(args.threads)
     over: dict = {"train": {}, "optim": {}}
@@ -498,7 +516,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
                       time_budget=args.time_budget, init=args.init, echo=args.echo,
-                      compile=args.compile, cuda_graph=args.cuda_graph)
+                      compile=args.compile, cuda_graph=args.cuda_graph,
+                      stop_after=args.stop_after)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
