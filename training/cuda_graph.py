@@ -12,14 +12,17 @@ differ in shape or dtype from that first one (a short last batch of stored data)
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 
 def autocast(dtype: torch.dtype | None):
     """CUDA autocast to ``dtype`` (None: off) without the weight cache, which capture forbids."""
-    return torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None,
-                          cache_enabled=False)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=False)
 
 
 class _Flat(nn.Module):
