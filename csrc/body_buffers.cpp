@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "cuda_check.h"
@@ -105,46 +106,74 @@ DeviceArray BodyBuffers::upload(const void* data, size_t bytes) {
   return array;
 }
 
+DeviceLayout device_layout(const HostBody& h) {
+  const size_t V = h.num_vertices, S = h.num_betas, K = h.num_influences;
+  DeviceLayout d;
+  d.v_template_t.resize(3 * V);
+  d.shapedirs_t.resize(S * 3 * V);
+  d.skin_indices.assign(V * kMaxInfluences, 0);  // padding: bone 0, weight 0
+  d.skin_weights.assign(V * kMaxInfluences, 0.f);
+  for (size_t v = 0; v < V; ++v) {
+    for (size_t c = 0; c < 3; ++c) {
+      d.v_template_t[c * V + v] = h.v_template[v * 3 + c];  // (V, 3) -> (3, V)
+      for (size_t s = 0; s < S; ++s) {
+        d.shapedirs_t[(s * 3 + c) * V + v] = h.shapedirs[(v * 3 + c) * S + s];
+      }
+    }
+    for (size_t k = 0; k < K; ++k) {  // (V, K) -> (V, 8)
+      d.skin_indices[v * kMaxInfluences + k] = static_cast<uint8_t>(h.skin_indices[v * K + k]);
+      d.skin_weights[v * kMaxInfluences + k] = h.skin_weights[v * K + k];
+    }
+  }
+  d.parents.assign(h.parents.begin(), h.parents.end());
+  d.depth = joint_depths(h.parents);
+  d.max_depth = h.num_joints > 1 ? *std::max_element(d.depth.begin(), d.depth.end()) : 0;
+  return d;
+}
+
+DeviceBody DeviceLayout::view(const HostBody& h) const {
+  DeviceBody b;
+  b.v_template_t = v_template_t.data();
+  b.shapedirs_t = shapedirs_t.data();
+  b.j_template = h.j_template.data();
+  b.j_shapedirs = h.j_shapedirs.data();
+  b.parents = parents.data();
+  b.depth = depth.data();
+  b.skin_indices = skin_indices.data();
+  b.skin_weights = skin_weights.data();
+  b.num_vertices = h.num_vertices;
+  b.num_joints = h.num_joints;
+  b.num_betas = h.num_betas;
+  b.max_depth = max_depth;
+  return b;
+}
+
 BodyBuffers::BodyBuffers(const HostBody& h, int max_batch, int device) : max_batch_(max_batch) {
   validate_host_body(h, max_batch);
   if (device < 0) D2A_CUDA_CHECK(cudaGetDevice(&device));
   device_ = device;
   const DeviceGuard guard(device_);
-  const size_t V = h.num_vertices, J = h.num_joints, S = h.num_betas, K = h.num_influences;
-  std::vector<float> vt(3 * V), sd(S * 3 * V), weights(V * kMaxInfluences, 0.f);
-  std::vector<uint8_t> bones(V * kMaxInfluences, 0);  // padding: bone 0, weight 0
-  for (size_t v = 0; v < V; ++v) {
-    for (size_t c = 0; c < 3; ++c) {
-      vt[c * V + v] = h.v_template[v * 3 + c];  // (V, 3) -> (3, V)
-      for (size_t s = 0; s < S; ++s) sd[(s * 3 + c) * V + v] = h.shapedirs[(v * 3 + c) * S + s];
-    }
-    for (size_t k = 0; k < K; ++k) {  // (V, K) -> (V, 8)
-      bones[v * kMaxInfluences + k] = static_cast<uint8_t>(h.skin_indices[v * K + k]);
-      weights[v * kMaxInfluences + k] = h.skin_weights[v * K + k];
-    }
-  }
-  std::vector<int> parents(h.parents.begin(), h.parents.end()), depth = joint_depths(h.parents);
-  view_.num_vertices = h.num_vertices;
-  view_.num_joints = h.num_joints;
-  view_.num_betas = h.num_betas;
-  view_.max_depth = J > 1 ? *std::max_element(depth.begin(), depth.end()) : 0;
-  arrays_.push_back(upload(vt.data(), vt.size() * sizeof(float)));
-  view_.v_template_t = arrays_.back().as<float>();
-  arrays_.push_back(upload(sd.data(), sd.size() * sizeof(float)));
-  view_.shapedirs_t = arrays_.back().as<float>();
-  arrays_.push_back(upload(h.j_template.data(), h.j_template.size() * sizeof(float)));
-  view_.j_template = arrays_.back().as<float>();
-  arrays_.push_back(upload(h.j_shapedirs.data(), h.j_shapedirs.size() * sizeof(float)));
-  view_.j_shapedirs = arrays_.back().as<float>();
-  arrays_.push_back(upload(parents.data(), parents.size() * sizeof(int)));
-  view_.parents = arrays_.back().as<int>();
-  arrays_.push_back(upload(depth.data(), depth.size() * sizeof(int)));
-  view_.depth = arrays_.back().as<int>();
-  arrays_.push_back(upload(bones.data(), bones.size()));
-  view_.skin_indices = arrays_.back().as<uint8_t>();
-  arrays_.push_back(upload(weights.data(), weights.size() * sizeof(float)));
-  view_.skin_weights = arrays_.back().as<float>();
-  const size_t scratch = sizeof(float) * static_cast<size_t>(max_batch) * J * 12;
+  int major = 0;
+  D2A_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+  D2A_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
+  tensor_cores_ = major >= 8;
+  const DeviceLayout d = device_layout(h);
+  // Each array goes up as it is; the view's pointers are then swapped for the device copies.
+  const DeviceBody host_view = d.view(h);
+  const auto up = [this](const auto* data, size_t count) {
+    arrays_.push_back(upload(data, count * sizeof(*data)));
+    return arrays_.back().template as<std::remove_const_t<std::remove_pointer_t<decltype(data)>>>();
+  };
+  view_ = host_view;
+  view_.v_template_t = up(d.v_template_t.data(), d.v_template_t.size());
+  view_.shapedirs_t = up(d.shapedirs_t.data(), d.shapedirs_t.size());
+  view_.j_template = up(h.j_template.data(), h.j_template.size());
+  view_.j_shapedirs = up(h.j_shapedirs.data(), h.j_shapedirs.size());
+  view_.parents = up(d.parents.data(), d.parents.size());
+  view_.depth = up(d.depth.data(), d.depth.size());
+  view_.skin_indices = up(d.skin_indices.data(), d.skin_indices.size());
+  view_.skin_weights = up(d.skin_weights.data(), d.skin_weights.size());
+  const size_t scratch = sizeof(float) * static_cast<size_t>(max_batch) * h.num_joints * 12;
   arrays_.emplace_back(scratch);
   device_bytes_ += scratch;
   transforms_ = arrays_.back().as<float>();
@@ -177,10 +206,25 @@ void BodyBuffers::check_pointer(uintptr_t ptr, const char* name) const {
 }
 
 void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uintptr_t verts,
-                      uintptr_t joints, int batch, uintptr_t stream) const {
+                      uintptr_t joints, int batch, uintptr_t stream, const std::string& skin,
+                      int tiles_per_block) const {
   if (closed_) throw std::runtime_error("BodyBuffers is closed; create a new one");
   require(batch >= 0 && batch <= max_batch_, range_text("batch", batch, 0, max_batch_) +
                                                  " (max_batch of these BodyBuffers)");
+  require(skin == "auto" || skin == "simt" || skin == "tc",
+          "skin must be 'auto', 'simt' or 'tc', got '" + skin + "'");
+  require(tiles_per_block >= 0, range_text("tiles_per_block", tiles_per_block, 0, 1 << 15));
+  LaunchConfig config;
+  config.num_sms = num_sms_;
+  config.tiles_per_block = tiles_per_block;
+  if (skin == "tc") {  // "auto" stays on the CUDA cores until tc is measured on a GPU
+    require(tensor_cores_, "skin='tc' needs TF32 tensor cores (compute capability 8.0 or newer) "
+                           "on device " + std::to_string(device_) + "; use skin='simt'");
+    require(view_.num_betas <= kTcMaxBetas,
+            "skin='tc' handles at most " + std::to_string(kTcMaxBetas) + " betas, this body has " +
+                std::to_string(view_.num_betas) + "; use skin='simt'");
+    config.skin = SkinVariant::kTensorCore;
+  }
   if (batch == 0) return;
   const DeviceGuard guard(device_);
   check_pointer(rotmats, "rotmats");
@@ -191,7 +235,7 @@ void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uint
   launch_lbs(view_, reinterpret_cast<const float*>(rotmats), reinterpret_cast<const float*>(betas),
              reinterpret_cast<const float*>(transl), reinterpret_cast<float*>(verts),
              reinterpret_cast<float*>(joints), transforms_, batch,
-             reinterpret_cast<cudaStream_t>(stream));
+             reinterpret_cast<cudaStream_t>(stream), config);
 }
 
 double peak_memory_bandwidth(int device) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "lbs_kernels.h"
@@ -30,6 +31,21 @@ struct HostBody {
 
 // Throws std::invalid_argument naming the bad value if the arrays are inconsistent.
 void validate_host_body(const HostBody& host, int max_batch);
+
+// A validated HostBody rearranged into the kernels' layout (see DeviceBody), on the host:
+// BodyBuffers uploads it, the CPU emulation of the kernels (csrc/tests) reads it in place.
+struct DeviceLayout {
+  std::vector<float> v_template_t;    // (3, V)
+  std::vector<float> shapedirs_t;     // (S, 3, V)
+  std::vector<int> parents;           // (J,)
+  std::vector<int> depth;             // (J,)
+  std::vector<uint8_t> skin_indices;  // (V, 8), padding: bone 0
+  std::vector<float> skin_weights;    // (V, 8), padding: weight 0
+  int max_depth = 0;
+  // A DeviceBody pointing at these vectors and at `host`'s joint arrays (host memory).
+  DeviceBody view(const HostBody& host) const;
+};
+DeviceLayout device_layout(const HostBody& host);
 
 // One cudaMalloc'ed array; frees itself (errors ignored: destructors may run at CUDA teardown).
 class DeviceArray {
@@ -56,10 +72,13 @@ class BodyBuffers {
   BodyBuffers(const HostBody& host, int max_batch, int device);
 
   // Enqueues LBS for `batch` bodies on `stream`; pointer shapes as in lbs_kernels.h.
-  // Throws std::invalid_argument for null / misaligned / non-device pointers, a closed object
-  // or batch outside [0, max_batch]; std::runtime_error for CUDA failures.
+  // `skin`: "auto", "simt" or "tc" (SkinVariant); `tiles_per_block` 0 = chosen here.
+  // Throws std::invalid_argument for null / misaligned / non-device pointers, a closed object,
+  // batch outside [0, max_batch] or a skin variant this device or body cannot run;
+  // std::runtime_error for CUDA failures.
   void lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uintptr_t verts,
-           uintptr_t joints, int batch, uintptr_t stream) const;
+           uintptr_t joints, int batch, uintptr_t stream, const std::string& skin = "auto",
+           int tiles_per_block = 0) const;
 
   void close() noexcept;  // frees the device memory; later lbs() calls raise
   bool closed() const { return closed_; }
@@ -79,6 +98,8 @@ class BodyBuffers {
   float* transforms_ = nullptr;  // (max_batch, J, 3, 4), owned by arrays_
   int max_batch_ = 0;
   int device_ = 0;
+  int num_sms_ = 0;
+  bool tensor_cores_ = false;  // compute capability >= 8.0 (TF32 mma.sync)
   size_t device_bytes_ = 0;
   bool closed_ = false;
 };

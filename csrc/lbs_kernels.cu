@@ -1,31 +1,22 @@
 // CUDA linear blend skinning: the twin of d2a_edge/body/lbs_torch.py (the oracle), fp32.
 //
-//   kernel 1 (fk_kernel), one block per body b:   j_rest = j_template + j_shapedirs . betas[b]
-//       forward kinematics level by level down `parents` (a batch's joints in shared memory),
-//       posed joints -> joints[b], skinning transforms A[b, j] = [rot | pos - rot . j_rest] (3x4).
-//   kernel 2 (skin_kernel<BT>), one thread per vertex v and a tile of BT bodies:
+//   kernel 1 (fk_kernel<JT>, body in lbs_bodies.cuh), a warp (J <= 32) or two per body b:
+//       j_rest = j_template + j_shapedirs . betas[b], forward kinematics level by level down
+//       `parents`, posed joints -> joints[b], skinning transforms A[b, j] (3x4) -> scratch.
+//   kernel 2, SkinVariant::kTensorCore (skin_tc_kernel<KT>, body in lbs_bodies.cuh): the shape
+//       blend on tensor cores (3xTF32), skinning on CUDA cores.
+//   kernel 2, SkinVariant::kSimt (skin_kernel<BT>), one thread per vertex v and a tile of BT bodies:
 //       v_shaped = v_template[v] + shapedirs[v] . betas[b]   (shape blend, fused)
 //       T = sum_k w[v, k] A[b, idx[v, k]];  verts[b, v] = T[:, :3] . v_shaped + T[:, 3]
 //   Each thread reads its vertex's body arrays once and reuses them for the BT bodies of its tile.
 #include "cuda_check.h"
+#include "lbs_bodies.cuh"
 #include "lbs_kernels.h"
 
 namespace d2a {
 namespace {
 
 constexpr int kSkinThreads = 128;
-
-// out = a . b for row-major 3x3 matrices.
-__device__ __forceinline__ void matmul3(const float* a, const float* b, float* out) {
-#pragma unroll
-  for (int r = 0; r < 3; ++r) {
-#pragma unroll
-    for (int c = 0; c < 3; ++c) {
-      out[r * 3 + c] = a[r * 3 + 0] * b[0 * 3 + c] + a[r * 3 + 1] * b[1 * 3 + c] +
-                       a[r * 3 + 2] * b[2 * 3 + c];
-    }
-  }
-}
 
 // beta[bt] = row[bt] for bt < BT from 16-byte-aligned shared memory (LDS.128 when BT % 4 == 0).
 template <int BT>
@@ -42,64 +33,6 @@ __device__ __forceinline__ void load_row(const float* row, float* beta) {
   } else {
 #pragma unroll
     for (int bt = 0; bt < BT; ++bt) beta[bt] = row[bt];
-  }
-}
-
-// blockDim.x >= J threads, thread j owns joint j. Mirrors lbs_torch.forward_kinematics.
-__global__ void fk_kernel(DeviceBody body, const float* __restrict__ rotmats,
-                          const float* __restrict__ betas, const float* __restrict__ transl,
-                          float* __restrict__ joints_out, float* __restrict__ transforms) {
-  __shared__ float s_rot[kMaxJoints][9];  // accumulated rotation of joint j (world)
-  __shared__ float s_pos[kMaxJoints][3];  // posed position of joint j
-  __shared__ float s_rest[kMaxJoints][3];  // rest joint j of this body's shape
-  const int J = body.num_joints, S = body.num_betas;
-  const int b = blockIdx.x, j = threadIdx.x;
-  const bool active = j < J;
-  float rj[9];  // rotmats[b, j]
-  if (active) {
-    const float* R = rotmats + (static_cast<size_t>(b) * J + j) * 9;
-#pragma unroll
-    for (int i = 0; i < 9; ++i) rj[i] = R[i];
-    const float* beta = betas + static_cast<size_t>(b) * S;
-    for (int c = 0; c < 3; ++c) {  // j_rest = j_template + j_shapedirs . beta
-      const float* dirs = body.j_shapedirs + (j * 3 + c) * S;
-      float blend = 0.f;
-      for (int s = 0; s < S; ++s) blend += dirs[s] * beta[s];
-      s_rest[j][c] = body.j_template[j * 3 + c] + blend;
-    }
-    if (j == 0) {  // root: rot = rotmats[b, 0], pos = transl[b]
-#pragma unroll
-      for (int i = 0; i < 9; ++i) s_rot[0][i] = rj[i];
-      for (int c = 0; c < 3; ++c) s_pos[0][c] = transl[b * 3 + c];
-    }
-  }
-  __syncthreads();
-  const int my_depth = active ? body.depth[j] : -1;
-  for (int level = 1; level <= body.max_depth; ++level) {  // parents are final before children
-    if (my_depth == level) {
-      const int p = body.parents[j];
-      matmul3(s_rot[p], rj, s_rot[j]);  // rot[j] = rot[p] . rotmats[b, j]
-      float off[3];                     // offset = j_rest[j] - j_rest[p]
-      for (int c = 0; c < 3; ++c) off[c] = s_rest[j][c] - s_rest[p][c];
-      for (int r = 0; r < 3; ++r) {  // pos[j] = pos[p] + rot[p] . offset
-        s_pos[j][r] = s_pos[p][r] + (s_rot[p][r * 3 + 0] * off[0] +
-                                     s_rot[p][r * 3 + 1] * off[1] + s_rot[p][r * 3 + 2] * off[2]);
-      }
-    }
-    __syncthreads();
-  }
-  if (!active) return;
-  float* A = transforms + (static_cast<size_t>(b) * J + j) * 12;  // (3, 4) row-major
-  float* out = joints_out + (static_cast<size_t>(b) * J + j) * 3;
-  for (int r = 0; r < 3; ++r) {  // t = pos - rot . j_rest
-    const float* row = s_rot[j] + r * 3;
-    const float t = s_pos[j][r] - (row[0] * s_rest[j][0] + row[1] * s_rest[j][1] +
-                                   row[2] * s_rest[j][2]);
-    A[r * 4 + 0] = row[0];
-    A[r * 4 + 1] = row[1];
-    A[r * 4 + 2] = row[2];
-    A[r * 4 + 3] = t;
-    out[r] = s_pos[j][r];
   }
 }
 
@@ -170,6 +103,49 @@ __global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 
   }
 }
 
+template <int JT>
+__global__ void __launch_bounds__(kFkThreads)
+    fk_kernel(DeviceBody body, const float* __restrict__ rotmats, const float* __restrict__ betas,
+              const float* __restrict__ transl, int batch, float* __restrict__ joints,
+              float* __restrict__ transforms) {
+  DevicePolicy p;
+  fk_body<JT>(p, body, rotmats, betas, transl, batch, joints, transforms);
+}
+
+template <int KT>
+__global__ void __launch_bounds__(kTcWarps * 32, KT <= 2 ? 4 : 3)  // <= 128 / 168 registers
+    skin_tc_kernel(DeviceBody body, const float* __restrict__ betas,
+                   const float* __restrict__ transforms, int batch, int tiles_per_block,
+                   float* __restrict__ verts) {
+#if __CUDA_ARCH__ >= 800
+  DevicePolicy p;
+  skin_tc_body<KT>(p, body, betas, transforms, batch, tiles_per_block, verts);
+#endif
+}
+
+// 8-body tiles per block: enough blocks for about 8 per multiprocessor (two waves at the four
+// that fit), and as many tiles per block as that allows, since each block splits its vertices'
+// shapedirs into TF32 fragments once for all of its tiles.
+int tc_tiles_per_block(int blocks_x, int tiles, int num_sms) {
+  const long long target = 8LL * (num_sms > 0 ? num_sms : 1);
+  const long long per = (static_cast<long long>(blocks_x) * tiles + target - 1) / target;
+  return static_cast<int>(per < 1 ? 1 : (per > tiles ? tiles : per));
+}
+
+template <int KT>
+void launch_skin_tc(const DeviceBody& body, const float* betas, const float* transforms,
+                    int batch, float* verts, cudaStream_t stream, const LaunchConfig& config) {
+  const int blocks_x = (body.num_vertices + kTcWarps * 16 - 1) / (kTcWarps * 16);
+  const int tiles = (batch + 7) / 8;
+  const int per = config.tiles_per_block > 0 ? config.tiles_per_block
+                                             : tc_tiles_per_block(blocks_x, tiles, config.num_sms);
+  const dim3 grid(blocks_x, (tiles + per - 1) / per);
+  const size_t smem = sizeof(float) * tc_smem_floats(body.num_joints, KT);
+  skin_tc_kernel<KT><<<grid, kTcWarps * 32, smem, stream>>>(body, betas, transforms, batch, per,
+                                                            verts);
+  D2A_CUDA_CHECK(cudaGetLastError());
+}
+
 template <int BT>
 void launch_skin(const DeviceBody& body, const float* betas, const float* transforms, int batch,
                  float* verts, cudaStream_t stream) {
@@ -183,12 +159,25 @@ void launch_skin(const DeviceBody& body, const float* betas, const float* transf
 
 void launch_lbs(const DeviceBody& body, const float* rotmats, const float* betas,
                 const float* transl, float* verts, float* joints, float* transforms, int batch,
-                cudaStream_t stream) {
+                cudaStream_t stream, const LaunchConfig& config) {
   if (batch <= 0) return;
-  const int fk_threads = body.num_joints <= 32 ? 32 : kMaxJoints;
-  fk_kernel<<<batch, fk_threads, 0, stream>>>(body, rotmats, betas, transl, joints, transforms);
+  const size_t fk_smem = sizeof(float) * fk_smem_floats();
+  if (body.num_joints <= 32) {
+    fk_kernel<32><<<(batch + 3) / 4, kFkThreads, fk_smem, stream>>>(body, rotmats, betas, transl,
+                                                                    batch, joints, transforms);
+  } else {
+    fk_kernel<64><<<(batch + 1) / 2, kFkThreads, fk_smem, stream>>>(body, rotmats, betas, transl,
+                                                                    batch, joints, transforms);
+  }
   D2A_CUDA_CHECK(cudaGetLastError());
-  if (batch >= 8) {
+  if (config.skin == SkinVariant::kTensorCore) {
+    switch ((body.num_betas + 7) / 8) {  // BodyBuffers::lbs checked S <= kTcMaxBetas
+      case 1: launch_skin_tc<1>(body, betas, transforms, batch, verts, stream, config); break;
+      case 2: launch_skin_tc<2>(body, betas, transforms, batch, verts, stream, config); break;
+      case 3: launch_skin_tc<3>(body, betas, transforms, batch, verts, stream, config); break;
+      default: launch_skin_tc<4>(body, betas, transforms, batch, verts, stream, config); break;
+    }
+  } else if (batch >= 8) {
     launch_skin<8>(body, betas, transforms, batch, verts, stream);
   } else if (batch >= 4) {
     launch_skin<4>(body, betas, transforms, batch, verts, stream);

@@ -29,6 +29,19 @@ struct DeviceBody {
   int max_depth = 0;
 };
 
+// How the skinning launch runs (the forward kinematics launch is the same for both).
+//   kSimt: CUDA cores only, any GPU (skin_kernel<BT>).
+//   kTensorCore: the shape blend as a 3xTF32 mma.sync GEMM (shapedirs x betas) on tensor
+//     cores, skinning on CUDA cores; compute capability >= 8.0 and S <= kTcMaxBetas.
+enum class SkinVariant { kSimt, kTensorCore };
+constexpr int kTcMaxBetas = 32;
+
+struct LaunchConfig {
+  SkinVariant skin = SkinVariant::kSimt;
+  int num_sms = 0;          // the device's multiprocessors (kTensorCore sizes its grid with it)
+  int tiles_per_block = 0;  // kTensorCore: 8-body tiles per block; 0 = from num_sms
+};
+
 // Posed vertices and joints for a batch of B bodies, enqueued on `stream` (nothing synchronizes).
 //   rotmats (B, J, 3, 3), betas (B, S), transl (B, 3)   inputs, root joint placed at transl
 //   verts (B, V, 3), joints (B, J, 3)                    outputs
@@ -36,6 +49,6 @@ struct DeviceBody {
 // Throws std::runtime_error (via D2A_CUDA_CHECK) if a launch fails.
 void launch_lbs(const DeviceBody& body, const float* rotmats, const float* betas,
                 const float* transl, float* verts, float* joints, float* transforms, int batch,
-                cudaStream_t stream);
+                cudaStream_t stream, const LaunchConfig& config = {});
 
 }  // namespace d2a

@@ -8,6 +8,7 @@ Raw-pointer use (TensorRT buffers, cuda-python)::
 
     with body_buffers(asset, max_batch=8) as buf:   # uploads the body once
         buf.lbs(rotmats_ptr, betas_ptr, transl_ptr, verts_ptr, joints_ptr, batch, stream)
+        buf.lbs(..., stream, skin="tc")   # shape blend on TF32 tensor cores (sm_80+, S <= 32)
 
 Pointers are ints to fp32 C-contiguous device memory on ``buf.device``: rotmats (B, J, 3, 3),
 betas (B, S), transl (B, 3) in; verts (B, V, 3), joints (B, J, 3) out; ``stream`` is a
@@ -70,11 +71,13 @@ def _check_tensor(torch, name: str, t, device_index: int) -> None:
         raise ValueError(f"{name} must be contiguous; call .contiguous() first")
 
 
-def lbs_torch_cuda(rotmats, betas, transl, buffers):
+def lbs_torch_cuda(rotmats, betas, transl, buffers, skin: str = "auto"):
     """Posed ``verts (B, V, 3)`` and ``joints (B, J, 3)`` float32 CUDA tensors.
 
     rotmats: (B, J, 3, 3); betas: (B, S); transl: (B, 3) root joint position; all float32,
     contiguous, on ``cuda:buffers.device``. Runs on torch's current stream of that device.
+    ``skin``: "simt" (CUDA cores), "tc" (the shape blend on TF32 tensor cores in 3xTF32, compute
+    capability 8.0+ and at most 32 betas) or "auto" (currently "simt").
     """
     import torch  # only here: the SDK stays torch-free at import
 
@@ -95,7 +98,7 @@ def lbs_torch_cuda(rotmats, betas, transl, buffers):
     joints = torch.empty((B, J, 3), dtype=torch.float32, device=rotmats.device)
     stream = torch.cuda.current_stream(rotmats.device).cuda_stream
     buffers.lbs(rotmats.data_ptr(), betas.data_ptr(), transl.data_ptr(), verts.data_ptr(),
-                joints.data_ptr(), B, stream)
+                joints.data_ptr(), B, stream, skin=skin)
     return verts, joints
 
 

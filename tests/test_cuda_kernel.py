@@ -1,8 +1,11 @@
 """The CUDA LBS kernel (csrc/, ``d2a_edge._lbs_cuda``) against the torch oracle.
 
 On a CPU machine: the extension is compiled with CMake + nvcc (slow) and its Python-side
-validation runs (it raises before any CUDA call). On a GPU machine (``gpu`` marker): parity
-with ``lbs_torch.lbs`` in float64 to 1e-5 m, streams and bad-input errors.
+validation runs (it raises before any CUDA call); the kernel bodies of lbs_bodies.cuh (forward
+kinematics, tensor-core skinning) run thread by thread in the CPU emulation
+csrc/tests/emulate_lbs.cu and must match ``lbs_torch.lbs`` in float64 to 1e-5 m. On a GPU
+machine (``gpu`` marker): parity of both skinning variants with the oracle to 1e-5 m, streams
+and bad-input errors.
 """
 import importlib.util
 import re
@@ -155,6 +158,99 @@ def test_wrapper_import_is_torch_free():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+# ---- CPU: the kernel bodies emulated thread by thread, against the oracle ----
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory) -> Path:
+    """csrc/tests/emulate_lbs.cu built with nvcc (host code; the device code for sm_80 too)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("needs nvcc on PATH to build the kernel emulation")
+    out = tmp_path_factory.mktemp("emulate_lbs") / "emulate_lbs"
+    cmd = [nvcc, "-std=c++17", "-O2", "-arch=sm_80", "-Xcompiler", "-pthread", f"-I{CSRC}",
+           str(CSRC / "tests" / "emulate_lbs.cu"), str(CSRC / "body_buffers.cpp"),
+           str(CSRC / "lbs_kernels.cu"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return out
+
+
+def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, tiles: int):
+    """verts (B, V, 3), joints (B, J, 3) from the emulated fk + tensor-core skinning kernels."""
+    V, J, S = arrays["shapedirs"].shape[0], len(arrays["parents"]), arrays["shapedirs"].shape[2]
+    K, B = arrays["skin_indices"].shape[1], rot.shape[0]
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "dims.txt").write_text(f"{V} {J} {S} {K} {B}\n")
+    for name in ("v_template", "shapedirs", "j_template", "j_shapedirs", "skin_weights"):
+        np.ascontiguousarray(arrays[name], np.float32).tofile(work / f"{name}.bin")
+    for name in ("parents", "skin_indices"):
+        np.ascontiguousarray(arrays[name], np.int64).tofile(work / f"{name}.bin")
+    for name, a in (("rotmats", rot), ("betas", betas), ("transl", transl)):
+        np.ascontiguousarray(a, np.float32).tofile(work / f"{name}.bin")
+    proc = subprocess.run([str(emulator), str(work), str(tiles)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return (np.fromfile(work / "verts.bin", np.float32).reshape(B, V, 3),
+            np.fromfile(work / "joints.bin", np.float32).reshape(B, J, 3))
+
+
+def _chain_arrays(seed: int, V: int, J: int, S: int) -> dict:
+    """tiny_arrays' kind of body with a long chain of J joints (two warps per body in fk)."""
+    arrays = tiny_arrays(seed, V=V, S=S)
+    r = np.random.default_rng(seed + 1)
+    parents = np.array([-1] + [max(0, j - 1 - int(r.integers(0, 3))) for j in range(1, J)])
+    arrays.update(parents=parents.astype(np.int32),
+                  j_template=r.normal(0, 0.1, (J, 3)).astype(np.float32),
+                  j_shapedirs=r.normal(0, 0.02, (J, 3, S)).astype(np.float32),
+                  skin_indices=r.integers(0, J, (V, 8)).astype(np.int32))
+    return arrays
+
+
+EMULATED = {  # name -> (body, batch, tiles per block): tails of vertices, bodies and betas
+    "tiny-b1": (lambda: tiny_arrays(), 1, 1),
+    "tiny-b7": (lambda: tiny_arrays(), 7, 1),
+    "tiny-b19-2tiles": (lambda: tiny_arrays(seed=3, V=150), 19, 2),
+    "tiny-b19-1tile": (lambda: tiny_arrays(seed=3, V=150), 19, 1),
+    "j40-s20": (lambda: _chain_arrays(5, V=70, J=40, S=20), 9, 1),
+    "j25-s32": (lambda: _chain_arrays(6, V=100, J=25, S=32), 8, 1),
+    "s16-scaled": (lambda: tiny_arrays(seed=7, V=90, S=16), 16, 2),
+}
+
+
+@pytest.mark.slow
+@requires_torch
+@pytest.mark.parametrize("case", sorted(EMULATED))
+def test_emulated_kernels_match_oracle(emulator, tmp_path, case):
+    make, batch, tiles = EMULATED[case]
+    arrays = make()
+    rng = np.random.default_rng(batch)
+    rot, betas, transl = random_inputs(rng, batch, len(arrays["parents"]),
+                                       arrays["shapedirs"].shape[2])
+    if case == "s16-scaled":  # Anny-sized shape offsets: where plain TF32 would miss 1e-5 m
+        arrays["shapedirs"] = (arrays["shapedirs"] * 15).astype(np.float32)
+        betas = betas * 2
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, tiles)
+    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
+                                    transl.astype(np.float32), "cpu")
+    assert np.abs(joints - ref_joints).max() <= TOL_M
+    assert np.abs(verts - ref_verts).max() <= TOL_M  # NaN (a vertex never written) fails too
+
+
+@pytest.mark.slow
+@requires_torch
+def test_emulated_kernels_match_oracle_on_anny(emulator, tmp_path, request):
+    if not anny_available():
+        pytest.skip("needs anny ([train] extra) for the real asset")
+    arrays = request.getfixturevalue("anny_asset").lbs_arrays()
+    rng = np.random.default_rng(11)
+    rot, betas, transl = random_inputs(rng, 11, len(arrays["parents"]),
+                                       arrays["shapedirs"].shape[2])
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, 1)
+    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
+                                    transl.astype(np.float32), "cpu")
+    assert np.abs(joints - ref_joints).max() <= TOL_M
+    assert np.abs(verts - ref_verts).max() <= TOL_M
+
+
 # ---- GPU: parity with the oracle, streams, bad inputs ----
 
 def _oracle(arrays: dict, rot, betas, transl, device: str):
@@ -171,13 +267,18 @@ def _oracle(arrays: dict, rot, betas, transl, device: str):
     return verts.cpu().numpy(), joints.cpu().numpy()
 
 
-def _run_cuda(buffers, rot, betas, transl):
+def _run_cuda(buffers, rot, betas, transl, skin: str = "auto"):
     import torch
     f = [torch.as_tensor(a, dtype=torch.float32, device=f"cuda:{buffers.device}")
          for a in (rot, betas, transl)]
-    verts, joints = skinning_cuda.lbs_torch_cuda(*f, buffers)
+    verts, joints = skinning_cuda.lbs_torch_cuda(*f, buffers, skin=skin)
     torch.cuda.synchronize()
     return verts.cpu().numpy(), joints.cpu().numpy()
+
+
+def _compute_capability() -> tuple[int, int]:
+    import torch
+    return torch.cuda.get_device_capability()
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +294,18 @@ def body_cases(request, ext):
 @requires_gpu
 @pytest.mark.parametrize("body", ["tiny", "anny"])
 @pytest.mark.parametrize("batch", [1, 7, 256])
-def test_matches_torch_oracle(ext, body_cases, body, batch):
+@pytest.mark.parametrize("skin", ["simt", "tc"])
+def test_matches_torch_oracle(ext, body_cases, body, batch, skin):
     if body not in body_cases:
         pytest.skip("needs anny ([train] extra) for the real asset")
+    if skin == "tc" and _compute_capability() < (8, 0):
+        pytest.skip("skin='tc' needs compute capability 8.0+ (TF32 tensor cores)")
     arrays = body_cases[body]
     rng = np.random.default_rng(batch)
     rot, betas, transl = random_inputs(rng, batch, len(arrays["parents"]),
                                        arrays["shapedirs"].shape[2])
     with ext.BodyBuffers(**arrays, max_batch=256) as buffers:
-        verts, joints = _run_cuda(buffers, rot, betas, transl)
+        verts, joints = _run_cuda(buffers, rot, betas, transl, skin)
     ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
                                     transl.astype(np.float32), "cuda")
     assert verts.shape == ref_verts.shape and joints.shape == ref_joints.shape
