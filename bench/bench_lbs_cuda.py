@@ -3,14 +3,16 @@
 Goals: batch 1 latency >= 10x faster than torch eager; batch 256 achieved DRAM bandwidth
 >= 60 % of the device's peak (bytes = inputs + outputs + body arrays read once + the
 transform scratch written and read; peak = 2 x memory clock x bus width).
-Prints a table to stdout (with each kernel's device time at batch 256, so the forward-kinematics
-launch and the skinning launch are told apart) and writes nothing. Exit code 2 without a CUDA
+Prints a table to stdout for each skinning variant (``simt``, and ``tc`` on compute capability
+8.0+: the shape blend on tensor cores), with each kernel's device time at batch 256, so the
+forward-kinematics launch and the skinning launch are told apart, the variants' largest
+difference, and for ``tc`` a sweep of its grid shape (``tiles_per_block``); writes nothing. Exit code 2 without a CUDA
 GPU or the extension.
 
 ``--roofline`` prints, on any machine, the kernel's arithmetic (FLOPs per vertex and body from
 the asset's skinning weights) against its DRAM bytes, and what the bandwidth goal demands of the
 fp32 units of a device with ``--peak-gbs`` and ``--fp32-tflops`` (default: H200 SXM, 4,814 GB/s
-as measured there, 67 TFLOP/s fp32 per NVIDIA's datasheet).
+as measured there, 67 TFLOP/s fp32 and 494 TFLOP/s dense TF32 per NVIDIA's datasheet).
 
     python bench/bench_lbs_cuda.py [--asset anny|PATH.npz] [--iters 200]
     python bench/bench_lbs_cuda.py --roofline [--asset anny]
@@ -97,7 +99,7 @@ def skin_flops(asset) -> tuple[float, float]:
     return fixed + 24 * float(n.mean()), fixed + 24 * float(warp_max.mean())
 
 
-def roofline(asset, peak_gbs: float, fp32_tflops: float, batch: int = 256,
+def roofline(asset, peak_gbs: float, fp32_tflops: float, tf32_tflops: float, batch: int = 256,
              goal: float = GOAL_BANDWIDTH_FRACTION) -> None:
     V, J, S = asset.num_vertices, asset.num_joints, asset.num_betas
     useful, issued = skin_flops(asset)
@@ -112,6 +114,13 @@ def roofline(asset, peak_gbs: float, fp32_tflops: float, batch: int = 256,
     print(f"{100 * goal:.0f} % of peak bandwidth needs {need:.1f} TFLOP/s useful = "
           f"{100 * need / fp32_tflops:.0f} % of fp32 peak ({100 * need * issued / useful / fp32_tflops:.0f} % "
           f"issued) at the same time")
+    blend = 6 * S  # skin='tc': the shape blend on tensor cores, in three TF32 products
+    need_cores = need * (useful - blend) / useful
+    need_tc = goal * peak_gbs * 1e9 * 3 * blend * batch * V / nbytes / 1e12
+    print(f"skin='tc' (shape blend, {blend} FLOPs, on tensor cores as 3xTF32): {need_cores:.1f} "
+          f"TFLOP/s useful on the fp32 units = {100 * need_cores / fp32_tflops:.0f} % of their "
+          f"peak, plus {need_tc:.0f} TFLOP/s TF32 = {100 * need_tc / tf32_tflops:.0f} % of the "
+          f"tensor cores' {tf32_tflops:.0f} (dense)")
 
 
 def _inputs(torch, B: int, J: int, S: int, seed: int = 0):
@@ -151,41 +160,60 @@ def run(asset_spec: str, iters: int) -> int:
     print(f"device: {torch.cuda.get_device_name(dev)}, peak DRAM {peak / 1e9:.0f} GB/s; "
           f"body {asset.name}: V={V} J={J} S={S}")
     oracle = BodyLayer(asset).cuda()
+    skins = ["simt"] + (["tc"] if torch.cuda.get_device_capability(dev) >= (8, 0) and S <= 32
+                        else [])
+    nbytes = traffic_bytes(256, V, J, S)
+    useful, _ = skin_flops(asset)
     with skinning_cuda.body_buffers(asset, max_batch=256) as buf, torch.no_grad():
+        stream = torch.cuda.current_stream().cuda_stream
         x1 = _inputs(torch, 1, J, S)
-        eager_ms = _latency_ms(lambda: oracle(*x1), torch, iters)
-        wrap_ms = _latency_ms(lambda: skinning_cuda.lbs_torch_cuda(*x1, buf), torch, iters)
         out1 = [torch.empty(1, V, 3, device="cuda"), torch.empty(1, J, 3, device="cuda")]
         ptrs1 = [t.data_ptr() for t in (*x1, *out1)]
-        stream = torch.cuda.current_stream().cuda_stream
-        raw_ms = _latency_ms(lambda: buf.lbs(*ptrs1, 1, stream), torch, iters)
         x256 = _inputs(torch, 256, J, S)
         out256 = [torch.empty(256, V, 3, device="cuda"), torch.empty(256, J, 3, device="cuda")]
         ptrs256 = [t.data_ptr() for t in (*x256, *out256)]
-        kernel_ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream), torch, iters)
-        try:  # a breakdown only: the profiler failing must not cost the numbers above
-            parts = kernel_times_us(lambda: buf.lbs(*ptrs256, 256, stream), torch, 50)
-        except Exception as e:  # noqa: BLE001 (CUPTI errors surface as several types)
-            print(f"no per-kernel breakdown: {type(e).__name__}: {e}", file=sys.stderr)
-            parts = {}
+        eager_ms = _latency_ms(lambda: oracle(*x1), torch, iters)
         eager256_ms = _throughput_ms(lambda: oracle(*x256), torch, max(iters // 10, 5))
-    speedup = eager_ms / wrap_ms
-    bandwidth = traffic_bytes(256, V, J, S) / (kernel_ms * 1e-3)
-    fraction = bandwidth / peak
-    print(f"batch 1   torch eager        {eager_ms * 1e3:9.1f} us")
-    print(f"batch 1   lbs_torch_cuda     {wrap_ms * 1e3:9.1f} us  ({speedup:.1f}x; goal >= "
-          f"{GOAL_SPEEDUP_B1:.0f}x: {'met' if speedup >= GOAL_SPEEDUP_B1 else 'MISSED'})")
-    print(f"batch 1   raw pointers       {raw_ms * 1e3:9.1f} us  ({eager_ms / raw_ms:.1f}x)")
-    print(f"batch 256 torch eager        {eager256_ms * 1e3:9.1f} us")
-    print(f"batch 256 kernel (events)    {kernel_ms * 1e3:9.1f} us  "
-          f"{traffic_bytes(256, V, J, S) / 1e6:.1f} MB -> {bandwidth / 1e9:.0f} GB/s = "
-          f"{100 * fraction:.0f} % of peak (goal >= {100 * GOAL_BANDWIDTH_FRACTION:.0f} %: "
-          f"{'met' if fraction >= GOAL_BANDWIDTH_FRACTION else 'MISSED'})")
-    for name, us in sorted(parts.items(), key=lambda kv: -kv[1]):  # where the time goes
-        print(f"batch 256   {name:<24} {us:9.1f} us of device time per call (profiler)")
-    useful, _ = skin_flops(asset)
-    print(f"batch 256 fp32 work          {useful * 256 * V / (kernel_ms * 1e-3) / 1e12:9.1f} "
-          f"TFLOP/s useful (see --roofline)")
+        print(f"batch 1   torch eager        {eager_ms * 1e3:9.1f} us")
+        print(f"batch 256 torch eager        {eager256_ms * 1e3:9.1f} us")
+        ref = None
+        for skin in skins:
+            wrap_ms = _latency_ms(lambda: skinning_cuda.lbs_torch_cuda(*x1, buf, skin=skin),
+                                  torch, iters)
+            raw_ms = _latency_ms(lambda: buf.lbs(*ptrs1, 1, stream, skin=skin), torch, iters)
+            kernel_ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream, skin=skin), torch,
+                                       iters)
+            torch.cuda.synchronize()
+            verts = out256[0].clone()
+            if ref is None:
+                ref = verts
+            try:  # a breakdown only: the profiler failing must not cost the numbers above
+                parts = kernel_times_us(lambda: buf.lbs(*ptrs256, 256, stream, skin=skin),
+                                        torch, 50)
+            except Exception as e:  # noqa: BLE001 (CUPTI errors surface as several types)
+                print(f"no per-kernel breakdown: {type(e).__name__}: {e}", file=sys.stderr)
+                parts = {}
+            speedup = eager_ms / wrap_ms
+            fraction = nbytes / (kernel_ms * 1e-3) / peak
+            print(f"[skin={skin}]")
+            print(f"batch 1   lbs_torch_cuda     {wrap_ms * 1e3:9.1f} us  ({speedup:.1f}x; goal >= "
+                  f"{GOAL_SPEEDUP_B1:.0f}x: {'met' if speedup >= GOAL_SPEEDUP_B1 else 'MISSED'})")
+            print(f"batch 1   raw pointers       {raw_ms * 1e3:9.1f} us  ({eager_ms / raw_ms:.1f}x)")
+            print(f"batch 256 kernel (events)    {kernel_ms * 1e3:9.1f} us  "
+                  f"{nbytes / 1e6:.1f} MB -> {fraction * peak / 1e9:.0f} GB/s = "
+                  f"{100 * fraction:.0f} % of peak (goal >= {100 * GOAL_BANDWIDTH_FRACTION:.0f} %: "
+                  f"{'met' if fraction >= GOAL_BANDWIDTH_FRACTION else 'MISSED'})")
+            for name, us in sorted(parts.items(), key=lambda kv: -kv[1]):  # where the time goes
+                print(f"batch 256   {name:<24} {us:9.1f} us of device time per call (profiler)")
+            print(f"batch 256 fp32 work          {useful * 256 * V / (kernel_ms * 1e-3) / 1e12:9.1f} "
+                  f"TFLOP/s useful (see --roofline)")
+            print(f"batch 256 max |verts - simt| {(verts - ref).abs().max().item() * 1e3:9.5f} mm")
+            if skin == "tc":  # the grid's body tiles per block, against the automatic choice
+                for per in (1, 2, 4, 8, 16):
+                    ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream, skin="tc",
+                                                        tiles_per_block=per), torch, iters)
+                    print(f"batch 256 tc tiles_per_block={per:<2} {ms * 1e3:7.1f} us = "
+                          f"{100 * nbytes / (ms * 1e-3) / peak:.0f} % of peak")
     return 0
 
 
@@ -199,9 +227,11 @@ def main(argv=None) -> int:
                    help="print the kernel's FLOPs against its bytes (no GPU needed) and exit")
     p.add_argument("--peak-gbs", type=float, default=4814.0, help="--roofline: DRAM GB/s")
     p.add_argument("--fp32-tflops", type=float, default=67.0, help="--roofline: fp32 TFLOP/s")
+    p.add_argument("--tf32-tflops", type=float, default=494.0,
+                   help="--roofline: dense TF32 tensor-core TFLOP/s")
     args = p.parse_args(argv)
     if args.roofline:
-        roofline(_load_asset(args.asset), args.peak_gbs, args.fp32_tflops)
+        roofline(_load_asset(args.asset), args.peak_gbs, args.fp32_tflops, args.tf32_tflops)
         return 0
     return run(args.asset, args.iters)
 
