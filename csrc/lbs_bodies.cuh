@@ -56,6 +56,37 @@ D2A_UNROLL
   }
 }
 
+// One vertex skinned for NQ bodies: out[q] = sum_k w[k] A_q[bone_k] . (p[q], 1) (p, out: NQ x 3
+// floats, kept in registers when inlined with constant indices), with A_q =
+// A + q * stride the transforms (J, 3, 4) of body q (16-byte aligned) and bone k in byte k of
+// `bones`. The influence loop is outside the body loop, so a weight's test and its bone are
+// decoded once for the NQ bodies. Zero weights are skipped: padding, and true zeros add nothing
+// (unless A holds inf/NaN). Per influence and body: three 16-byte loads and 12 FMAs (the
+// point transformed by A_q, then weighted), the same sum as the oracle's
+// (sum_k w_k A_k) . (p, 1) up to fp32 rounding.
+template <int NQ>
+D2A_HD void skin_vertex(const float* A, int stride, const float* w, uint2 bones, const float* p,
+                        float* out) {
+D2A_UNROLL
+  for (int i = 0; i < NQ * 3; ++i) out[i] = 0.f;
+D2A_UNROLL
+  for (int k = 0; k < kMaxInfluences; ++k) {
+    const float wk = w[k];
+    if (wk == 0.f) continue;
+    const unsigned word = k < 4 ? bones.x : bones.y;
+    const float* Ak = A + ((word >> (8 * (k & 3))) & 0xff) * 12;
+D2A_UNROLL
+    for (int q = 0; q < NQ; ++q) {
+      const float4* a = reinterpret_cast<const float4*>(Ak + q * stride);
+      const float4 r0 = a[0], r1 = a[1], r2 = a[2];  // rows of A_q[bone] (3, 4)
+      const float x = p[3 * q], y = p[3 * q + 1], z = p[3 * q + 2];
+      out[3 * q + 0] += wk * (r0.x * x + r0.y * y + r0.z * z + r0.w);
+      out[3 * q + 1] += wk * (r1.x * x + r1.y * y + r1.z * z + r1.w);
+      out[3 * q + 2] += wk * (r2.x * x + r2.y * y + r2.z * z + r2.w);
+    }
+  }
+}
+
 // The threads of one fk body: a warp (JT = 32) or the block (JT = 64, two warps per body).
 #pragma nv_exec_check_disable
 template <int JT, class P>
@@ -148,15 +179,15 @@ D2A_HD void split_tf32(const P& p, float x, uint32_t& hi, uint32_t& lo) {
 }
 
 // Skinning with the shape blend on tensor cores. A block = kTcWarps warps = 64 vertices, and a
-// run of 8-body tiles (blockIdx.y * tiles_per_block ...). Per warp, 16 vertices:
-//   the shape blend D (16 vertices x 8 bodies, per coordinate c) = shapedirs_c (16 x S) .
-//   betas^T (S x 8) as KT k-steps of m16n8k8, 3xTF32; shapedirs' fragments are split once and
-//   stay in registers for all of the block's tiles, betas' come from shared memory per tile;
-//   each lane then skins the 4 (vertex, body) pairs its accumulators hold (vertices g, g + 8;
-//   bodies 2t, 2t + 1): v_shaped = v_template + D, T = sum_k w_k A[body, bone_k],
-//   verts = T[:, :3] . v_shaped + T[:, 3];
-//   the warp stages its 8 x 16 x 3 outputs in shared memory and writes each body's 48
-//   consecutive floats with coalesced stores.
+// run of 8-body tiles (blockIdx.y * tiles_per_block ...). Per warp, 16 vertices and per tile:
+//   1. the shape blend D (16 vertices x 8 bodies, per coordinate) = shapedirs_c (16 x S) .
+//      betas^T (S x 8), KT k-steps of m16n8k8 in 3xTF32; shapedirs' fragments are split once
+//      and stay in registers for all of the block's tiles, betas come from shared memory;
+//   2. the accumulators go through a per-warp shared stage (8 bodies x 16 vertices x 3) to a
+//      layout where lane = vertex (lane % 16) and bodies lane / 16 + 2q, q < 4: the lanes of a
+//      half-warp then read one body's transforms at neighbouring vertices' bones (few distinct
+//      shared-memory addresses per load), and a lane decodes its vertex's weights once;
+//   3. skin_vertex<4>: v_shaped = v_template + D, verts = sum_k w_k A[body, bone_k] . v_shaped.
 #pragma nv_exec_check_disable
 template <int KT, class P>
 D2A_HD void skin_tc_body(P& p, const DeviceBody& body, const float* __restrict__ betas,
@@ -164,11 +195,10 @@ D2A_HD void skin_tc_body(P& p, const DeviceBody& body, const float* __restrict__
                          float* __restrict__ verts) {
   const int V = body.num_vertices, J = body.num_joints, S = body.num_betas;
   const int lane = p.lane(), g = lane >> 2, t = lane & 3;
-  float* s_A = p.smem();                           // (8, J, 12)
-  float* s_beta = s_A + 8 * J * 12;                // (8, 8 KT), zero beyond S
-  float* stage = s_beta + 8 * 8 * KT + p.warp() * 8 * 48;  // (8, 16 x 3) of this warp
+  float* s_A = p.smem();                                   // (8, J, 12)
+  float* s_beta = s_A + 8 * J * 12;                        // (8, 8 KT), zero beyond S
+  float* stage = s_beta + 8 * 8 * KT + p.warp() * 8 * 48;  // (8, 16, 3) of this warp
   const int v0 = (p.block_x() * kTcWarps + p.warp()) * 16;
-  const int rows[2] = {v0 + g, v0 + g + 8};
 
   uint32_t a_hi[3][KT][4], a_lo[3][KT][4];  // shapedirs fragments, rows = vertices, cols = betas
 D2A_UNROLL
@@ -176,31 +206,32 @@ D2A_UNROLL
 D2A_UNROLL
     for (int kt = 0; kt < KT; ++kt) {
 D2A_UNROLL
-      for (int i = 0; i < 4; ++i) {
-        const int v = rows[i & 1], s = kt * 8 + t + (i >> 1) * 4;
+      for (int i = 0; i < 4; ++i) {  // a[i] = A[g + 8 (i & 1)][t + 4 (i >> 1)]
+        const int v = v0 + g + 8 * (i & 1), s = kt * 8 + t + (i >> 1) * 4;
         const float x =
             v < V && s < S ? body.shapedirs_t[(static_cast<size_t>(s) * 3 + c) * V + v] : 0.f;
         split_tf32(p, x, a_hi[c][kt][i], a_lo[c][kt][i]);
       }
     }
   }
-  float tmpl[2][3];
-  uint2 bones[2];  // 8 bones per vertex, a byte each; weights are read per use (L1)
-  int vrow[2];     // rows[r] clamped: rows past V compute garbage, never stored
+  // Step 2's lane: vertex lv (clamped: rows past V compute garbage, never stored), bodies hb + 2q.
+  const int lv = lane & 15, hb = lane >> 4, v = v0 + lv < V ? v0 + lv : V - 1;
+  const bool store = v0 + lv < V;
+  float tmpl[3];
 D2A_UNROLL
-  for (int r = 0; r < 2; ++r) {
-    vrow[r] = rows[r] < V ? rows[r] : V - 1;
-D2A_UNROLL
-    for (int c = 0; c < 3; ++c) tmpl[r][c] = body.v_template_t[c * V + vrow[r]];
-    bones[r] = reinterpret_cast<const uint2*>(body.skin_indices)[vrow[r]];
-  }
+  for (int c = 0; c < 3; ++c) tmpl[c] = body.v_template_t[c * V + v];
+  const uint2 bones = reinterpret_cast<const uint2*>(body.skin_indices)[v];
+  const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
+  const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
+  const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
 
   const int num_tiles = (batch + 7) / 8;
   const int tile_end = imin(num_tiles, (p.block_y() + 1) * tiles_per_block);
   for (int tile = p.block_y() * tiles_per_block; tile < tile_end; ++tile) {
     const int b0 = tile * 8, nb = imin(8, batch - b0);
     p.sync_block();  // the previous tile's readers of s_A / s_beta are done
-    const float4* src = reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
+    const float4* src =
+        reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
     for (int i = p.thread(); i < nb * J * 3; i += kTcWarps * 32) {
       reinterpret_cast<float4*>(s_A)[i] = src[i];
     }
@@ -210,7 +241,7 @@ D2A_UNROLL
     }
     p.sync_block();
 
-    float acc[3][4] = {};  // acc[c][i]: blend of (vertex rows[i >> 1], body 2t + (i & 1))
+    float acc[3][4] = {};  // acc[c][i] = D_c[g + 8 (i >> 1)][2t + (i & 1)]
 D2A_UNROLL
     for (int kt = 0; kt < KT; ++kt) {
       uint32_t b_hi[2], b_lo[2];  // B[k][n] = betas[b0 + n, k]: b[0] at k = t, b[1] at t + 4
@@ -223,52 +254,33 @@ D2A_UNROLL
         p.mma(acc[c], a_hi[c][kt], b_hi);
       }
     }
-
-    // v_shaped of the lane's 4 pairs into the stage (each lane reads back only its own
-    // entries), so that the skinning below can loop without indexing registers at run time.
 D2A_UNROLL
     for (int i = 0; i < 4; ++i) {
       float* o = stage + (2 * t + (i & 1)) * 48 + (g + 8 * (i >> 1)) * 3;
 D2A_UNROLL
-      for (int c = 0; c < 3; ++c) o[c] = tmpl[i >> 1][c] + acc[c][i];
-    }
-D2A_UNROLL
-    for (int r = 0; r < 2; ++r) {
-D2A_UNROLL_NONE
-      for (int h = 0; h < 2; ++h) {
-        const int n = 2 * t + h;
-        const float* A_n = s_A + n * J * 12;  // stale for n >= nb: computed, never stored
-        float* o = stage + n * 48 + (g + 8 * r) * 3;
-        const float4* wv = reinterpret_cast<const float4*>(body.skin_weights) + 2 * vrow[r];
-        const float4 w_lo = wv[0], w_hi = wv[1];
-        const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w,
-                                         w_hi.x, w_hi.y, w_hi.z, w_hi.w};
-        float T[12] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-D2A_UNROLL
-        for (int k = 0; k < kMaxInfluences; ++k) {
-          if (w[k] == 0.f) continue;  // padding (and true zeros) add nothing
-          const unsigned word = k < 4 ? bones[r].x : bones[r].y;
-          const int bone = (word >> (8 * (k & 3))) & 0xff;
-          const float4* a = reinterpret_cast<const float4*>(A_n + bone * 12);
-          const float4 r0 = a[0], r1 = a[1], r2 = a[2];
-          const float wk = w[k];
-          T[0] += wk * r0.x; T[1] += wk * r0.y; T[2] += wk * r0.z; T[3] += wk * r0.w;
-          T[4] += wk * r1.x; T[5] += wk * r1.y; T[6] += wk * r1.z; T[7] += wk * r1.w;
-          T[8] += wk * r2.x; T[9] += wk * r2.y; T[10] += wk * r2.z; T[11] += wk * r2.w;
-        }
-        const float x = o[0], y = o[1], z = o[2];
-        o[0] = T[0] * x + T[1] * y + T[2] * z + T[3];
-        o[1] = T[4] * x + T[5] * y + T[6] * z + T[7];
-        o[2] = T[8] * x + T[9] * y + T[10] * z + T[11];
-      }
+      for (int c = 0; c < 3; ++c) o[c] = acc[c][i];
     }
     p.sync_warp();
-    const int nv = imin(16, V - v0);  // this warp's vertices (<= 0: none)
-    for (int i = lane; i < 8 * 48; i += 32) {
-      const int n = i / 48, e = i % 48;
-      if (n < nb && e < 3 * nv) verts[(static_cast<size_t>(b0 + n) * V + v0) * 3 + e] = stage[i];
+    float pts[4][3], out[4][3];
+D2A_UNROLL
+    for (int q = 0; q < 4; ++q) {
+D2A_UNROLL
+      for (int c = 0; c < 3; ++c) pts[q][c] = tmpl[c] + stage[(hb + 2 * q) * 48 + lv * 3 + c];
     }
     p.sync_warp();  // the stage is rewritten by the next tile
+    // s_A of bodies >= nb is stale: computed, never stored
+    skin_vertex<4>(s_A + hb * J * 12, 2 * J * 12, w, bones, &pts[0][0], &out[0][0]);
+    if (store) {
+D2A_UNROLL
+      for (int q = 0; q < 4; ++q) {
+        const int n = hb + 2 * q;
+        if (n >= nb) break;
+        float* o = verts + (static_cast<size_t>(b0 + n) * V + v) * 3;
+        o[0] = out[q][0];
+        o[1] = out[q][1];
+        o[2] = out[q][2];
+      }
+    }
   }
 }
 

@@ -7,7 +7,7 @@
 //       blend on tensor cores (3xTF32), skinning on CUDA cores.
 //   kernel 2, SkinVariant::kSimt (skin_kernel<BT>), one thread per vertex v and a tile of BT bodies:
 //       v_shaped = v_template[v] + shapedirs[v] . betas[b]   (shape blend, fused)
-//       T = sum_k w[v, k] A[b, idx[v, k]];  verts[b, v] = T[:, :3] . v_shaped + T[:, 3]
+//       verts[b, v] = sum_k w[v, k] A[b, idx[v, k]] . (v_shaped, 1)   (skin_vertex, per body)
 //   Each thread reads its vertex's body arrays once and reuses them for the BT bodies of its tile.
 #include "cuda_check.h"
 #include "lbs_bodies.cuh"
@@ -58,9 +58,11 @@ __global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 
   const int v = blockIdx.x * blockDim.x + threadIdx.x;
   if (v >= V) return;
 
-  float blend[BT][3];  // shapedirs[v] . betas[b0 + bt]
+  float blend[BT][3];  // v_template[v] + shapedirs[v] . betas[b0 + bt]
+  const float tx = body.v_template_t[v], ty = body.v_template_t[V + v],
+              tz = body.v_template_t[2 * V + v];
 #pragma unroll
-  for (int bt = 0; bt < BT; ++bt) blend[bt][0] = blend[bt][1] = blend[bt][2] = 0.f;
+  for (int bt = 0; bt < BT; ++bt) blend[bt][0] = tx, blend[bt][1] = ty, blend[bt][2] = tz;
   for (int s = 0; s < S; ++s) {
     const float* dirs = body.shapedirs_t + static_cast<size_t>(s) * 3 * V + v;  // (3, V) slice
     const float dx = dirs[0], dy = dirs[V], dz = dirs[2 * V];
@@ -73,33 +75,15 @@ __global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 
       blend[bt][2] += dz * beta[bt];
     }
   }
-  const float tx = body.v_template_t[v], ty = body.v_template_t[V + v],
-              tz = body.v_template_t[2 * V + v];
   const uint2 packed = reinterpret_cast<const uint2*>(body.skin_indices)[v];  // 8 x uint8
   const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
   const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
   const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
-
 #pragma unroll
-  for (int bt = 0; bt < BT; ++bt) {
+  for (int bt = 0; bt < BT; ++bt) {  // one body at a time: 8 bodies' outputs at once would spill
     if (bt >= nb) break;
-    const float x = tx + blend[bt][0], y = ty + blend[bt][1], z = tz + blend[bt][2];
-    float T[12] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int k = 0; k < kMaxInfluences; ++k) {
-      if (w[k] == 0.f) continue;  // padding (and true zeros) add nothing
-      const unsigned word = k < 4 ? packed.x : packed.y;
-      const int bone = (word >> (8 * (k & 3))) & 0xff;
-      const float4* a = reinterpret_cast<const float4*>(s_A + (bt * J + bone) * 12);
-      const float4 r0 = a[0], r1 = a[1], r2 = a[2];  // rows of A[b, bone] (3, 4)
-      T[0] += w[k] * r0.x; T[1] += w[k] * r0.y; T[2] += w[k] * r0.z; T[3] += w[k] * r0.w;
-      T[4] += w[k] * r1.x; T[5] += w[k] * r1.y; T[6] += w[k] * r1.z; T[7] += w[k] * r1.w;
-      T[8] += w[k] * r2.x; T[9] += w[k] * r2.y; T[10] += w[k] * r2.z; T[11] += w[k] * r2.w;
-    }
-    float* out = verts + (static_cast<size_t>(b0 + bt) * V + v) * 3;
-    out[0] = T[0] * x + T[1] * y + T[2] * z + T[3];
-    out[1] = T[4] * x + T[5] * y + T[6] * z + T[7];
-    out[2] = T[8] * x + T[9] * y + T[10] * z + T[11];
+    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt],
+                   verts + (static_cast<size_t>(b0 + bt) * V + v) * 3);
   }
 }
 
