@@ -32,6 +32,7 @@
 namespace d2a {
 
 constexpr int kFkThreads = 128;   // fk: kFkThreads / JT bodies per block, JT threads each
+constexpr int kSkinThreads = 128; // simt skin: one vertex per thread
 constexpr int kTcWarps = 4;       // tc skin: warps per block, each owns 16 vertices
 constexpr int kTcKTiles = kTcMaxBetas / 8;
 
@@ -164,6 +165,83 @@ D2A_UNROLL
     A[r * 4 + 2] = row[2];
     A[r * 4 + 3] = pos - (row[0] * rest[0] + row[1] * rest[1] + row[2] * rest[2]);
     out[r] = pos;
+  }
+}
+
+// Bodies per simt tile for a batch of B (B >= 8: 8, >= 4: 4, else 1).
+constexpr int simt_tile(int batch) { return batch >= 8 ? 8 : (batch >= 4 ? 4 : 1); }
+
+// Shared floats of one simt skin block.
+constexpr int simt_smem_floats(int BT, int J, int S) { return BT * (J * 12 + S); }
+
+// beta[bt] = row[bt] for bt < BT from 16-byte-aligned shared memory (LDS.128 when BT % 4 == 0).
+template <int BT>
+D2A_HD void load_row(const float* row, float* beta) {
+  if constexpr (BT % 4 == 0) {
+D2A_UNROLL
+    for (int q = 0; q < BT / 4; ++q) {
+      const float4 v = reinterpret_cast<const float4*>(row)[q];
+      beta[4 * q + 0] = v.x;
+      beta[4 * q + 1] = v.y;
+      beta[4 * q + 2] = v.z;
+      beta[4 * q + 3] = v.w;
+    }
+  } else {
+D2A_UNROLL
+    for (int bt = 0; bt < BT; ++bt) beta[bt] = row[bt];
+  }
+}
+
+// Skinning on CUDA cores (SkinVariant::kSimt), one thread per vertex v (kSkinThreads per block)
+// and a tile of BT bodies (blockIdx.y): the vertex's body data are read once and reused for the
+// BT bodies. Shared memory: the tile's transforms (BT, J, 12), then its betas transposed (S, BT).
+#pragma nv_exec_check_disable
+template <int BT, class P>
+D2A_HD void skin_simt_body(P& p, const DeviceBody& body, const float* __restrict__ betas,
+                           const float* __restrict__ transforms, int batch,
+                           float* __restrict__ verts) {
+  const int V = body.num_vertices, J = body.num_joints, S = body.num_betas;
+  const int b0 = p.block_y() * BT;
+  const int nb = imin(BT, batch - b0);
+  float* s_A = p.smem();
+  float* s_beta = s_A + BT * J * 12;
+  for (int i = p.thread(); i < nb * J * 12; i += kSkinThreads) {
+    s_A[i] = transforms[static_cast<size_t>(b0) * J * 12 + i];
+  }
+  for (int i = p.thread(); i < S * BT; i += kSkinThreads) {  // s_beta[s, bt] = betas[b0 + bt, s]
+    const int s = i / BT, bt = i % BT;
+    s_beta[i] = bt < nb ? betas[static_cast<size_t>(b0 + bt) * S + s] : 0.f;
+  }
+  p.sync_block();
+  const int v = p.block_x() * kSkinThreads + p.thread();
+  if (v >= V) return;
+
+  float blend[BT][3];  // v_template[v] + shapedirs[v] . betas[b0 + bt]
+  const float tx = body.v_template_t[v], ty = body.v_template_t[V + v],
+              tz = body.v_template_t[2 * V + v];
+D2A_UNROLL
+  for (int bt = 0; bt < BT; ++bt) blend[bt][0] = tx, blend[bt][1] = ty, blend[bt][2] = tz;
+  for (int s = 0; s < S; ++s) {
+    const float* dirs = body.shapedirs_t + static_cast<size_t>(s) * 3 * V + v;  // (3, V) slice
+    const float dx = dirs[0], dy = dirs[V], dz = dirs[2 * V];
+    float beta[BT];  // betas[b0 + bt, s]
+    load_row<BT>(s_beta + s * BT, beta);
+D2A_UNROLL
+    for (int bt = 0; bt < BT; ++bt) {
+      blend[bt][0] += dx * beta[bt];
+      blend[bt][1] += dy * beta[bt];
+      blend[bt][2] += dz * beta[bt];
+    }
+  }
+  const uint2 packed = reinterpret_cast<const uint2*>(body.skin_indices)[v];  // 8 x uint8
+  const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
+  const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
+  const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
+D2A_UNROLL
+  for (int bt = 0; bt < BT; ++bt) {  // one body at a time: 8 bodies' outputs at once would spill
+    if (bt >= nb) break;
+    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt],
+                   verts + (static_cast<size_t>(b0 + bt) * V + v) * 3);
   }
 }
 

@@ -16,75 +16,12 @@
 namespace d2a {
 namespace {
 
-constexpr int kSkinThreads = 128;
-
-// beta[bt] = row[bt] for bt < BT from 16-byte-aligned shared memory (LDS.128 when BT % 4 == 0).
-template <int BT>
-__device__ __forceinline__ void load_row(const float* row, float* beta) {
-  if constexpr (BT % 4 == 0) {
-#pragma unroll
-    for (int q = 0; q < BT / 4; ++q) {
-      const float4 v = reinterpret_cast<const float4*>(row)[q];
-      beta[4 * q + 0] = v.x;
-      beta[4 * q + 1] = v.y;
-      beta[4 * q + 2] = v.z;
-      beta[4 * q + 3] = v.w;
-    }
-  } else {
-#pragma unroll
-    for (int bt = 0; bt < BT; ++bt) beta[bt] = row[bt];
-  }
-}
-
-// Shared memory: A tile (BT, J, 12) floats, then the betas tile transposed (S, BT).
 template <int BT>
 __global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 registers
     skin_kernel(DeviceBody body, const float* __restrict__ betas,
                 const float* __restrict__ transforms, int batch, float* __restrict__ verts) {
-  extern __shared__ float4 smem4[];
-  const int V = body.num_vertices, J = body.num_joints, S = body.num_betas;
-  const int b0 = blockIdx.y * BT;
-  const int nb = min(BT, batch - b0);
-  float* s_A = reinterpret_cast<float*>(smem4);
-  float* s_beta = s_A + BT * J * 12;
-  for (int i = threadIdx.x; i < nb * J * 12; i += blockDim.x) {
-    s_A[i] = transforms[static_cast<size_t>(b0) * J * 12 + i];
-  }
-  for (int i = threadIdx.x; i < S * BT; i += blockDim.x) {  // s_beta[s, bt] = betas[b0 + bt, s]
-    const int s = i / BT, bt = i % BT;
-    s_beta[i] = bt < nb ? betas[static_cast<size_t>(b0 + bt) * S + s] : 0.f;
-  }
-  __syncthreads();
-  const int v = blockIdx.x * blockDim.x + threadIdx.x;
-  if (v >= V) return;
-
-  float blend[BT][3];  // v_template[v] + shapedirs[v] . betas[b0 + bt]
-  const float tx = body.v_template_t[v], ty = body.v_template_t[V + v],
-              tz = body.v_template_t[2 * V + v];
-#pragma unroll
-  for (int bt = 0; bt < BT; ++bt) blend[bt][0] = tx, blend[bt][1] = ty, blend[bt][2] = tz;
-  for (int s = 0; s < S; ++s) {
-    const float* dirs = body.shapedirs_t + static_cast<size_t>(s) * 3 * V + v;  // (3, V) slice
-    const float dx = dirs[0], dy = dirs[V], dz = dirs[2 * V];
-    float beta[BT];  // betas[b0 + bt, s]
-    load_row<BT>(s_beta + s * BT, beta);
-#pragma unroll
-    for (int bt = 0; bt < BT; ++bt) {
-      blend[bt][0] += dx * beta[bt];
-      blend[bt][1] += dy * beta[bt];
-      blend[bt][2] += dz * beta[bt];
-    }
-  }
-  const uint2 packed = reinterpret_cast<const uint2*>(body.skin_indices)[v];  // 8 x uint8
-  const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
-  const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
-  const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
-#pragma unroll
-  for (int bt = 0; bt < BT; ++bt) {  // one body at a time: 8 bodies' outputs at once would spill
-    if (bt >= nb) break;
-    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt],
-                   verts + (static_cast<size_t>(b0 + bt) * V + v) * 3);
-  }
+  DevicePolicy p;
+  skin_simt_body<BT>(p, body, betas, transforms, batch, verts);
 }
 
 template <int JT>
@@ -134,7 +71,7 @@ template <int BT>
 void launch_skin(const DeviceBody& body, const float* betas, const float* transforms, int batch,
                  float* verts, cudaStream_t stream) {
   const dim3 grid((body.num_vertices + kSkinThreads - 1) / kSkinThreads, (batch + BT - 1) / BT);
-  const size_t smem = sizeof(float) * BT * (body.num_joints * 12 + body.num_betas);
+  const size_t smem = sizeof(float) * simt_smem_floats(BT, body.num_joints, body.num_betas);
   skin_kernel<BT><<<grid, kSkinThreads, smem, stream>>>(body, betas, transforms, batch, verts);
   D2A_CUDA_CHECK(cudaGetLastError());
 }
@@ -161,9 +98,9 @@ void launch_lbs(const DeviceBody& body, const float* rotmats, const float* betas
       case 3: launch_skin_tc<3>(body, betas, transforms, batch, verts, stream, config); break;
       default: launch_skin_tc<4>(body, betas, transforms, batch, verts, stream, config); break;
     }
-  } else if (batch >= 8) {
+  } else if (simt_tile(batch) == 8) {
     launch_skin<8>(body, betas, transforms, batch, verts, stream);
-  } else if (batch >= 4) {
+  } else if (simt_tile(batch) == 4) {
     launch_skin<4>(body, betas, transforms, batch, verts, stream);
   } else {
     launch_skin<1>(body, betas, transforms, batch, verts, stream);

