@@ -83,13 +83,20 @@ d2a::HostBody host_body(const py::array& v_template, const py::array& shapedirs,
 std::unique_ptr<d2a::BodyBuffers> make_buffers(
     const py::array& v_template, const py::array& shapedirs, const py::array& j_template,
     const py::array& j_shapedirs, const py::array& parents, const py::array& skin_indices,
-    const py::array& skin_weights, const py::object& posedirs, int max_batch, int device) {
+    const py::array& skin_weights, const py::object& posedirs, const py::object& vertex_index,
+    int max_batch, int device) {
   if (!posedirs.is_none()) {
     throw py::value_error("posedirs (SMPL pose correctives) are not supported by the CUDA LBS "
                           "kernel; use d2a_edge.body.lbs_torch.lbs or lbs_numpy.lbs for this body");
   }
-  const d2a::HostBody h = host_body(v_template, shapedirs, j_template, j_shapedirs, parents,
-                                    skin_indices, skin_weights);
+  d2a::HostBody h = host_body(v_template, shapedirs, j_template, j_shapedirs, parents,
+                              skin_indices, skin_weights);
+  if (!vertex_index.is_none()) {
+    const py::array index = py::array::ensure(vertex_index);
+    if (!index) throw py::value_error("vertex_index must be an array of vertex indices");
+    check_shape(index, "vertex_index", {-1}, "(N,)");
+    h = d2a::select_vertices(h, to_vector<int64_t>(index, "vertex_index"));
+  }
   return std::make_unique<d2a::BodyBuffers>(h, max_batch, device);
 }
 
@@ -121,8 +128,11 @@ PYBIND11_MODULE(_lbs_cuda, m) {
       .def(py::init(&make_buffers), py::kw_only(), py::arg("v_template"), py::arg("shapedirs"),
            py::arg("j_template"), py::arg("j_shapedirs"), py::arg("parents"),
            py::arg("skin_indices"), py::arg("skin_weights"), py::arg("posedirs") = py::none(),
-           py::arg("max_batch") = 256, py::arg("device") = -1,
-           "Uploads the arrays of BodyAsset.lbs_arrays() (numpy) to `device` (-1: current).")
+           py::arg("vertex_index") = py::none(), py::arg("max_batch") = 256,
+           py::arg("device") = -1,
+           "Uploads the arrays of BodyAsset.lbs_arrays() (numpy) to `device` (-1: current). "
+           "vertex_index (N,) ints: the output mesh resolution, only those vertices are skinned "
+           "(verts (B, N, 3); e.g. BodyAsset.coarse_index); None: all V.")
       .def("lbs", &d2a::BodyBuffers::lbs, py::arg("rotmats"), py::arg("betas"),
            py::arg("transl"), py::arg("verts"), py::arg("joints"), py::arg("batch"),
            py::arg("stream") = 0, py::arg("skin") = "auto", py::arg("tiles_per_block") = 0,

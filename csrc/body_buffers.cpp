@@ -106,6 +106,28 @@ DeviceArray BodyBuffers::upload(const void* data, size_t bytes) {
   return array;
 }
 
+HostBody select_vertices(const HostBody& h, const std::vector<int64_t>& index) {
+  require(!index.empty(), "vertex_index is empty; pass at least one vertex (or None for all)");
+  const size_t S = h.num_betas, K = h.num_influences;
+  HostBody out = h;
+  out.num_vertices = static_cast<int>(index.size());
+  out.v_template.resize(index.size() * 3);
+  out.shapedirs.resize(index.size() * 3 * S);
+  out.skin_indices.resize(index.size() * K);
+  out.skin_weights.resize(index.size() * K);
+  for (size_t i = 0; i < index.size(); ++i) {
+    const int64_t v = index[i];
+    require(v >= 0 && v < h.num_vertices,
+            "vertex_index must be in [0, " + std::to_string(h.num_vertices) + "), got " +
+                std::to_string(v) + " at position " + std::to_string(i));
+    std::copy_n(h.v_template.begin() + v * 3, 3, out.v_template.begin() + i * 3);
+    std::copy_n(h.shapedirs.begin() + v * 3 * S, 3 * S, out.shapedirs.begin() + i * 3 * S);
+    std::copy_n(h.skin_indices.begin() + v * K, K, out.skin_indices.begin() + i * K);
+    std::copy_n(h.skin_weights.begin() + v * K, K, out.skin_weights.begin() + i * K);
+  }
+  return out;
+}
+
 DeviceLayout device_layout(const HostBody& h) {
   const size_t V = h.num_vertices, S = h.num_betas, K = h.num_influences;
   DeviceLayout d;

@@ -32,6 +32,12 @@ struct HostBody {
 // Throws std::invalid_argument naming the bad value if the arrays are inconsistent.
 void validate_host_body(const HostBody& host, int max_batch);
 
+// The output mesh resolution: `host` restricted to the vertices `index` (in [0, V), any order,
+// repeats allowed), so the kernels skin only those: verts (B, len(index), 3), joints unchanged.
+// E.g. the asset's coarse_index (Anny: 369 of 13,718 vertices). Throws std::invalid_argument
+// for an empty index or one out of range.
+HostBody select_vertices(const HostBody& host, const std::vector<int64_t>& index);
+
 // A validated HostBody rearranged into the kernels' layout (see DeviceBody), on the host:
 // BodyBuffers uploads it, the CPU emulation of the kernels (csrc/tests) reads it in place.
 struct DeviceLayout {

@@ -122,6 +122,11 @@ BAD_BODIES = {  # change -> part of the expected error message
     "too many joints": (dict(j_template=np.zeros((65, 3), np.float32),
                              j_shapedirs=np.zeros((65, 3, 4), np.float32),
                              parents=np.arange(-1, 64)), "J (joints)"),
+    "vertex_index out of range": (dict(vertex_index=np.array([0, 37])), "vertex_index must be in"),
+    "vertex_index negative": (dict(vertex_index=np.array([-1])), "vertex_index must be in"),
+    "vertex_index empty": (dict(vertex_index=np.zeros(0, int)), "vertex_index is empty"),
+    "vertex_index 2-D": (dict(vertex_index=np.zeros((2, 2), int)), "vertex_index must have shape"),
+    "vertex_index floats": (dict(vertex_index=np.array([0.5])), "integer array"),
 }
 
 
@@ -153,6 +158,23 @@ def test_missing_extension_import_error_says_how_to_build(monkeypatch):
     assert skinning_cuda.is_available() is False
 
 
+class _Asset:  # what skinning_cuda.vertex_index reads of a BodyAsset
+    coarse_index = np.array([3, 1, 4], np.int32)
+
+
+@pytest.mark.parametrize("vertices, expected", [("full", None), ("coarse", [3, 1, 4]),
+                                                ([5, 5, 0], [5, 5, 0])])
+def test_vertex_index_resolutions(vertices, expected):
+    index = skinning_cuda.vertex_index(_Asset(), vertices)
+    assert (index is None) if expected is None else index.tolist() == expected
+
+
+@pytest.mark.parametrize("vertices", ["fine", [], [[0, 1]], [0.0, 1.0]])
+def test_vertex_index_rejects_bad_values(vertices):
+    with pytest.raises(ValueError, match="vertices must be|vertex index array"):
+        skinning_cuda.vertex_index(_Asset(), vertices)
+
+
 def test_wrapper_import_is_torch_free():
     code = "import sys, d2a_edge.skinning_cuda; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -176,12 +198,16 @@ def emulator(tmp_path_factory) -> Path:
 
 
 def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin: str,
-             tiles: int = 1):
-    """verts (B, V, 3), joints (B, J, 3) from the emulated fk + ``skin`` ("simt", "tc") kernels."""
+             tiles: int = 1, vertex_index=None):
+    """verts (B, V or N, 3), joints (B, J, 3) from the emulated fk + ``skin`` ("simt", "tc")
+    kernels, on the vertices ``vertex_index`` (N) if given."""
     V, J, S = arrays["shapedirs"].shape[0], len(arrays["parents"]), arrays["shapedirs"].shape[2]
     K, B = arrays["skin_indices"].shape[1], rot.shape[0]
+    N = 0 if vertex_index is None else len(vertex_index)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "dims.txt").write_text(f"{V} {J} {S} {K} {B}\n")
+    (work / "dims.txt").write_text(f"{V} {J} {S} {K} {B} {N}\n")
+    if N:
+        np.asarray(vertex_index, np.int64).tofile(work / "vertex_index.bin")
     for name in ("v_template", "shapedirs", "j_template", "j_shapedirs", "skin_weights"):
         np.ascontiguousarray(arrays[name], np.float32).tofile(work / f"{name}.bin")
     for name in ("parents", "skin_indices"):
@@ -191,7 +217,7 @@ def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin:
     proc = subprocess.run([str(emulator), str(work), skin, str(tiles)], capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr
-    return (np.fromfile(work / "verts.bin", np.float32).reshape(B, V, 3),
+    return (np.fromfile(work / "verts.bin", np.float32).reshape(B, N or V, 3),
             np.fromfile(work / "joints.bin", np.float32).reshape(B, J, 3))
 
 
@@ -236,6 +262,24 @@ def test_emulated_kernels_match_oracle(emulator, tmp_path, case, skin):
                                     transl.astype(np.float32), "cpu")
     assert np.abs(joints - ref_joints).max() <= TOL_M
     assert np.abs(verts - ref_verts).max() <= TOL_M  # NaN (a vertex never written) fails too
+
+
+@pytest.mark.slow
+@requires_torch
+@pytest.mark.parametrize("skin", ["simt", "tc"])
+def test_emulated_vertex_selection(emulator, tmp_path, skin):
+    """vertex_index (unsorted, with a repeat, past one 64-vertex tile): the oracle's rows."""
+    arrays = tiny_arrays(seed=9, V=150, S=6)
+    index = np.random.default_rng(9).permutation(150)[:70]
+    index[5] = index[40]
+    rng = np.random.default_rng(4)
+    rot, betas, transl = random_inputs(rng, 10, len(arrays["parents"]), 6)
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, 2, index)
+    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
+                                    transl.astype(np.float32), "cpu")
+    assert verts.shape == (10, 70, 3)
+    assert np.abs(joints - ref_joints).max() <= TOL_M
+    assert np.abs(verts - ref_verts[:, index]).max() <= TOL_M
 
 
 @pytest.mark.slow
@@ -290,7 +334,9 @@ def body_cases(request, ext):
     """name -> lbs arrays (tiny random body, and the real Anny asset when anny is installed)."""
     cases = {"tiny": tiny_arrays()}
     if anny_available():
-        cases["anny"] = request.getfixturevalue("anny_asset").lbs_arrays()
+        asset = request.getfixturevalue("anny_asset")
+        cases["anny"] = asset.lbs_arrays()
+        cases["anny_coarse_index"] = np.asarray(asset.coarse_index)
     return cases
 
 
@@ -315,6 +361,27 @@ def test_matches_torch_oracle(ext, body_cases, body, batch, skin):
     assert verts.shape == ref_verts.shape and joints.shape == ref_joints.shape
     assert np.abs(joints - ref_joints).max() <= TOL_M
     assert np.abs(verts - ref_verts).max() <= TOL_M
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("skin", ["simt", "tc"])
+def test_coarse_resolution_is_the_full_mesh_at_coarse_index(ext, body_cases, skin):
+    if "anny" not in body_cases:
+        pytest.skip("needs anny ([train] extra) for the real asset and its coarse sub-mesh")
+    if skin == "tc" and _compute_capability() < (8, 0):
+        pytest.skip("skin='tc' needs compute capability 8.0+ (TF32 tensor cores)")
+    arrays, index = body_cases["anny"], body_cases["anny_coarse_index"]
+    rot, betas, transl = random_inputs(np.random.default_rng(5), 9, len(arrays["parents"]),
+                                       arrays["shapedirs"].shape[2])
+    with ext.BodyBuffers(**arrays, max_batch=16) as full, \
+            ext.BodyBuffers(**arrays, vertex_index=index, max_batch=16) as coarse:
+        assert coarse.num_vertices == len(index)
+        v_full, j_full = _run_cuda(full, rot, betas, transl, skin)
+        v_coarse, j_coarse = _run_cuda(coarse, rot, betas, transl, skin)
+    assert v_coarse.shape == (9, len(index), 3)
+    assert np.abs(v_coarse - v_full[:, index]).max() <= 1e-6
+    assert np.abs(j_coarse - j_full).max() <= 1e-6
 
 
 @pytest.mark.gpu

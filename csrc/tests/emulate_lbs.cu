@@ -10,7 +10,9 @@
 //   emulate_lbs DIR simt|tc TILES_PER_BLOCK   (TILES_PER_BLOCK: tc only)
 // reads DIR/dims.txt ("V J S K B") and DIR/<name>.bin (little-endian, C order): v_template,
 // shapedirs, j_template, j_shapedirs, skin_weights, rotmats, betas, transl (float32), parents,
-// skin_indices (int64); writes DIR/verts.bin (B, V, 3) and DIR/joints.bin (B, J, 3), float32.
+// skin_indices (int64), and, if DIR/vertex_index.bin exists (int64, N given as a sixth number in
+// dims.txt), skins only those vertices (select_vertices); writes DIR/verts.bin (B, V or N, 3) and
+// DIR/joints.bin (B, J, 3), float32.
 #include <array>
 #include <cmath>
 #include <condition_variable>
@@ -176,6 +178,8 @@ int main(int argc, char** argv) {
     int V = 0, J = 0, S = 0, K = 0, B = 0;
     std::ifstream dims(dir + "dims.txt");
     if (!(dims >> V >> J >> S >> K >> B)) throw std::runtime_error("bad dims.txt");
+    int N = 0;  // optional: the number of selected vertices
+    dims >> N;
     if (variant == "tc" && (S > d2a::kTcMaxBetas || per < 1)) {
       throw std::runtime_error("tc needs S <= 32 and TILES_PER_BLOCK >= 1");
     }
@@ -196,10 +200,12 @@ int main(int argc, char** argv) {
     const auto betas = read_array<float>(dir + "betas.bin", b * s);
     const auto transl = read_array<float>(dir + "transl.bin", b * 3);
     d2a::validate_host_body(h, B);
+    if (N > 0) h = d2a::select_vertices(h, read_array<int64_t>(dir + "vertex_index.bin", N));
     const d2a::DeviceLayout layout = d2a::device_layout(h);
     const d2a::DeviceBody body = layout.view(h);
 
-    std::vector<float> joints(b * j * 3), transforms(b * j * 12), verts(b * v * 3, NAN);
+    const size_t nv = h.num_vertices;
+    std::vector<float> joints(b * j * 3), transforms(b * j * 12), verts(b * nv * 3, NAN);
     const auto fk = [&](auto jt) {
       constexpr int JT = decltype(jt)::value;
       constexpr int kBodies = d2a::kFkThreads / JT;
