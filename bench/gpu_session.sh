@@ -62,8 +62,9 @@ if [ "$DEVICE" = cuda ]; then
 fi
 $PY -c "from d2a_edge.training.data.render import egl_context; c = egl_context(); print('EGL:', c.info['GL_RENDERER'])"
 
+GPU_TESTS=${GPU_TESTS:-tests/test_cuda_kernel.py tests/test_sdk_skinning.py tests/test_cuda_graph.py}
 want tests && stamp gpu tests && timeout 180 $PY -m pytest -q -rs -m gpu -p no:cacheprovider \
-  tests/test_cuda_kernel.py tests/test_sdk_skinning.py tests/test_cuda_graph.py
+  $GPU_TESTS
 
 want kbench && stamp kernel benchmark && timeout 90 $PY bench/bench_lbs_cuda.py --asset .gpu/cache/body/anny-full-c369-s16.npz
 
