@@ -16,7 +16,7 @@ import numpy as np
 from d2a_edge._cli import at_least
 from d2a_edge.backends import BACKENDS, DEVICES, PRECISIONS, BackendUnavailable
 from d2a_edge.bundle import BundleError
-from d2a_edge.recoverer import SKINNING
+from d2a_edge.recoverer import MESHES, SKINNING
 
 
 def _frames(images: str | None, n: int) -> list[np.ndarray]:
@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--skinning", default="auto", choices=SKINNING)
+    p.add_argument("--mesh", default="full", choices=MESHES,
+                   help="output mesh: full, or the coarse sub-mesh (fewer vertices to skin)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     p.add_argument("--batch", nargs="+", type=at_least(1), default=[1, 8])
     p.add_argument("--repeats", type=at_least(1), default=30)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     for prec in args.precision:
         try:
             rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
-                                precision=prec, skinning=args.skinning)
+                                precision=prec, skinning=args.skinning, mesh=args.mesh)
         except (BundleError, BackendUnavailable, RuntimeError) as e:
             p.error(str(e))
         skin = rec.skinning
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
             t = bench_stages(rec, frames, b, args.repeats)
             med = {k: float(np.median(v)) for k, v in t.items()}
             p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
-            results.append({"precision": prec, "batch": b, "backend": rec.backend.name,
+            results.append({"precision": prec, "batch": b, "mesh": args.mesh,
+                            "backend": rec.backend.name,
                             "device": getattr(rec.backend, "device", "?"), "skinning": skin,
                             "median_ms": med,
                             "p90_ms": p90})

@@ -15,6 +15,7 @@ import numpy as np
 
 from d2a_edge._cli import at_least
 from d2a_edge.backends import BACKENDS, PRECISIONS
+from d2a_edge.recoverer import MESHES
 
 
 def render(frame: np.ndarray, people, K: np.ndarray, parents, fps: float | None,
@@ -48,7 +49,8 @@ def _can_show() -> bool:
 def run(args) -> int:
     from d2a_edge.imageio import open_source
     from d2a_edge.recoverer import MeshRecoverer
-    rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision)
+    rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision,
+                        mesh=args.mesh)
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="bundle directory (default: the bundled edge-s model)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--mesh", default="full", choices=MESHES,
+                   help="output mesh: full, or the coarse sub-mesh (fewer vertices)")
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "

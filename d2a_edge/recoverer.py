@@ -143,23 +143,27 @@ def search_windows(width: int, height: int) -> np.ndarray:
     return np.asarray(out, np.float32)
 
 
-def make_skinner(asset, skinning: str = "auto", backend_device: str = "cpu"):
-    """``BodyModel`` (numpy) or ``skinning_cuda.CudaSkinner``; ``auto`` takes CUDA only when
-    the backend runs on a GPU and the kernel is available (the choice is logged)."""
+def make_skinner(asset, skinning: str = "auto", backend_device: str = "cpu", mesh="full"):
+    """``BodyModel`` (numpy) or ``skinning_cuda.CudaSkinner`` for the ``mesh`` resolution;
+    ``auto`` takes CUDA only when the backend runs on a GPU and the kernel is available (the
+    choice is logged)."""
     if skinning not in SKINNING:
         raise ValueError(f"skinning must be one of {SKINNING}, got {skinning!r}")
     if skinning == "cuda" or (skinning == "auto" and backend_device.startswith("cuda")):
         from d2a_edge import skinning_cuda
         if skinning == "cuda" or skinning_cuda.is_available():
             try:
-                skinner = skinning_cuda.CudaSkinner(asset)
+                skinner = skinning_cuda.CudaSkinner(asset, mesh=mesh)
                 log.info("d2a_edge: skinning on the GPU (CUDA kernel)")
                 return skinner
             except (ImportError, RuntimeError) as e:
                 if skinning == "cuda":
                     raise RuntimeError(f"skinning='cuda' is not available here: {e}") from e
                 log.info("d2a_edge: CUDA skinning unavailable (%s); using numpy", e)
-    return BodyModel(asset)
+    return BodyModel(asset, mesh)
+
+
+MESHES = ("full", "coarse")
 
 
 class MeshRecoverer:
@@ -171,17 +175,23 @@ class MeshRecoverer:
     intrinsics: (3, 3) camera matrix in pixels, or None for ``default_intrinsics``.
     skinning: "auto" (the CUDA kernel when the backend runs on a GPU and the kernel is built,
     else numpy) | "numpy" | "cuda".
+    mesh: the output mesh, "full" (the body model's mesh; Anny: 13,718 vertices) or "coarse"
+    (its vertex-token sub-mesh, Anny: 369 vertices with their own faces; only those vertices
+    are skinned). Joints, σ, pose and shape do not change.
     Without ``boxes``, the whole frame is taken as one person (camera demos).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
                  device: str = "auto", precision: str = "fp32", intrinsics=None,
-                 skinning: str = "auto"):
+                 skinning: str = "auto", mesh: str = "full"):
         self.K = None if intrinsics is None else camera_matrix(intrinsics)  # fail before loading
+        if mesh not in MESHES:
+            raise ValueError(f"mesh must be one of {MESHES}, got {mesh!r}")
         self.bundle = load_bundle(model)
+        self.faces = self.bundle.asset.mesh_faces(mesh)
         self.backend = make_backend(self.bundle, backend, device, precision)
         engine_on = str(getattr(self.backend, "device", "cpu"))
-        self.skinner = make_skinner(self.bundle.asset, skinning, engine_on)
+        self.skinner = make_skinner(self.bundle.asset, skinning, engine_on, mesh)
         self.size = self.bundle.image_size
         # On the CPU the engine needs every core. With a GPU engine the cores are free: the
         # crops of several people are cut in parallel, one OpenCV thread per task (nested
@@ -252,7 +262,7 @@ class MeshRecoverer:
         people = []
         for i in range(len(pose)):
             people.append(HumanMesh(
-                vertices=verts[i], faces=self.bundle.asset.faces, joints3d=joints[i],
+                vertices=verts[i], faces=self.faces, joints3d=joints[i],
                 joints2d=project(joints[i], K), joint_sigma=sigma[i], pose=pose[i],
                 shape=out["shape"][i], translation=out["translation"][i], box=boxes[i],
                 score=person_score(sigma[i], self.bundle.sigma_reference)))

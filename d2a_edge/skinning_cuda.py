@@ -44,28 +44,11 @@ def is_available() -> bool:
     return ext.device_count() > 0
 
 
-def vertex_index(asset, vertices="full") -> np.ndarray | None:
-    """The vertices to skin for an output mesh resolution: "full" (None: all of the asset's),
-    "coarse" (``asset.coarse_index``, the vertex-token sub-mesh; its faces are
-    ``asset.coarse_faces``) or an explicit 1-D array of vertex indices."""
-    if isinstance(vertices, str):
-        if vertices == "full":
-            return None
-        if vertices == "coarse":
-            return np.asarray(asset.coarse_index, np.int64)
-        raise ValueError(f"vertices must be 'full', 'coarse' or an index array, got {vertices!r}")
-    index = np.asarray(vertices)
-    if index.ndim != 1 or index.size == 0 or index.dtype.kind not in "iu":
-        raise ValueError(f"a vertex index array must be 1-D, non-empty and integer, got shape "
-                         f"{index.shape} and dtype {index.dtype}")
-    return index.astype(np.int64)
-
-
-def body_buffers(asset, max_batch: int = 256, device: int = -1, vertices="full"):
+def body_buffers(asset, max_batch: int = 256, device: int = -1, mesh="full"):
     """Upload ``asset`` (a ``BodyAsset``) to GPU ``device`` (-1: current) for up to ``max_batch``.
 
-    ``vertices``: the output mesh resolution (``vertex_index``): "full", "coarse" or an index
-    array; the kernel then skins only those vertices (``verts`` is (B, N, 3)).
+    ``mesh``: the output resolution (``BodyAsset.mesh_index``): "full", "coarse" or a vertex
+    index array; the kernel then skins only those vertices (``verts`` is (B, N, 3)).
     Returns ``_lbs_cuda.BodyBuffers`` (``close()`` / context manager). ValueError for
     ``posedirs`` (not supported here; use ``lbs_torch`` / ``lbs_numpy``) or bad arrays;
     RuntimeError when CUDA fails (e.g. no GPU or driver).
@@ -75,7 +58,7 @@ def body_buffers(asset, max_batch: int = 256, device: int = -1, vertices="full")
         raise ValueError(f"body {asset.name!r} has posedirs (pose correctives), which the CUDA "
                          "kernel does not support; use d2a_edge.body.lbs_torch.lbs or "
                          "d2a_edge.body.lbs_numpy.lbs")
-    return load_extension().BodyBuffers(**arrays, vertex_index=vertex_index(asset, vertices),
+    return load_extension().BodyBuffers(**arrays, vertex_index=asset.mesh_index(mesh),
                                         max_batch=max_batch, device=device)
 
 
@@ -129,7 +112,7 @@ class CudaSkinner:
     uploaded once, inputs go up and outputs come back through torch, in chunks of ``max_batch``.
     """
 
-    def __init__(self, asset, max_batch: int = 64, device: int = 0):
+    def __init__(self, asset, max_batch: int = 64, device: int = 0, mesh="full"):
         try:
             import torch
         except ImportError as e:
@@ -139,7 +122,7 @@ class CudaSkinner:
             raise RuntimeError("CUDA skinning needs a CUDA GPU that torch can see; "
                                "use skinning='numpy'")
         self.torch, self.device = torch, torch.device("cuda", device)
-        self.buffers = body_buffers(asset, max_batch=max_batch, device=device)
+        self.buffers = body_buffers(asset, max_batch=max_batch, device=device, mesh=mesh)
 
     def __call__(self, rotmats, betas, transl) -> tuple[np.ndarray, np.ndarray]:
         t, n, step = self.torch, len(rotmats), self.buffers.max_batch

@@ -158,23 +158,6 @@ def test_missing_extension_import_error_says_how_to_build(monkeypatch):
     assert skinning_cuda.is_available() is False
 
 
-class _Asset:  # what skinning_cuda.vertex_index reads of a BodyAsset
-    coarse_index = np.array([3, 1, 4], np.int32)
-
-
-@pytest.mark.parametrize("vertices, expected", [("full", None), ("coarse", [3, 1, 4]),
-                                                ([5, 5, 0], [5, 5, 0])])
-def test_vertex_index_resolutions(vertices, expected):
-    index = skinning_cuda.vertex_index(_Asset(), vertices)
-    assert (index is None) if expected is None else index.tolist() == expected
-
-
-@pytest.mark.parametrize("vertices", ["fine", [], [[0, 1]], [0.0, 1.0]])
-def test_vertex_index_rejects_bad_values(vertices):
-    with pytest.raises(ValueError, match="vertices must be|vertex index array"):
-        skinning_cuda.vertex_index(_Asset(), vertices)
-
-
 def test_wrapper_import_is_torch_free():
     code = "import sys, d2a_edge.skinning_cuda; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -98,6 +98,33 @@ class BodyAsset:
     def name(self) -> str:
         return str(self.meta.get("name", "unnamed"))
 
+    def mesh_index(self, mesh="full") -> np.ndarray | None:
+        """The vertices of an output mesh resolution: "full" (None: all of them), "coarse"
+        (``coarse_index``, the vertex-token sub-mesh; its faces are ``mesh_faces("coarse")``)
+        or an explicit 1-D integer array of vertex indices (in [0, V))."""
+        if isinstance(mesh, str):
+            if mesh == "full":
+                return None
+            if mesh == "coarse":
+                return np.asarray(self.coarse_index, np.int64)
+            raise ValueError(f"mesh must be 'full', 'coarse' or an index array, got {mesh!r}")
+        index = np.asarray(mesh)
+        if index.ndim != 1 or index.size == 0 or index.dtype.kind not in "iu":
+            raise ValueError(f"a vertex index array must be 1-D, non-empty and integer, got "
+                             f"shape {index.shape} and dtype {index.dtype}")
+        if index.min() < 0 or index.max() >= self.num_vertices:
+            raise ValueError(f"vertex indices must be in [0, {self.num_vertices}), got "
+                             f"{int(index.min())}..{int(index.max())}")
+        return index.astype(np.int64)
+
+    def mesh_faces(self, mesh="full") -> np.ndarray | None:
+        """Faces of ``mesh_index(mesh)``'s vertices: ``faces``, ``coarse_faces``, or None for
+        an index array (no triangulation is known for an arbitrary vertex subset)."""
+        self.mesh_index(mesh)  # validates
+        if isinstance(mesh, str):
+            return self.faces if mesh == "full" else self.coarse_faces
+        return None
+
     def lbs_arrays(self) -> dict[str, np.ndarray | None]:
         """The keyword arguments of ``lbs_numpy.lbs`` / ``lbs_torch.lbs``."""
         return dict(v_template=self.v_template, shapedirs=self.shapedirs,

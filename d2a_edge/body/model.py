@@ -41,11 +41,21 @@ def load_body(body: str | os.PathLike = "anny", path: str | os.PathLike | None =
 class BodyModel:
     """Numpy LBS over a ``BodyAsset``: ``model(rotmats, betas, transl) -> (verts, joints)``."""
 
-    def __init__(self, asset: BodyAsset):
+    def __init__(self, asset: BodyAsset, mesh="full"):
+        """``mesh``: the output resolution (``BodyAsset.mesh_index``): "full", "coarse" or a
+        vertex index array; only those vertices are skinned (joints are unchanged)."""
         self.asset = asset
         self._arrays = asset.lbs_arrays()
-        self._arrays.update(lbs_numpy.precompute(asset.skin_indices, asset.skin_weights,
-                                                 asset.shapedirs, asset.num_joints))
+        index = asset.mesh_index(mesh)
+        if index is not None:
+            for name in ("v_template", "shapedirs", "skin_indices", "skin_weights", "posedirs"):
+                if self._arrays[name] is not None:
+                    a = self._arrays[name]  # posedirs (P, V * 3): columns per vertex
+                    self._arrays[name] = (a.reshape(len(a), -1, 3)[:, index].reshape(len(a), -1)
+                                          if name == "posedirs" else a[index])
+        a = self._arrays
+        a.update(lbs_numpy.precompute(a["skin_indices"], a["skin_weights"], a["shapedirs"],
+                                      asset.num_joints))
 
     def __call__(self, rotmats: np.ndarray, betas: np.ndarray | None = None,
                  transl: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
