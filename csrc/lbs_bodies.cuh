@@ -34,7 +34,6 @@ namespace d2a {
 constexpr int kFkThreads = 128;   // fk: kFkThreads / JT bodies per block, JT threads each
 constexpr int kSkinThreads = 128; // simt skin: one vertex per thread
 constexpr int kTcWarps = 4;       // tc skin: warps per block, each owns 16 vertices
-constexpr int kTcKTiles = kTcMaxBetas / 8;
 
 // Shared floats of one fk block: per body (JT, 9) rotations, (JT, 3) positions, (JT, 3) rest.
 constexpr int fk_smem_floats() { return kFkThreads * 15; }
@@ -58,7 +57,7 @@ D2A_UNROLL
 }
 
 // One vertex skinned for NQ bodies: out[q] = sum_k w[k] A_q[bone_k] . (p[q], 1) (p, out: NQ x 3
-// floats, kept in registers when inlined with constant indices), with A_q =
+// floats, local arrays, kept in registers when inlined with constant indices), with A_q =
 // A + q * stride the transforms (J, 3, 4) of body q (16-byte aligned) and bone k in byte k of
 // `bones`. The influence loop is outside the body loop, so a weight's test and its bone are
 // decoded once for the NQ bodies. Zero weights are skipped: padding, and true zeros add nothing
@@ -81,9 +80,10 @@ D2A_UNROLL
       const float4* a = reinterpret_cast<const float4*>(Ak + q * stride);
       const float4 r0 = a[0], r1 = a[1], r2 = a[2];  // rows of A_q[bone] (3, 4)
       const float x = p[3 * q], y = p[3 * q + 1], z = p[3 * q + 2];
-      out[3 * q + 0] += wk * (r0.x * x + r0.y * y + r0.z * z + r0.w);
-      out[3 * q + 1] += wk * (r1.x * x + r1.y * y + r1.z * z + r1.w);
-      out[3 * q + 2] += wk * (r2.x * x + r2.y * y + r2.z * z + r2.w);
+      // translation first, so that each row is three FMAs (and one more for the weight)
+      out[3 * q + 0] += wk * (r0.w + r0.x * x + r0.y * y + r0.z * z);
+      out[3 * q + 1] += wk * (r1.w + r1.x * x + r1.y * y + r1.z * z);
+      out[3 * q + 2] += wk * (r2.w + r2.x * x + r2.y * y + r2.z * z);
     }
   }
 }
@@ -240,8 +240,12 @@ D2A_UNROLL
 D2A_UNROLL
   for (int bt = 0; bt < BT; ++bt) {  // one body at a time: 8 bodies' outputs at once would spill
     if (bt >= nb) break;
-    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt],
-                   verts + (static_cast<size_t>(b0 + bt) * V + v) * 3);
+    float o[3];  // a local array: accumulating in `verts` itself would store at every influence
+    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt], o);
+    float* dst = verts + (static_cast<size_t>(b0 + bt) * V + v) * 3;
+    dst[0] = o[0];
+    dst[1] = o[1];
+    dst[2] = o[2];
   }
 }
 
