@@ -89,13 +89,15 @@ WARP = 32
 
 def skin_flops(asset) -> tuple[float, float]:
     """FLOPs per vertex and body of the skinning kernel: (useful, issued). Shape blend 2*3*S,
-    template add 3, transform blend 24 per non-zero influence, apply 21. The kernel skips
-    zero weights, but a warp runs as many influences as its busiest vertex: ``issued`` uses
-    the maximum over each 32 consecutive vertices."""
+    template add 3, and 24 per non-zero influence (``skin_vertex``: A.(v, 1), 3 FMAs per row,
+    and the weighted sum, 1 FMA per row; before 2026-11-28 the kernel blended the 3x4
+    matrices, 24 per influence, then applied the blend, 21 more). The kernel skips zero
+    weights, but a warp runs as many influences as its busiest vertex: ``issued`` uses the
+    maximum over each 32 consecutive vertices."""
     import numpy as np
     n = (np.asarray(asset.skin_weights) > 0).sum(1)
     warp_max = np.pad(n, (0, -len(n) % WARP)).reshape(-1, WARP).max(1)
-    fixed = 6 * asset.num_betas + 3 + 21
+    fixed = 6 * asset.num_betas + 3
     return fixed + 24 * float(n.mean()), fixed + 24 * float(warp_max.mean())
 
 
