@@ -6,8 +6,8 @@ transform scratch written and read; peak = 2 x memory clock x bus width).
 Prints a table to stdout for each skinning variant (``simt``, and ``tc`` on compute capability
 8.0+: the shape blend on tensor cores), with each kernel's device time at batch 256, so the
 forward-kinematics launch and the skinning launch are told apart, the variants' largest
-difference, and for ``tc`` a sweep of its grid shape (``tiles_per_block``); writes nothing. Exit code 2 without a CUDA
-GPU or the extension.
+difference, and for ``tc`` a sweep of its grid shape (``warps`` and ``tiles_per_block``);
+writes nothing. Exit code 2 without a CUDA GPU or the extension.
 
 ``--roofline`` prints, on any machine, the kernel's arithmetic (FLOPs per vertex and body from
 the asset's skinning weights) against its DRAM bytes, and what the bandwidth goal demands of the
@@ -210,12 +210,16 @@ def run(asset_spec: str, iters: int) -> int:
             print(f"batch 256 fp32 work          {useful * 256 * V / (kernel_ms * 1e-3) / 1e12:9.1f} "
                   f"TFLOP/s useful (see --roofline)")
             print(f"batch 256 max |verts - simt| {(verts - ref).abs().max().item() * 1e3:9.5f} mm")
-            if skin == "tc":  # the grid's body tiles per block, against the automatic choice
-                for per in (1, 2, 4, 8, 16):
-                    ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream, skin="tc",
-                                                        tiles_per_block=per), torch, iters)
-                    print(f"batch 256 tc tiles_per_block={per:<2} {ms * 1e3:7.1f} us = "
-                          f"{100 * nbytes / (ms * 1e-3) / peak:.0f} % of peak")
+            if skin == "tc":  # the grid's shape: warps and body tiles per block (0 = auto)
+                for warps in (4, 8, 16) if S <= 16 else (4, 8):
+                    cells = []
+                    for per in (0, 1, 2, 4, 8, 16):
+                        ms = _throughput_ms(lambda: buf.lbs(*ptrs256, 256, stream, skin="tc",
+                                                            tiles_per_block=per, warps=warps),
+                                            torch, iters)
+                        cells.append(f"{per or 'auto'}: {ms * 1e3:.1f} us "
+                                     f"({100 * nbytes / (ms * 1e-3) / peak:.0f} %)")
+                    print(f"batch 256 tc warps={warps:<2} tiles_per_block " + ", ".join(cells))
     return 0
 
 

@@ -136,13 +136,15 @@ PYBIND11_MODULE(_lbs_cuda, m) {
       .def("lbs", &d2a::BodyBuffers::lbs, py::arg("rotmats"), py::arg("betas"),
            py::arg("transl"), py::arg("verts"), py::arg("joints"), py::arg("batch"),
            py::arg("stream") = 0, py::arg("skin") = "auto", py::arg("tiles_per_block") = 0,
+           py::arg("warps") = 0,
            py::call_guard<py::gil_scoped_release>(),
            "Enqueue LBS on `stream` (cudaStream_t as int, 0 = default stream). Device pointers "
            "(int) to fp32 C-contiguous rotmats (B, J, 3, 3), betas (B, S), transl (B, 3) -> "
            "verts (B, V, 3), joints (B, J, 3); batch = B <= max_batch. Does not synchronize. "
            "skin: 'simt' (CUDA cores, any GPU), 'tc' (shape blend on TF32 tensor cores, 3xTF32; "
            "compute capability >= 8.0, S <= 32) or 'auto' (= 'simt' for now); "
-           "tiles_per_block: 'tc' only, 8-body tiles per block, 0 = chosen from the GPU.")
+           "tiles_per_block, warps: 'tc' only, 8-body tiles and warps per block (2, 4, 8, or 16 "
+           "for S <= 16); 0 = chosen from the GPU / 8.")
       .def("close", &d2a::BodyBuffers::close, "Free the device memory (idempotent).")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](d2a::BodyBuffers& self, py::args) { self.close(); })

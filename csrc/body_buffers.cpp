@@ -229,16 +229,21 @@ void BodyBuffers::check_pointer(uintptr_t ptr, const char* name) const {
 
 void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uintptr_t verts,
                       uintptr_t joints, int batch, uintptr_t stream, const std::string& skin,
-                      int tiles_per_block) const {
+                      int tiles_per_block, int warps) const {
   if (closed_) throw std::runtime_error("BodyBuffers is closed; create a new one");
   require(batch >= 0 && batch <= max_batch_, range_text("batch", batch, 0, max_batch_) +
                                                  " (max_batch of these BodyBuffers)");
   require(skin == "auto" || skin == "simt" || skin == "tc",
           "skin must be 'auto', 'simt' or 'tc', got '" + skin + "'");
   require(tiles_per_block >= 0, range_text("tiles_per_block", tiles_per_block, 0, 1 << 15));
+  const int max_warps = view_.num_betas > 16 ? 8 : 16;  // register budget, lbs_kernels.cu
+  require(warps == 0 || warps == 2 || warps == 4 || warps == 8 || (warps == 16 && max_warps == 16),
+          "warps must be 0 (default), 2, 4, 8" + std::string(max_warps == 16 ? " or 16" : "") +
+              " for this body, got " + std::to_string(warps));
   LaunchConfig config;
   config.num_sms = num_sms_;
   config.tiles_per_block = tiles_per_block;
+  config.tc_warps = warps;
   if (skin == "tc") {  // "auto" stays on the CUDA cores until tc is measured on a GPU
     require(tensor_cores_, "skin='tc' needs TF32 tensor cores (compute capability 8.0 or newer) "
                            "on device " + std::to_string(device_) + "; use skin='simt'");

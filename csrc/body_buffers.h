@@ -78,13 +78,14 @@ class BodyBuffers {
   BodyBuffers(const HostBody& host, int max_batch, int device);
 
   // Enqueues LBS for `batch` bodies on `stream`; pointer shapes as in lbs_kernels.h.
-  // `skin`: "auto", "simt" or "tc" (SkinVariant); `tiles_per_block` 0 = chosen here.
+  // `skin`: "auto", "simt" or "tc" (SkinVariant); for "tc", `tiles_per_block` (0 = chosen here)
+  // and `warps` per block (0 = kTcDefaultWarps), as LaunchConfig.
   // Throws std::invalid_argument for null / misaligned / non-device pointers, a closed object,
   // batch outside [0, max_batch] or a skin variant this device or body cannot run;
   // std::runtime_error for CUDA failures.
   void lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uintptr_t verts,
            uintptr_t joints, int batch, uintptr_t stream, const std::string& skin = "auto",
-           int tiles_per_block = 0) const;
+           int tiles_per_block = 0, int warps = 0) const;
 
   void close() noexcept;  // frees the device memory; later lbs() calls raise
   bool closed() const { return closed_; }

@@ -32,15 +32,17 @@
 namespace d2a {
 
 constexpr int kFkThreads = 128;   // fk: kFkThreads / JT bodies per block, JT threads each
-constexpr int kSkinThreads = 128; // simt skin: one vertex per thread
-constexpr int kTcWarps = 4;       // tc skin: warps per block, each owns 16 vertices
+constexpr int kSkinThreads = 256; // simt skin: one vertex per thread
+constexpr int kTcMaxWarps = 16;   // tc skin: warps per block (each owns 16 vertices), at most
 
 // Shared floats of one fk block: per body (JT, 9) rotations, (JT, 3) positions, (JT, 3) rest.
 constexpr int fk_smem_floats() { return kFkThreads * 15; }
 
 // Shared floats of one tc skin block: transforms of 8 bodies (8, J, 12), their betas (8, 8 KT)
-// and one output staging tile per warp (8 bodies, 16 vertices x 3).
-constexpr int tc_smem_floats(int J, int KT) { return 8 * J * 12 + 8 * 8 * KT + kTcWarps * 8 * 48; }
+// and one staging tile per warp (8 bodies, 16 vertices x 3).
+constexpr int tc_smem_floats(int J, int KT, int warps) {
+  return 8 * J * 12 + 8 * 8 * KT + warps * 8 * 48;
+}
 
 D2A_HD int imin(int a, int b) { return a < b ? a : b; }
 
@@ -205,8 +207,9 @@ D2A_HD void skin_simt_body(P& p, const DeviceBody& body, const float* __restrict
   const int nb = imin(BT, batch - b0);
   float* s_A = p.smem();
   float* s_beta = s_A + BT * J * 12;
-  for (int i = p.thread(); i < nb * J * 12; i += kSkinThreads) {
-    s_A[i] = transforms[static_cast<size_t>(b0) * J * 12 + i];
+  const float4* src = reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
+  for (int i = p.thread(); i < nb * J * 3; i += kSkinThreads) {  // 16-byte copies
+    reinterpret_cast<float4*>(s_A)[i] = src[i];
   }
   for (int i = p.thread(); i < S * BT; i += kSkinThreads) {  // s_beta[s, bt] = betas[b0 + bt, s]
     const int s = i / BT, bt = i % BT;
@@ -260,8 +263,11 @@ D2A_HD void split_tf32(const P& p, float x, uint32_t& hi, uint32_t& lo) {
   lo = p.tf32(x - h);
 }
 
-// Skinning with the shape blend on tensor cores. A block = kTcWarps warps = 64 vertices, and a
-// run of 8-body tiles (blockIdx.y * tiles_per_block ...). Per warp, 16 vertices and per tile:
+// Skinning with the shape blend on tensor cores. A block = `warps` warps = 16 x warps vertices
+// (blockDim.x = 32 x warps), and a run of 8-body tiles (blockIdx.y * tiles_per_block ...). Every
+// block copies each of its tiles' transforms into shared memory, so more warps per block means
+// less of that traffic (Anny at batch 256: 66 MB from L2 with 4 warps, 33 MB with 8).
+// Per warp, 16 vertices and per tile:
 //   1. the shape blend D (16 vertices x 8 bodies, per coordinate) = shapedirs_c (16 x S) .
 //      betas^T (S x 8), KT k-steps of m16n8k8 in 3xTF32; shapedirs' fragments are split once
 //      and stay in registers for all of the block's tiles, betas come from shared memory;
@@ -274,13 +280,13 @@ D2A_HD void split_tf32(const P& p, float x, uint32_t& hi, uint32_t& lo) {
 template <int KT, class P>
 D2A_HD void skin_tc_body(P& p, const DeviceBody& body, const float* __restrict__ betas,
                          const float* __restrict__ transforms, int batch, int tiles_per_block,
-                         float* __restrict__ verts) {
+                         int warps, float* __restrict__ verts) {
   const int V = body.num_vertices, J = body.num_joints, S = body.num_betas;
   const int lane = p.lane(), g = lane >> 2, t = lane & 3;
   float* s_A = p.smem();                                   // (8, J, 12)
   float* s_beta = s_A + 8 * J * 12;                        // (8, 8 KT), zero beyond S
   float* stage = s_beta + 8 * 8 * KT + p.warp() * 8 * 48;  // (8, 16, 3) of this warp
-  const int v0 = (p.block_x() * kTcWarps + p.warp()) * 16;
+  const int v0 = (p.block_x() * warps + p.warp()) * 16;
 
   uint32_t a_hi[3][KT][4], a_lo[3][KT][4];  // shapedirs fragments, rows = vertices, cols = betas
 D2A_UNROLL
@@ -314,10 +320,10 @@ D2A_UNROLL
     p.sync_block();  // the previous tile's readers of s_A / s_beta are done
     const float4* src =
         reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
-    for (int i = p.thread(); i < nb * J * 3; i += kTcWarps * 32) {
+    for (int i = p.thread(); i < nb * J * 3; i += warps * 32) {
       reinterpret_cast<float4*>(s_A)[i] = src[i];
     }
-    for (int i = p.thread(); i < 8 * 8 * KT; i += kTcWarps * 32) {
+    for (int i = p.thread(); i < 8 * 8 * KT; i += warps * 32) {
       const int n = i / (8 * KT), s = i % (8 * KT);
       s_beta[i] = n < nb && s < S ? betas[static_cast<size_t>(b0 + n) * S + s] : 0.f;
     }

@@ -17,7 +17,7 @@ namespace d2a {
 namespace {
 
 template <int BT>
-__global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 6 : 8)  // <= 85 / 64 registers
+__global__ void __launch_bounds__(kSkinThreads, BT >= 8 ? 3 : 4)  // <= 85 / 64 registers
     skin_kernel(DeviceBody body, const float* __restrict__ betas,
                 const float* __restrict__ transforms, int batch, float* __restrict__ verts) {
   DevicePolicy p;
@@ -33,22 +33,25 @@ __global__ void __launch_bounds__(kFkThreads)
   fk_body<JT>(p, body, rotmats, betas, transl, batch, joints, transforms);
 }
 
+// KT <= 2 (S <= 16): up to 16 warps a block at <= 128 registers (16 warps per SM); KT 3-4 need
+// about 168 registers: up to 8 warps (BodyBuffers::lbs checks).
 template <int KT>
-__global__ void __launch_bounds__(kTcWarps * 32, KT <= 2 ? 4 : 3)  // <= 128 / 168 registers
+__global__ void __launch_bounds__(KT <= 2 ? kTcMaxWarps * 32 : kTcMaxWarps * 16)
     skin_tc_kernel(DeviceBody body, const float* __restrict__ betas,
                    const float* __restrict__ transforms, int batch, int tiles_per_block,
-                   float* __restrict__ verts) {
+                   int warps, float* __restrict__ verts) {
 #if __CUDA_ARCH__ >= 800
   DevicePolicy p;
-  skin_tc_body<KT>(p, body, betas, transforms, batch, tiles_per_block, verts);
+  skin_tc_body<KT>(p, body, betas, transforms, batch, tiles_per_block, warps, verts);
 #endif
 }
 
-// 8-body tiles per block: enough blocks for about 8 per multiprocessor (two waves at the four
-// that fit), and as many tiles per block as that allows, since each block splits its vertices'
-// shapedirs into TF32 fragments once for all of its tiles.
-int tc_tiles_per_block(int blocks_x, int tiles, int num_sms) {
-  const long long target = 8LL * (num_sms > 0 ? num_sms : 1);
+// 8-body tiles per block: enough blocks for two waves of the blocks that fit at once (16 warps
+// per multiprocessor at 128 registers), and as many tiles per block as that allows, since each
+// block splits its vertices' shapedirs into TF32 fragments once for all of its tiles.
+int tc_tiles_per_block(int blocks_x, int tiles, int num_sms, int warps) {
+  const long long per_sm = warps < 16 ? 16 / warps : 1;
+  const long long target = 2 * per_sm * (num_sms > 0 ? num_sms : 1);
   const long long per = (static_cast<long long>(blocks_x) * tiles + target - 1) / target;
   return static_cast<int>(per < 1 ? 1 : (per > tiles ? tiles : per));
 }
@@ -56,14 +59,16 @@ int tc_tiles_per_block(int blocks_x, int tiles, int num_sms) {
 template <int KT>
 void launch_skin_tc(const DeviceBody& body, const float* betas, const float* transforms,
                     int batch, float* verts, cudaStream_t stream, const LaunchConfig& config) {
-  const int blocks_x = (body.num_vertices + kTcWarps * 16 - 1) / (kTcWarps * 16);
+  const int warps = config.tc_warps > 0 ? config.tc_warps : kTcDefaultWarps;
+  const int blocks_x = (body.num_vertices + warps * 16 - 1) / (warps * 16);
   const int tiles = (batch + 7) / 8;
-  const int per = config.tiles_per_block > 0 ? config.tiles_per_block
-                                             : tc_tiles_per_block(blocks_x, tiles, config.num_sms);
+  const int per = config.tiles_per_block > 0
+                      ? config.tiles_per_block
+                      : tc_tiles_per_block(blocks_x, tiles, config.num_sms, warps);
   const dim3 grid(blocks_x, (tiles + per - 1) / per);
-  const size_t smem = sizeof(float) * tc_smem_floats(body.num_joints, KT);
-  skin_tc_kernel<KT><<<grid, kTcWarps * 32, smem, stream>>>(body, betas, transforms, batch, per,
-                                                            verts);
+  const size_t smem = sizeof(float) * tc_smem_floats(body.num_joints, KT, warps);
+  skin_tc_kernel<KT><<<grid, warps * 32, smem, stream>>>(body, betas, transforms, batch, per,
+                                                         warps, verts);
   D2A_CUDA_CHECK(cudaGetLastError());
 }
 

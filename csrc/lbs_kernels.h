@@ -35,11 +35,13 @@ struct DeviceBody {
 //     cores, skinning on CUDA cores; compute capability >= 8.0 and S <= kTcMaxBetas.
 enum class SkinVariant { kSimt, kTensorCore };
 constexpr int kTcMaxBetas = 32;
+constexpr int kTcDefaultWarps = 8;  // kTensorCore: warps per block when LaunchConfig says 0
 
 struct LaunchConfig {
   SkinVariant skin = SkinVariant::kSimt;
   int num_sms = 0;          // the device's multiprocessors (kTensorCore sizes its grid with it)
   int tiles_per_block = 0;  // kTensorCore: 8-body tiles per block; 0 = from num_sms
+  int tc_warps = 0;         // kTensorCore: warps per block, 2/4/8/16 (<= 8 for S > 16); 0 = 8
 };
 
 // Posed vertices and joints for a batch of B bodies, enqueued on `stream` (nothing synchronizes).

@@ -181,7 +181,7 @@ def emulator(tmp_path_factory) -> Path:
 
 
 def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin: str,
-             tiles: int = 1, vertex_index=None):
+             tiles: int = 1, warps: int = 8, vertex_index=None):
     """verts (B, V or N, 3), joints (B, J, 3) from the emulated fk + ``skin`` ("simt", "tc")
     kernels, on the vertices ``vertex_index`` (N) if given."""
     V, J, S = arrays["shapedirs"].shape[0], len(arrays["parents"]), arrays["shapedirs"].shape[2]
@@ -197,8 +197,8 @@ def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin:
         np.ascontiguousarray(arrays[name], np.int64).tofile(work / f"{name}.bin")
     for name, a in (("rotmats", rot), ("betas", betas), ("transl", transl)):
         np.ascontiguousarray(a, np.float32).tofile(work / f"{name}.bin")
-    proc = subprocess.run([str(emulator), str(work), skin, str(tiles)], capture_output=True,
-                          text=True)
+    proc = subprocess.run([str(emulator), str(work), skin, str(tiles), str(warps)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return (np.fromfile(work / "verts.bin", np.float32).reshape(B, N or V, 3),
             np.fromfile(work / "joints.bin", np.float32).reshape(B, J, 3))
@@ -216,14 +216,15 @@ def _chain_arrays(seed: int, V: int, J: int, S: int) -> dict:
     return arrays
 
 
-EMULATED = {  # name -> (body, batch, tiles per block): tails of vertices, bodies and betas
-    "tiny-b1": (lambda: tiny_arrays(), 1, 1),
-    "tiny-b7": (lambda: tiny_arrays(), 7, 1),
-    "tiny-b19-2tiles": (lambda: tiny_arrays(seed=3, V=150), 19, 2),
-    "tiny-b19-1tile": (lambda: tiny_arrays(seed=3, V=150), 19, 1),
-    "j40-s20": (lambda: _chain_arrays(5, V=70, J=40, S=20), 9, 1),
-    "j25-s32": (lambda: _chain_arrays(6, V=100, J=25, S=32), 8, 1),
-    "s16-scaled": (lambda: tiny_arrays(seed=7, V=90, S=16), 16, 2),
+EMULATED = {  # name -> (body, batch, tc tiles per block, tc warps per block): tails of
+    # vertices, bodies and betas, and the tc grid's shapes
+    "tiny-b1": (lambda: tiny_arrays(), 1, 1, 8),
+    "tiny-b7": (lambda: tiny_arrays(), 7, 1, 4),
+    "tiny-b19-2tiles": (lambda: tiny_arrays(seed=3, V=150), 19, 2, 2),
+    "tiny-b19-1tile": (lambda: tiny_arrays(seed=3, V=150), 19, 1, 16),
+    "j40-s20": (lambda: _chain_arrays(5, V=70, J=40, S=20), 9, 1, 8),
+    "j25-s32": (lambda: _chain_arrays(6, V=100, J=25, S=32), 8, 1, 4),
+    "s16-scaled": (lambda: tiny_arrays(seed=7, V=300, S=16), 16, 2, 8),
 }
 
 
@@ -232,7 +233,7 @@ EMULATED = {  # name -> (body, batch, tiles per block): tails of vertices, bodie
 @pytest.mark.parametrize("skin", ["simt", "tc"])
 @pytest.mark.parametrize("case", sorted(EMULATED))
 def test_emulated_kernels_match_oracle(emulator, tmp_path, case, skin):
-    make, batch, tiles = EMULATED[case]
+    make, batch, tiles, warps = EMULATED[case]
     arrays = make()
     rng = np.random.default_rng(batch)
     rot, betas, transl = random_inputs(rng, batch, len(arrays["parents"]),
@@ -240,7 +241,7 @@ def test_emulated_kernels_match_oracle(emulator, tmp_path, case, skin):
     if case == "s16-scaled":  # Anny-sized shape offsets: where plain TF32 would miss 1e-5 m
         arrays["shapedirs"] = (arrays["shapedirs"] * 15).astype(np.float32)
         betas = betas * 2
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, tiles)
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, tiles, warps)
     ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
                                     transl.astype(np.float32), "cpu")
     assert np.abs(joints - ref_joints).max() <= TOL_M
@@ -257,7 +258,7 @@ def test_emulated_vertex_selection(emulator, tmp_path, skin):
     index[5] = index[40]
     rng = np.random.default_rng(4)
     rot, betas, transl = random_inputs(rng, 10, len(arrays["parents"]), 6)
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, 2, index)
+    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, 2, 4, index)
     ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
                                     transl.astype(np.float32), "cpu")
     assert verts.shape == (10, 70, 3)
@@ -446,6 +447,12 @@ def test_raw_pointer_errors(gpu_buffers):
         gpu_buffers.lbs(*ptrs[:3], host.ctypes.data, ptrs[4], 2, 0)
     with pytest.raises(ValueError, match="batch must be in"):
         gpu_buffers.lbs(*ptrs, 5, 0)
+    with pytest.raises(ValueError, match="skin must be 'auto', 'simt' or 'tc'"):
+        gpu_buffers.lbs(*ptrs, 2, 0, skin="fast")
+    with pytest.raises(ValueError, match="warps must be 0"):
+        gpu_buffers.lbs(*ptrs, 2, 0, skin="tc", warps=3)
+    with pytest.raises(ValueError, match="tiles_per_block must be in"):
+        gpu_buffers.lbs(*ptrs, 2, 0, skin="tc", tiles_per_block=-1)
     gpu_buffers.lbs(*ptrs, 2, torch.cuda.current_stream().cuda_stream)  # the good call works
     torch.cuda.synchronize()
     assert torch.isfinite(verts).all()

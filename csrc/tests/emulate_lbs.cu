@@ -7,7 +7,7 @@
 // with nvcc and compares with the torch oracle). What it cannot check: timing, the real
 // tensor-core accumulation order, and launch limits (registers, shared memory).
 //
-//   emulate_lbs DIR simt|tc TILES_PER_BLOCK   (TILES_PER_BLOCK: tc only)
+//   emulate_lbs DIR simt|tc TILES_PER_BLOCK WARPS   (the last two: tc only)
 // reads DIR/dims.txt ("V J S K B") and DIR/<name>.bin (little-endian, C order): v_template,
 // shapedirs, j_template, j_shapedirs, skin_weights, rotmats, betas, transl (float32), parents,
 // skin_indices (int64), and, if DIR/vertex_index.bin exists (int64, N given as a sixth number in
@@ -155,33 +155,34 @@ void skin_simt(const d2a::DeviceBody& body, const float* betas, const float* tra
 
 template <int KT>
 void skin(const d2a::DeviceBody& body, const float* betas, const float* transforms, int batch,
-          int per, float* verts) {
-  const int grid_x = (body.num_vertices + d2a::kTcWarps * 16 - 1) / (d2a::kTcWarps * 16);
+          int per, int warps, float* verts) {
+  const int grid_x = (body.num_vertices + warps * 16 - 1) / (warps * 16);
   const int tiles = (batch + 7) / 8;
-  run_grid(grid_x, (tiles + per - 1) / per, d2a::kTcWarps * 32,
-           d2a::tc_smem_floats(body.num_joints, KT), [&](HostPolicy& p) {
-             d2a::skin_tc_body<KT>(p, body, betas, transforms, batch, per, verts);
+  run_grid(grid_x, (tiles + per - 1) / per, warps * 32,
+           d2a::tc_smem_floats(body.num_joints, KT, warps), [&](HostPolicy& p) {
+             d2a::skin_tc_body<KT>(p, body, betas, transforms, batch, per, warps, verts);
            });
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s DIR simt|tc TILES_PER_BLOCK\n", argv[0]);
+  if (argc != 5) {
+    std::fprintf(stderr, "usage: %s DIR simt|tc TILES_PER_BLOCK WARPS\n", argv[0]);
     return 2;
   }
   try {
     const std::string dir = std::string(argv[1]) + "/", variant = argv[2];
-    const int per = std::stoi(argv[3]);
+    const int per = std::stoi(argv[3]), warps = std::stoi(argv[4]);
     if (variant != "simt" && variant != "tc") throw std::runtime_error("variant: simt or tc");
     int V = 0, J = 0, S = 0, K = 0, B = 0;
     std::ifstream dims(dir + "dims.txt");
     if (!(dims >> V >> J >> S >> K >> B)) throw std::runtime_error("bad dims.txt");
     int N = 0;  // optional: the number of selected vertices
     dims >> N;
-    if (variant == "tc" && (S > d2a::kTcMaxBetas || per < 1)) {
-      throw std::runtime_error("tc needs S <= 32 and TILES_PER_BLOCK >= 1");
+    if (variant == "tc" && (S > d2a::kTcMaxBetas || per < 1 || warps < 1 ||
+                            warps > d2a::kTcMaxWarps)) {
+      throw std::runtime_error("tc needs S <= 32, TILES_PER_BLOCK >= 1, 1 <= WARPS <= 16");
     }
     d2a::HostBody h;
     h.num_vertices = V;
@@ -226,10 +227,10 @@ int main(int argc, char** argv) {
       if (bt == 4) skin_simt<4>(body, betas.data(), transforms.data(), B, verts.data());
       if (bt == 1) skin_simt<1>(body, betas.data(), transforms.data(), B, verts.data());
     } else switch ((S + 7) / 8) {
-      case 1: skin<1>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
-      case 2: skin<2>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
-      case 3: skin<3>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
-      default: skin<4>(body, betas.data(), transforms.data(), B, per, verts.data()); break;
+      case 1: skin<1>(body, betas.data(), transforms.data(), B, per, warps, verts.data()); break;
+      case 2: skin<2>(body, betas.data(), transforms.data(), B, per, warps, verts.data()); break;
+      case 3: skin<3>(body, betas.data(), transforms.data(), B, per, warps, verts.data()); break;
+      default: skin<4>(body, betas.data(), transforms.data(), B, per, warps, verts.data()); break;
     }
     write_array(dir + "verts.bin", verts);
     write_array(dir + "joints.bin", joints);
