@@ -225,6 +225,12 @@ EMULATED = {  # name -> (body, batch, tc tiles per block, tc warps per block): t
     "j40-s20": (lambda: _chain_arrays(5, V=70, J=40, S=20), 9, 1, 8),
     "j25-s32": (lambda: _chain_arrays(6, V=100, J=25, S=32), 8, 1, 4),
     "s16-scaled": (lambda: tiny_arrays(seed=7, V=300, S=16), 16, 2, 8),
+    # edges: one vertex, one joint, one beta; a full k-step (S = 8) and one past it (S = 9);
+    # J = 33, the first two-warp fk body; J = 64, the most fk and skinning take
+    "v1-j1-s1": (lambda: _chain_arrays(10, V=1, J=1, S=1), 1, 1, 2),
+    "j2-s8": (lambda: _chain_arrays(11, V=17, J=2, S=8), 9, 3, 4),
+    "j33-s9": (lambda: _chain_arrays(12, V=65, J=33, S=9), 3, 1, 8),
+    "j64-s24": (lambda: _chain_arrays(13, V=129, J=64, S=24), 17, 2, 8),
 }
 
 
