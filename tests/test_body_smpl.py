@@ -101,6 +101,10 @@ def test_smpl_lbs_matches_smplx(smpl_pkl):
     v_np, j_np = BodyModel(asset)(rot_cam.numpy(), betas.numpy(), root.numpy())
     assert np.abs(v_np - verts.numpy()).max() <= 1e-5
     assert np.abs(j_np - joints.numpy()).max() <= 1e-5
+    index = np.array([6889, 0, 3000, 3000, 17])  # a vertex subset, posedirs included
+    v_sub, j_sub = BodyModel(asset, index)(rot_cam.numpy(), betas.numpy(), root.numpy())
+    assert np.abs(v_sub - v_np[:, index]).max() <= 1e-9
+    assert np.abs(j_sub - j_np).max() <= 1e-9
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):
