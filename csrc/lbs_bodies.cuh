@@ -194,6 +194,32 @@ D2A_UNROLL
   }
 }
 
+// Copies the nb bodies' transforms (nb, J, 12) starting at body b0 into shared memory, 16 bytes
+// per thread and step, `threads` threads (b0 * J * 12 floats is a multiple of 4: aligned).
+#pragma nv_exec_check_disable
+template <class P>
+D2A_HD void copy_transforms(const P& p, float* s_A, const float* transforms, int b0, int nb,
+                            int J, int threads) {
+  const float4* src = reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
+  for (int i = p.thread(); i < nb * J * 3; i += threads) reinterpret_cast<float4*>(s_A)[i] = src[i];
+}
+
+// A vertex's skinning data: its 8 bones (a byte each) and 8 weights (two 16-byte loads).
+struct VertexSkin {
+  uint2 bones;
+  float w[kMaxInfluences];
+};
+
+D2A_HD VertexSkin vertex_skin(const DeviceBody& body, int v) {
+  VertexSkin out;
+  out.bones = reinterpret_cast<const uint2*>(body.skin_indices)[v];
+  const float4 lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
+  const float4 hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
+  const float w[kMaxInfluences] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  memcpy(out.w, w, sizeof(w));
+  return out;
+}
+
 // Skinning on CUDA cores (SkinVariant::kSimt), one thread per vertex v (kSkinThreads per block)
 // and a tile of BT bodies (blockIdx.y): the vertex's body data are read once and reused for the
 // BT bodies. Shared memory: the tile's transforms (BT, J, 12), then its betas transposed (S, BT).
@@ -207,10 +233,7 @@ D2A_HD void skin_simt_body(P& p, const DeviceBody& body, const float* __restrict
   const int nb = imin(BT, batch - b0);
   float* s_A = p.smem();
   float* s_beta = s_A + BT * J * 12;
-  const float4* src = reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
-  for (int i = p.thread(); i < nb * J * 3; i += kSkinThreads) {  // 16-byte copies
-    reinterpret_cast<float4*>(s_A)[i] = src[i];
-  }
+  copy_transforms(p, s_A, transforms, b0, nb, J, kSkinThreads);
   for (int i = p.thread(); i < S * BT; i += kSkinThreads) {  // s_beta[s, bt] = betas[b0 + bt, s]
     const int s = i / BT, bt = i % BT;
     s_beta[i] = bt < nb ? betas[static_cast<size_t>(b0 + bt) * S + s] : 0.f;
@@ -236,15 +259,12 @@ D2A_UNROLL
       blend[bt][2] += dz * beta[bt];
     }
   }
-  const uint2 packed = reinterpret_cast<const uint2*>(body.skin_indices)[v];  // 8 x uint8
-  const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
-  const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
-  const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
+  const VertexSkin vs = vertex_skin(body, v);
 D2A_UNROLL
   for (int bt = 0; bt < BT; ++bt) {  // one body at a time: 8 bodies' outputs at once would spill
     if (bt >= nb) break;
     float o[3];  // a local array: accumulating in `verts` itself would store at every influence
-    skin_vertex<1>(s_A + bt * J * 12, 0, w, packed, blend[bt], o);
+    skin_vertex<1>(s_A + bt * J * 12, 0, vs.w, vs.bones, blend[bt], o);
     float* dst = verts + (static_cast<size_t>(b0 + bt) * V + v) * 3;
     dst[0] = o[0];
     dst[1] = o[1];
@@ -261,6 +281,51 @@ D2A_HD void split_tf32(const P& p, float x, uint32_t& hi, uint32_t& lo) {
   float h;
   memcpy(&h, &hi, sizeof(h));
   lo = p.tf32(x - h);
+}
+
+// shapedirs fragments (A of the mma) of the 16 vertices from v0, rows = vertices, cols = betas,
+// per coordinate and k-step, split in TF32 hi + lo: a[i] = A[g + 8 (i & 1)][t + 4 (i >> 1)].
+#pragma nv_exec_check_disable
+template <int KT, class P>
+D2A_HD void tc_shapedirs_fragments(const P& p, const DeviceBody& body, int v0,
+                                   uint32_t (&a_hi)[3][KT][4], uint32_t (&a_lo)[3][KT][4]) {
+  const int V = body.num_vertices, S = body.num_betas, g = p.lane() >> 2, t = p.lane() & 3;
+D2A_UNROLL
+  for (int c = 0; c < 3; ++c) {
+D2A_UNROLL
+    for (int kt = 0; kt < KT; ++kt) {
+D2A_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const int v = v0 + g + 8 * (i & 1), s = kt * 8 + t + (i >> 1) * 4;
+        const float x =
+            v < V && s < S ? body.shapedirs_t[(static_cast<size_t>(s) * 3 + c) * V + v] : 0.f;
+        split_tf32(p, x, a_hi[c][kt][i], a_lo[c][kt][i]);
+      }
+    }
+  }
+}
+
+// The shape blend of the warp's 16 vertices and the tile's 8 bodies, per coordinate c:
+// acc[c][i] = D_c[g + 8 (i >> 1)][2t + (i & 1)], D_c = shapedirs_c . betas^T, 3xTF32.
+#pragma nv_exec_check_disable
+template <int KT, class P>
+D2A_HD void tc_shape_blend(P& p, const float* s_beta, const uint32_t (&a_hi)[3][KT][4],
+                           const uint32_t (&a_lo)[3][KT][4], float (&acc)[3][4]) {
+  const int g = p.lane() >> 2, t = p.lane() & 3;
+D2A_UNROLL
+  for (int c = 0; c < 3; ++c) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.f;
+D2A_UNROLL
+  for (int kt = 0; kt < KT; ++kt) {
+    uint32_t b_hi[2], b_lo[2];  // B[k][n] = betas[b0 + n, k]: b[0] at k = t, b[1] at t + 4
+    split_tf32(p, s_beta[g * 8 * KT + kt * 8 + t], b_hi[0], b_lo[0]);
+    split_tf32(p, s_beta[g * 8 * KT + kt * 8 + t + 4], b_hi[1], b_lo[1]);
+D2A_UNROLL
+    for (int c = 0; c < 3; ++c) {
+      p.mma(acc[c], a_lo[c][kt], b_hi);  // small terms first
+      p.mma(acc[c], a_hi[c][kt], b_lo);
+      p.mma(acc[c], a_hi[c][kt], b_hi);
+    }
+  }
 }
 
 // Skinning with the shape blend on tensor cores. A block = `warps` warps = 16 x warps vertices
@@ -288,60 +353,30 @@ D2A_HD void skin_tc_body(P& p, const DeviceBody& body, const float* __restrict__
   float* stage = s_beta + 8 * 8 * KT + p.warp() * 8 * 48;  // (8, 16, 3) of this warp
   const int v0 = (p.block_x() * warps + p.warp()) * 16;
 
-  uint32_t a_hi[3][KT][4], a_lo[3][KT][4];  // shapedirs fragments, rows = vertices, cols = betas
-D2A_UNROLL
-  for (int c = 0; c < 3; ++c) {
-D2A_UNROLL
-    for (int kt = 0; kt < KT; ++kt) {
-D2A_UNROLL
-      for (int i = 0; i < 4; ++i) {  // a[i] = A[g + 8 (i & 1)][t + 4 (i >> 1)]
-        const int v = v0 + g + 8 * (i & 1), s = kt * 8 + t + (i >> 1) * 4;
-        const float x =
-            v < V && s < S ? body.shapedirs_t[(static_cast<size_t>(s) * 3 + c) * V + v] : 0.f;
-        split_tf32(p, x, a_hi[c][kt][i], a_lo[c][kt][i]);
-      }
-    }
-  }
+  uint32_t a_hi[3][KT][4], a_lo[3][KT][4];
+  tc_shapedirs_fragments<KT>(p, body, v0, a_hi, a_lo);
   // Step 2's lane: vertex lv (clamped: rows past V compute garbage, never stored), bodies hb + 2q.
   const int lv = lane & 15, hb = lane >> 4, v = v0 + lv < V ? v0 + lv : V - 1;
   const bool store = v0 + lv < V;
   float tmpl[3];
 D2A_UNROLL
   for (int c = 0; c < 3; ++c) tmpl[c] = body.v_template_t[c * V + v];
-  const uint2 bones = reinterpret_cast<const uint2*>(body.skin_indices)[v];
-  const float4 w_lo = reinterpret_cast<const float4*>(body.skin_weights)[2 * v];
-  const float4 w_hi = reinterpret_cast<const float4*>(body.skin_weights)[2 * v + 1];
-  const float w[kMaxInfluences] = {w_lo.x, w_lo.y, w_lo.z, w_lo.w, w_hi.x, w_hi.y, w_hi.z, w_hi.w};
+  const VertexSkin vs = vertex_skin(body, v);
 
   const int num_tiles = (batch + 7) / 8;
   const int tile_end = imin(num_tiles, (p.block_y() + 1) * tiles_per_block);
   for (int tile = p.block_y() * tiles_per_block; tile < tile_end; ++tile) {
     const int b0 = tile * 8, nb = imin(8, batch - b0);
     p.sync_block();  // the previous tile's readers of s_A / s_beta are done
-    const float4* src =
-        reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
-    for (int i = p.thread(); i < nb * J * 3; i += warps * 32) {
-      reinterpret_cast<float4*>(s_A)[i] = src[i];
-    }
+    copy_transforms(p, s_A, transforms, b0, nb, J, warps * 32);
     for (int i = p.thread(); i < 8 * 8 * KT; i += warps * 32) {
       const int n = i / (8 * KT), s = i % (8 * KT);
       s_beta[i] = n < nb && s < S ? betas[static_cast<size_t>(b0 + n) * S + s] : 0.f;
     }
     p.sync_block();
 
-    float acc[3][4] = {};  // acc[c][i] = D_c[g + 8 (i >> 1)][2t + (i & 1)]
-D2A_UNROLL
-    for (int kt = 0; kt < KT; ++kt) {
-      uint32_t b_hi[2], b_lo[2];  // B[k][n] = betas[b0 + n, k]: b[0] at k = t, b[1] at t + 4
-      split_tf32(p, s_beta[g * 8 * KT + kt * 8 + t], b_hi[0], b_lo[0]);
-      split_tf32(p, s_beta[g * 8 * KT + kt * 8 + t + 4], b_hi[1], b_lo[1]);
-D2A_UNROLL
-      for (int c = 0; c < 3; ++c) {
-        p.mma(acc[c], a_lo[c][kt], b_hi);  // small terms first
-        p.mma(acc[c], a_hi[c][kt], b_lo);
-        p.mma(acc[c], a_hi[c][kt], b_hi);
-      }
-    }
+    float acc[3][4];
+    tc_shape_blend<KT>(p, s_beta, a_hi, a_lo, acc);
 D2A_UNROLL
     for (int i = 0; i < 4; ++i) {
       float* o = stage + (2 * t + (i & 1)) * 48 + (g + 8 * (i >> 1)) * 3;
@@ -357,7 +392,7 @@ D2A_UNROLL
     }
     p.sync_warp();  // the stage is rewritten by the next tile
     // s_A of bodies >= nb is stale: computed, never stored
-    skin_vertex<4>(s_A + hb * J * 12, 2 * J * 12, w, bones, &pts[0][0], &out[0][0]);
+    skin_vertex<4>(s_A + hb * J * 12, 2 * J * 12, vs.w, vs.bones, &pts[0][0], &out[0][0]);
     if (store) {
 D2A_UNROLL
       for (int q = 0; q < 4; ++q) {
