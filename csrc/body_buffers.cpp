@@ -180,13 +180,11 @@ BodyBuffers::BodyBuffers(const HostBody& h, int max_batch, int device) : max_bat
   D2A_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
   tensor_cores_ = major >= 8;
   const DeviceLayout d = device_layout(h);
-  // Each array goes up as it is; the view's pointers are then swapped for the device copies.
-  const DeviceBody host_view = d.view(h);
+  view_ = d.view(h);  // the sizes and max_depth; each pointer becomes its device copy below
   const auto up = [this](const auto* data, size_t count) {
     arrays_.push_back(upload(data, count * sizeof(*data)));
     return arrays_.back().template as<std::remove_const_t<std::remove_pointer_t<decltype(data)>>>();
   };
-  view_ = host_view;
   view_.v_template_t = up(d.v_template_t.data(), d.v_template_t.size());
   view_.shapedirs_t = up(d.shapedirs_t.data(), d.shapedirs_t.size());
   view_.j_template = up(h.j_template.data(), h.j_template.size());
@@ -236,7 +234,7 @@ void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uint
   require(skin == "auto" || skin == "simt" || skin == "tc",
           "skin must be 'auto', 'simt' or 'tc', got '" + skin + "'");
   require(tiles_per_block >= 0, range_text("tiles_per_block", tiles_per_block, 0, 1 << 15));
-  const int max_warps = view_.num_betas > 16 ? 8 : 16;  // register budget, lbs_kernels.cu
+  const int max_warps = tc_max_warps(view_.num_betas);
   require(warps == 0 || warps == 2 || warps == 4 || warps == 8 || (warps == 16 && max_warps == 16),
           "warps must be 0 (default), 2, 4, 8" + std::string(max_warps == 16 ? " or 16" : "") +
               " for this body, got " + std::to_string(warps));

@@ -33,7 +33,6 @@ namespace d2a {
 
 constexpr int kFkThreads = 128;   // fk: kFkThreads / JT bodies per block, JT threads each
 constexpr int kSkinThreads = 256; // simt skin: one vertex per thread
-constexpr int kTcMaxWarps = 16;   // tc skin: warps per block (each owns 16 vertices), at most
 
 // Shared floats of one fk block: per body (JT, 9) rotations, (JT, 3) positions, (JT, 3) rest.
 constexpr int fk_smem_floats() { return kFkThreads * 15; }
@@ -149,7 +148,8 @@ D2A_UNROLL
       for (int c = 0; c < 3; ++c) off[c] = s_rest[j * 3 + c] - s_rest[q * 3 + c];
       for (int r = 0; r < 3; ++r) {  // pos[j] = pos[q] + rot[q] . offset
         s_pos[j * 3 + r] =
-            s_pos[q * 3 + r] + (rp[r * 3 + 0] * off[0] + rp[r * 3 + 1] * off[1] + rp[r * 3 + 2] * off[2]);
+            s_pos[q * 3 + r] +
+            (rp[r * 3 + 0] * off[0] + rp[r * 3 + 1] * off[1] + rp[r * 3 + 2] * off[2]);
       }
     }
     fk_sync<JT>(p);
@@ -200,7 +200,8 @@ D2A_UNROLL
 template <class P>
 D2A_HD void copy_transforms(const P& p, float* s_A, const float* transforms, int b0, int nb,
                             int J, int threads) {
-  const float4* src = reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
+  const float4* src =
+      reinterpret_cast<const float4*>(transforms + static_cast<size_t>(b0) * J * 12);
   for (int i = p.thread(); i < nb * J * 3; i += threads) reinterpret_cast<float4*>(s_A)[i] = src[i];
 }
 

@@ -5,7 +5,7 @@
 //       `parents`, posed joints -> joints[b], skinning transforms A[b, j] (3x4) -> scratch.
 //   kernel 2, SkinVariant::kTensorCore (skin_tc_kernel<KT>, body in lbs_bodies.cuh): the shape
 //       blend on tensor cores (3xTF32), skinning on CUDA cores.
-//   kernel 2, SkinVariant::kSimt (skin_kernel<BT>), one thread per vertex v and a tile of BT bodies:
+//   kernel 2, SkinVariant::kSimt (skin_kernel<BT>), a thread per vertex v, a tile of BT bodies:
 //       v_shaped = v_template[v] + shapedirs[v] . betas[b]   (shape blend, fused)
 //       verts[b, v] = sum_k w[v, k] A[b, idx[v, k]] . (v_shaped, 1)   (skin_vertex, per body)
 //   Each thread reads its vertex's body arrays once and reuses them for the BT bodies of its tile.
@@ -33,10 +33,10 @@ __global__ void __launch_bounds__(kFkThreads)
   fk_body<JT>(p, body, rotmats, betas, transl, batch, joints, transforms);
 }
 
-// KT <= 2 (S <= 16): up to 16 warps a block at <= 128 registers (16 warps per SM); KT 3-4 need
-// about 168 registers: up to 8 warps (BodyBuffers::lbs checks).
+// Up to tc_max_warps(8 KT) warps a block (BodyBuffers::lbs checks): for KT <= 2 that caps the
+// registers at 128 (16 warps per SM).
 template <int KT>
-__global__ void __launch_bounds__(KT <= 2 ? kTcMaxWarps * 32 : kTcMaxWarps * 16)
+__global__ void __launch_bounds__(tc_max_warps(8 * KT) * 32)
     skin_tc_kernel(DeviceBody body, const float* __restrict__ betas,
                    const float* __restrict__ transforms, int batch, int tiles_per_block,
                    int warps, float* __restrict__ verts) {

@@ -36,6 +36,12 @@ struct DeviceBody {
 enum class SkinVariant { kSimt, kTensorCore };
 constexpr int kTcMaxBetas = 32;
 constexpr int kTcDefaultWarps = 8;  // kTensorCore: warps per block when LaunchConfig says 0
+constexpr int kTcMaxWarps = 16;
+// kTensorCore's register budget: up to 16 warps a block for S <= 16 (128 registers a thread),
+// 8 beyond (about 170-230 registers); the kernel's __launch_bounds__ follows it.
+constexpr int tc_max_warps(int num_betas) {
+  return num_betas <= 16 ? kTcMaxWarps : kTcMaxWarps / 2;
+}
 
 struct LaunchConfig {
   SkinVariant skin = SkinVariant::kSimt;

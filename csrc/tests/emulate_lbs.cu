@@ -150,7 +150,9 @@ void skin_simt(const d2a::DeviceBody& body, const float* betas, const float* tra
                int batch, float* verts) {
   run_grid((body.num_vertices + d2a::kSkinThreads - 1) / d2a::kSkinThreads, (batch + BT - 1) / BT,
            d2a::kSkinThreads, d2a::simt_smem_floats(BT, body.num_joints, body.num_betas),
-           [&](HostPolicy& p) { d2a::skin_simt_body<BT>(p, body, betas, transforms, batch, verts); });
+           [&](HostPolicy& p) {
+             d2a::skin_simt_body<BT>(p, body, betas, transforms, batch, verts);
+           });
 }
 
 template <int KT>
