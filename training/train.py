@@ -23,6 +23,7 @@ from torch import nn
 
 from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
+from d2a_edge.training import recover
 from d2a_edge.training.config import Config, OptimConfig, available_configs, config_to_dict, \
     load_config
 from d2a_edge.training.cuda_graph import GraphedModule
@@ -180,7 +181,18 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
 
 
 def init_weights(st: State, path: str, d: Dist) -> None:
-    """Start from a checkpoint's weights (its EMA when it has one); optimizer state is fresh."""
+    """Start from a checkpoint's weights (its EMA when it has one); optimizer state is fresh.
+    An exported bundle (``d2a_edge/models/edge-s``) is turned back into weights first
+    (``training.recover``; every rank computes the same)."""
+    if recover.is_bundle(path):
+        model, _, report = recover.recover(path, progress=lambda m: d.main and print(
+            m, file=sys.stderr))
+        st.model.load_state_dict(model.state_dict())
+        if st.ema is not None:
+            st.ema.load_state_dict(model.state_dict())
+        if d.main:
+            recover.print_report(report, file=sys.stderr)
+        return
     c = ckpt.read_checkpoint(path)
     w = {k: v.to(d.device) for k, v in c["weights"].items()}
     model = ckpt.split_weights(w, "ema") or ckpt.split_weights(w, "model")

@@ -1,0 +1,175 @@
+"""Training weights recovered from an exported bundle (training.recover; d2a-train --init BUNDLE)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import has_module, requires_anny, requires_torch
+
+pytestmark = [requires_torch, requires_anny,
+              pytest.mark.skipif(not has_module("onnxruntime"), reason="needs onnxruntime")]
+
+TRAINING_ONLY = ("silhouette.", "mask_token", "vertex_head.")
+
+
+@pytest.fixture(scope="module")
+def exported(anny_asset, tmp_path_factory):
+    """A tiny D2A-HMR as after training (every weight non-zero, BatchNorms with their own
+    statistics and affines), and its fp32 bundle: ``(model, bundle folder)``."""
+    from _batches import tiny_config
+    from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    from d2a_edge.training.model import build_model
+    torch.manual_seed(3)
+    model = build_model(tiny_config().model, anny_asset)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0.0, 0.3), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0.0, 0.2)
+    out = tmp_path_factory.mktemp("tiny_bundle")
+    export_bundle(model.eval(), anny_asset, ExportRequest(out=out, val_samples=4),
+                  name="tiny-recover", progress=lambda *a: None)
+    return model, out
+
+
+@pytest.fixture(scope="module")
+def recovered(exported):
+    from d2a_edge.training.recover import recover
+    return recover(exported[1], samples=8, seed=7, progress=lambda *a: None)
+
+
+def _outputs(model, images, info, batchnorm_training: bool = False):
+    """The fused graph's outputs (eval mode; with ``batchnorm_training`` the BatchNorms use the
+    batch's statistics)."""
+    from d2a_edge.training.inference import FusedGraph
+    graph = FusedGraph(model)  # sets eval mode
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train(batchnorm_training)
+    try:
+        with torch.no_grad():
+            return [o.numpy() for o in graph(torch.from_numpy(images), torch.from_numpy(info))]
+    finally:
+        model.eval()
+
+
+def test_recovered_model_computes_what_the_original_did(exported, recovered, anny_asset):
+    original, _ = exported
+    model, cfg, report = recovered
+    assert cfg.model == original.cfg
+    assert report["parameters_copied"] > 100 and report["batchnorms_refitted"] > 10
+    assert max(report["max_abs_error"].values()) < 1e-4, report["max_abs_error"]
+    from d2a_edge.export import verify
+    images, info, _ = verify.validation_set(anny_asset, 6, 64, seed=123, split="ood")
+    for a, b in zip(_outputs(original.eval(), images, info), _outputs(model, images, info)):
+        np.testing.assert_allclose(b, a, atol=1e-4)
+    # what is not in the graph is training-only, and that is all that is freshly initialised
+    assert report["fresh_parameters"]
+    assert all(n.startswith(TRAINING_ONLY) for n in report["fresh_parameters"])
+
+
+def test_weights_are_the_originals_where_the_graph_keeps_them(exported, recovered):
+    """Parameters outside folded BatchNorms, their convolutions and decoder layer 0 (which
+    the export folds into constants) come back unchanged."""
+    original, _ = exported
+    model, _, report = recovered
+    got = dict(model.named_parameters())
+    convs = {n for n, m in original.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    bns = {n for n, m in original.named_modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    checked = 0
+    for name, p in original.named_parameters():
+        owner = name.rsplit(".", 1)[0]
+        if (owner in convs or owner in bns or name == "queries"
+                or name.startswith(("decoder.layers.0.", *TRAINING_ONLY))):
+            continue
+        torch.testing.assert_close(got[name], p, rtol=0, atol=1e-7, msg=name)
+        checked += 1
+    assert checked > 50
+
+
+def test_batchnorms_in_training_mode_compute_what_eval_does_on_their_fit_batch(
+        exported, recovered, anny_asset):
+    """Each refitted BatchNorm's running statistics are those of its input on the fit crops,
+    so in training mode (batch statistics) on exactly those crops it computes what eval does;
+    the decoder's dropout is 0 and the mask only acts in forward_features' training branch."""
+    from d2a_edge.training.recover import fit_crops
+    model, _, _ = recovered
+    images, info = fit_crops(anny_asset, 64, 8, 7)
+    ref = _outputs(model, images, info)
+    got = _outputs(model, images, info, batchnorm_training=True)
+    assert all(m.training is False for m in model.modules())
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, atol=2e-4)
+
+
+def test_cli_writes_a_checkpoint_that_loads_and_d2a_train_inits_from_a_bundle(
+        exported, recovered, tmp_path, capsys, anny_asset, monkeypatch):
+    import functools
+
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import recover as R
+    from d2a_edge.training.train import TrainModule, run
+    main = R.main
+    assert main([str(exported[1]), "--out", str(tmp_path / "init"), "--samples", "8",
+                 "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorms refitted on 8 crops" in out and "max |torch - onnxruntime|" in out
+    meta = ckpt.read_checkpoint(tmp_path / "init")["meta"]
+    assert meta["weights_only"] and meta["recovered_from"]["model"] == "tiny-recover"
+    loaded = ckpt.load_model(tmp_path / "init", asset=anny_asset)
+    for k, v in recovered[0].state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+    # d2a-train --init BUNDLE recovers the weights itself (fewer crops here, for time)
+    monkeypatch.setattr(R, "recover", functools.partial(R.recover, samples=8, seed=7))
+    cfg = tiny_config(optim={"warmup_steps": 1})
+    seen = {}
+    monkeypatch.setattr(TrainModule, "forward", _spy_on_first_step(seen, TrainModule.forward))
+    summary = run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path / "run", steps=2,
+                  ckpt_every=0, asset=anny_asset, progress=False, init=str(exported[1]))
+    assert summary["step"] == 2 and np.isfinite(summary["losses"]["total"])
+    for k, v in recovered[0].state_dict().items():  # the weights the first step started from
+        torch.testing.assert_close(seen["weights"][k], v, rtol=0, atol=1e-6, msg=k)
+    assert "recovered tiny-recover" in capsys.readouterr().err
+
+
+def _spy_on_first_step(seen: dict, forward):
+    def spy(self, *args, **kwargs):
+        seen.setdefault("weights", {k: v.detach().clone()
+                                    for k, v in self.model.state_dict().items()})
+        return forward(self, *args, **kwargs)
+    return spy
+
+
+def test_bad_bundles_are_clear_errors(exported, tmp_path, capsys):
+    from d2a_edge.training.recover import RecoveryError, main, recover
+    src = exported[1]
+
+    def copy(name):
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    with pytest.raises(RecoveryError, match="no manifest.json"):
+        recover(tmp_path / "nowhere", samples=2, progress=lambda *a: None)
+    corrupt = copy("corrupt")
+    (corrupt / "model_fp32.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    with pytest.raises(RecoveryError, match="not a readable ONNX graph"):
+        recover(corrupt, samples=2, progress=lambda *a: None)
+    gone = copy("gone")
+    (gone / "model_fp32.onnx").unlink()
+    with pytest.raises(RecoveryError, match="no fp32 ONNX graph"):
+        recover(gone, samples=2, progress=lambda *a: None)
+    other = copy("other")  # the manifest claims another architecture than the graph holds
+    m = json.loads((other / "manifest.json").read_text())
+    m["config"]["encoder"]["mlp_ratio"] = 4.0
+    (other / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RecoveryError, match="another version of the model code or config"):
+        recover(other, samples=2, progress=lambda *a: None)
+    assert main([str(corrupt), "--out", str(tmp_path / "x")]) == 2
+    assert "not a readable ONNX graph" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,415 @@
+"""Training weights back from an exported bundle, so that training can go on from a shipped model.
+
+A bundle holds the fused fp32 ONNX graph, not the training checkpoint. ``recover`` rebuilds the
+PyTorch model from it:
+
+1. **Map every ONNX weight to the parameters it came from.** A probe copy of the model, whose
+   parameters hold distinct integer codes (every BatchNorm set to exactly the identity), goes
+   through the same export as the bundle. Each weight of the probe graph then names, value by
+   value, the parameter and element it holds, whatever reshapes, transposes or gathers the
+   exporter and the simplifier applied. A Conv whose BatchNorm was folded into it is found the same
+   way (an identity BatchNorm folds to nothing).
+2. **Copy the bundle's weights through that map.** A folded convolution keeps the folded weight
+   and bias; its BatchNorm gets running statistics and an affine measured on rendered crops, so
+   that in eval mode it adds the folded bias and is otherwise the identity (exact), and in
+   training mode, where BatchNorm uses the batch's statistics, it does about the same.
+3. **Check**: the recovered model against ONNX Runtime on the bundle, on rendered crops.
+
+The parts that exist only for training (silhouette decoder, mask token, the RLE flow) are not in
+the graph: they keep a fresh initialisation, and the report lists them.
+
+``python -m d2a_edge.training.recover BUNDLE --out RUN`` writes a weights-only checkpoint that
+``d2a-train --init RUN`` starts from (``d2a-train --init BUNDLE`` does the same in one step).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from d2a_edge.body import file_sha256
+
+CODE_FIRST, CODE_LIMIT = 2 ** 22, 2 ** 24  # integers here are exact in float32, and far above
+# the graph's own integer constants (shapes, indices)
+MAX_VERTEX_ERROR_M = 1e-4  # the recovered model must reproduce the graph (export's fp32 parity)
+QUERIES_X = "/decoder/layers.0/Add_output_0"  # the export folds decoder layer 0's self-attention
+QUERIES_Q = "/decoder/layers.0/attn_c/Mul_output_0"  # and cross-attention queries into constants
+
+
+class RecoveryError(RuntimeError):
+    """The bundle cannot be turned back into training weights (other version, corrupt file)."""
+
+
+def is_bundle(path) -> bool:
+    return (Path(path) / "manifest.json").is_file() and not (Path(path) / "meta.json").is_file()
+
+
+def _folded_pairs(model: nn.Module, size: int) -> dict[str, str]:
+    """``{batchnorm name: conv name}`` for every BatchNorm whose input is a convolution's output
+    (found by running the model once and comparing tensors, not by naming conventions)."""
+    produced, pairs, hooks = {}, {}, []
+    names = {m: n for n, m in model.named_modules()}
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(
+                lambda mod, args, out: produced.__setitem__(id(out), names[mod])))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args: pairs.__setitem__(names[mod], produced.get(id(args[0])))))
+    try:
+        with torch.no_grad():
+            _forward(model, torch.rand(1, 3, size, size), torch.zeros(1, 3))
+    finally:
+        for h in hooks:
+            h.remove()
+    lone = [bn for bn, conv in pairs.items() if conv is None]
+    if lone:
+        raise RecoveryError(f"BatchNorm layers not fed by a convolution: {lone[:5]}")
+    return pairs
+
+
+def _forward(model, image, info):
+    return model.forward_head(model.forward_features(image), info)
+
+
+def _identity_batchnorms(model: nn.Module) -> None:
+    """Every BatchNorm computes exactly x (eval mode), so that folding it changes no weight."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            var = torch.tensor(1.0, dtype=torch.float32) - torch.tensor(m.eps, dtype=torch.float32)
+            if torch.sqrt(var + torch.tensor(m.eps, dtype=torch.float32)) != 1.0:
+                raise RecoveryError(f"cannot make BatchNorm(eps={m.eps}) an exact identity")
+            with torch.no_grad():
+                m.running_mean.zero_(), m.running_var.fill_(var.item())
+                m.weight.fill_(1.0), m.bias.zero_()
+
+
+def _coded_parameters(model: nn.Module, skip: set[str]) -> list[tuple[str, int, int]]:
+    """Fill every parameter but ``skip`` with distinct integers; returns (name, first, numel)."""
+    table, code = [], CODE_FIRST
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in skip or not p.dtype.is_floating_point:
+                continue
+            p.copy_(torch.arange(code, code + p.numel(), dtype=torch.float64).reshape(p.shape))
+            table.append((name, code, p.numel()))
+            code += p.numel()
+    if code >= CODE_LIMIT:
+        raise RecoveryError(f"{code} parameters are too many to code exactly in float32")
+    return table
+
+
+def _export_probe(model: nn.Module, size: int, batch: int | None, opset: int, tmp: Path) -> Path:
+    from d2a_edge.export.pipeline import ExportRequest, export_fp32
+    from d2a_edge.training.inference import FusedGraph
+    return export_fp32(FusedGraph(model), tmp, size, ExportRequest(out=tmp, batch=batch,
+                                                                    opset=opset))
+
+
+def read_graph(path) -> tuple[dict, dict]:
+    """``(by slot, by name)``: the graph's float initializers, keyed by the node input that reads
+    them, ``(node name, input index)``, and by their own names. Slots are what two exports of the
+    same code share: the simplifier renames initializers, and merges equal ones."""
+    import onnx
+    from onnx import numpy_helper
+    try:
+        g = onnx.load(str(path)).graph
+    except Exception as e:  # protobuf's DecodeError, OSError, ...
+        raise RecoveryError(f"{path} is not a readable ONNX graph ({e})") from e
+    by_name = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    by_name = {k: v for k, v in by_name.items() if v.dtype == np.float32 and v.size}
+    by_slot = {(n.name, i): by_name[x] for n in g.node for i, x in enumerate(n.input)
+               if x in by_name}
+    return by_slot, by_name
+
+
+def weight_map(model: nn.Module, size: int, batch: int | None, opset: int):
+    """How the export lays out ``model``'s parameters: ``(probe slots, mapping, folded)``.
+
+    ``mapping[slot] = (param, flat index array)``: the initializer read at ``slot`` holds those
+    elements of the parameter. ``folded[bn] = (conv, bias slot)`` where the export folded
+    BatchNorm ``bn`` into convolution ``conv``. Slots that read no parameter (constants,
+    buffers, index tables) are absent from ``mapping``.
+    """
+    probe = copy.deepcopy(model).eval()
+    size = int(size)
+    pairs = _folded_pairs(probe, size)
+    _identity_batchnorms(probe)
+    # BatchNorm weights stay 1 (the fold multiplies by them); their biases are coded, so that
+    # each folded Conv's bias, which is then the BatchNorm's bias, names its BatchNorm
+    table = _coded_parameters(probe, {f"{bn}.weight" for bn in pairs})
+    firsts = np.array([t[1] for t in table], np.int64)
+    end = table[-1][1] + table[-1][2]
+    with tempfile.TemporaryDirectory() as tmp:
+        slots, _ = read_graph(_export_probe(probe, size, batch, opset, Path(tmp)))
+    mapping = {}
+    for slot, w in slots.items():
+        flat = w.reshape(-1).astype(np.float64)
+        if not (np.all(flat >= CODE_FIRST) and np.all(flat < end)
+                and np.all(flat == np.round(flat))):
+            continue
+        codes = flat.astype(np.int64)
+        k = np.searchsorted(firsts, codes, side="right") - 1
+        if np.any(k != k[0]):
+            raise RecoveryError(f"the ONNX weight read by {slot[0]} mixes several parameters")
+        pname, first, _ = table[k[0]]
+        mapping[slot] = (pname, codes - first)
+    by_param = {}
+    for slot, (pname, _) in mapping.items():
+        by_param.setdefault(pname, []).append(slot)
+    folded = {}
+    for bn, conv in pairs.items():
+        bias = by_param.get(f"{bn}.bias", [])
+        if len(bias) != 1 or f"{conv}.weight" not in by_param:
+            raise RecoveryError(f"BatchNorm {bn} after {conv}: no folded Conv in the graph")
+        folded[bn] = (conv, bias[0])
+    return slots, mapping, folded
+
+
+def _copy_mapped(model: nn.Module, shipped: dict, mapping: dict) -> set[str]:
+    params = dict(model.named_parameters())
+    done: dict[str, np.ndarray] = {}
+    for slot, (pname, idx) in mapping.items():
+        flat = done.setdefault(pname, np.full(params[pname].numel(), np.nan, np.float64))
+        vals = shipped[slot].reshape(-1).astype(np.float64)
+        seen = ~np.isnan(flat[idx])
+        if np.any(np.abs(flat[idx][seen] - vals[seen]) > 1e-6 * (1 + np.abs(vals[seen]))):
+            raise RecoveryError(f"ONNX weights disagree about {pname} (corrupt bundle?)")
+        flat[idx] = vals
+    with torch.no_grad():
+        for pname, flat in done.items():
+            if np.isnan(flat).any():
+                raise RecoveryError(f"the graph holds only part of parameter {pname}")
+            params[pname].copy_(torch.from_numpy(flat).reshape(params[pname].shape))
+    return set(done)
+
+
+def _graph_parameters(model: nn.Module, size: int) -> set[str]:
+    """The parameters the fused inference graph depends on (a non-zero gradient)."""
+    from d2a_edge.training.inference import FusedGraph
+    m = copy.deepcopy(model).eval()
+    outs = FusedGraph(m)(torch.rand(2, 3, size, size), torch.tensor([[0.0, 0.0, 0.5]] * 2))
+    sum(o.double().square().sum() for o in outs).backward()
+    return {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def _unfold_queries(model: nn.Module, shipped: dict) -> set[str]:
+    """Decoder layer 0 on the constant queries, which the export folded into two constants:
+    the queries after self-attention ``X`` and the scaled cross-attention queries. An exact
+    re-parameterisation: ``queries = X`` with the self-attention's output projection at zero,
+    and the query projection (``norm_q`` at identity) solved by least squares from
+    ``layer_norm(X)``, which determines it (more queries than channels)."""
+    if QUERIES_X not in shipped or QUERIES_Q not in shipped:
+        raise RecoveryError(f"the graph lacks the folded decoder queries ({QUERIES_X})")
+    layer = model.decoder.layers[0]
+    x = torch.tensor(shipped[QUERIES_X][0], dtype=torch.float64)  # (Q, D)
+    qh = torch.tensor(shipped[QUERIES_Q][0], dtype=torch.float64)  # (heads, Q, D/heads)
+    h, n, dh = qh.shape
+    q = qh.transpose(0, 1).reshape(n, h * dh) / dh ** -0.25  # SDPA's scale, split over q and k
+    z = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=layer.norm_q.eps)
+    a = torch.cat([z, torch.ones(n, 1, dtype=z.dtype)], 1)
+    sol = torch.linalg.lstsq(a, q, driver="gelsd").solution  # (D + 1, D)
+    fit = (a @ sol - q).abs().max().item()
+    if fit > 1e-4 * (1 + q.abs().max().item()):
+        raise RecoveryError(f"the folded decoder queries do not fit a query projection ({fit:.2e})")
+    with torch.no_grad():
+        model.queries.copy_(x.unsqueeze(0))
+        layer.attn_s.out.weight.zero_(), layer.attn_s.out.bias.zero_()
+        layer.norm_q.weight.fill_(1.0), layer.norm_q.bias.zero_()
+        layer.attn_c.q.weight.copy_(sol[:-1].T), layer.attn_c.q.bias.copy_(sol[-1])
+    names = ["queries", "attn_s.out.weight", "attn_s.out.bias", "norm_q.weight", "norm_q.bias",
+             "attn_c.q.weight", "attn_c.q.bias", "norm_s.weight", "norm_s.bias",
+             "attn_s.q.weight", "attn_s.q.bias", "attn_s.kv.weight", "attn_s.kv.bias"]
+    return {n if n == "queries" else f"decoder.layers.0.{n}" for n in names}
+
+
+def _fit_batchnorms(model: nn.Module, folded: dict, shipped: dict, images, info) -> None:
+    """Each folded BatchNorm: eval output = input + folded bias, exactly; its running statistics
+    (and the matching affine) are those of its input on ``images``, so that training mode, which
+    normalises by the batch's statistics, computes about the same."""
+    mods = dict(model.named_modules())
+    stats, hooks = {}, []
+
+    def record(name):
+        def hook(mod, args):
+            x = args[0].detach().double()
+            s = stats.setdefault(name, [0, 0.0, 0.0])
+            s[0] += x.numel() // x.shape[1]
+            s[1] = s[1] + x.sum((0, 2, 3))
+            s[2] = s[2] + (x * x).sum((0, 2, 3))
+        return hook
+
+    for bn, (_, bias) in folded.items():
+        m = mods[bn]
+        with torch.no_grad():
+            m.running_mean.zero_(), m.running_var.fill_(1.0 - m.eps)
+            m.weight.fill_(1.0), m.bias.copy_(torch.tensor(shipped[bias]))
+        hooks.append(m.register_forward_pre_hook(record(bn)))
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), 32):
+                _forward(model.eval(), torch.from_numpy(images[i:i + 32]),
+                         torch.from_numpy(info[i:i + 32]))
+    finally:
+        for h in hooks:
+            h.remove()
+    with torch.no_grad():
+        for bn, (_, bias) in folded.items():
+            n, s1, s2 = stats[bn]
+            mean = s1 / n
+            var = (s2 / n - mean * mean).clamp_min(0.0)
+            m = mods[bn]
+            std = torch.sqrt(var + m.eps)
+            m.running_mean.copy_(mean), m.running_var.copy_(var)
+            m.weight.copy_(std)
+            m.bias.copy_(mean + torch.tensor(shipped[bias], dtype=torch.float64))
+
+
+def fit_crops(asset, size: int, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rendered crops ``recover`` fits the BatchNorms on: half ID, half OOD (images
+    ``(n, 3, s, s)`` in 0..1, ``bbox_info (n, 3)``)."""
+    from d2a_edge.export import verify
+    split = [("id", samples - samples // 2), ("ood", samples // 2)]
+    data = [verify.validation_set(asset, n, size, seed=seed + i, split=s)
+            for i, (s, n) in enumerate(split) if n]
+    return np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data])
+
+
+def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
+    """``(model (D2AHMR, eval mode), Config, report)`` from the bundle in ``bundle_dir``."""
+    from d2a_edge.bundle import BundleError, load_bundle
+    from d2a_edge.export import onnx_tools, verify
+    from d2a_edge.training.config import config_from_dict, config_to_dict, load_config
+    from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
+    from d2a_edge.training.model import build_model
+
+    try:
+        b = load_bundle(bundle_dir)
+    except BundleError as e:
+        raise RecoveryError(str(e)) from e
+    onnx_path = b.artifact("fp32", "onnx")
+    if onnx_path is None:
+        raise RecoveryError(f"{b.root} has no fp32 ONNX graph to recover weights from")
+    try:
+        cfg = load_config(b.name)
+    except Exception:  # a bundle of a config this checkout does not have: its model part only
+        cfg = load_config("edge-s")
+    cfg = config_from_dict({**config_to_dict(cfg), "name": b.name,
+                            "model": b.manifest["config"]})
+    with torch.random.fork_rng():  # the training-only parts: seeded, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, b.asset).eval()
+    shape = b.manifest["inputs"]["image"]["shape"]
+    batch = shape[0] if isinstance(shape[0], int) else None
+    opset = int(b.manifest.get("opset", 17))
+    shipped, shipped_names = read_graph(onnx_path)
+    progress(f"recover: mapping the export of {b.name} (a probe export, ~10 s)")
+    probe, mapping, folded = weight_map(model, b.image_size, batch, opset)
+    if {k: v.shape for k, v in probe.items()} != {k: v.shape for k, v in shipped.items()}:
+        raise RecoveryError(f"{onnx_path} was exported by another version of the model code "
+                            f"or config: its weights do not match this checkout's export of "
+                            f"{b.name}")
+    copied = _copy_mapped(model, shipped, mapping)
+    unfolded = _unfold_queries(model, shipped_names)
+    bn_names = {f"{bn}.{p}" for bn in folded for p in ("weight", "bias")}
+    lost = sorted(_graph_parameters(model, b.image_size) - copied - unfolded - bn_names)
+    if lost:
+        raise RecoveryError(f"the graph's weights do not give back {lost[:5]} "
+                            f"({len(lost)} parameters)")
+    progress(f"recover: rendering {samples} crops for the BatchNorm statistics and the check")
+    images, info = fit_crops(b.asset, b.image_size, samples, seed)
+    _fit_batchnorms(model, folded, shipped, images, info)
+    model.eval()
+    ref = verify.run_onnx(onnx_tools.ort_session(onnx_path), images, info, OUTPUT_NAMES)
+    got = verify.run_torch(FusedGraph(model), images, info)
+    parity = {n: float(np.abs(r - g).max()) for n, r, g in zip(OUTPUT_NAMES, ref, got)}
+    verts = verify.mesh_from_outputs(b.asset, ref)[0], verify.mesh_from_outputs(b.asset, got)[0]
+    parity["vertices_m"] = float(np.abs(verts[0] - verts[1]).max())
+    if not parity["vertices_m"] <= MAX_VERTEX_ERROR_M:
+        raise RecoveryError(f"the recovered weights do not reproduce {onnx_path}: vertices "
+                            f"differ by up to {parity['vertices_m'] * 1000:.3f} mm")
+    fresh = sorted(n for n, _ in model.named_parameters()
+                   if n not in copied | bn_names | unfolded)
+    report = {"bundle": str(b.root), "model": b.name, "onnx": onnx_path.name,
+              "onnx_sha256": file_sha256(onnx_path), "parameters_copied": len(copied),
+              "batchnorms_refitted": len(folded), "fresh_parameters": fresh,
+              "samples": samples, "seed": seed, "max_abs_error": parity}
+    return model, cfg, report
+
+
+def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
+    """A weights-only checkpoint (``RUN/checkpoints/step_00000000``) for ``d2a-train --init``,
+    ``d2a-eval`` and ``d2a-export``; written atomically."""
+    from d2a_edge.training.checkpoint import FORMAT, _write_json_atomic
+    from d2a_edge.training.config import config_to_dict
+
+    root = Path(out) / "checkpoints"
+    final = root / "step_00000000"
+    tmp = root / ".tmp-recovered"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp / "model.safetensors"))
+    meta = {"format": FORMAT, "step": 0, "weights_only": True,
+            "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
+            "config": config_to_dict(cfg), "seed": report["seed"],
+            "body": model.asset_id if hasattr(model, "asset_id") else cfg.model.body,
+            "recovered_from": report}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    _write_json_atomic(root / "latest.json", {"step": 0, "path": final.name})
+    return final
+
+
+def print_report(report: dict, file=None) -> None:
+    err = report["max_abs_error"]
+    print(f"recovered {report['model']} from {report['bundle']}/{report['onnx']}: "
+          f"{report['parameters_copied']} parameters copied, "
+          f"{report['batchnorms_refitted']} BatchNorms refitted on {report['samples']} crops",
+          file=file)
+    print("max |torch - onnxruntime| on those crops: "
+          + ", ".join(f"{k} {v:.2e}" for k, v in err.items()), file=file)
+    fresh = report["fresh_parameters"]
+    roots = sorted({n.rsplit(".", 1)[0] for n in fresh})
+    print(f"freshly initialised (training only, not in the graph): {len(fresh)} tensors in "
+          + (", ".join(roots[:8]) + (" ..." if len(roots) > 8 else "") if roots else "none"),
+          file=file)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m d2a_edge.training.recover",
+                                description="Training weights from an exported model bundle "
+                                            "(for d2a-train --init, d2a-eval, d2a-export).")
+    p.add_argument("bundle", help="a bundle directory (manifest.json + model_fp32.onnx), e.g. "
+                                  "d2a_edge/models/edge-s")
+    p.add_argument("--out", required=True, help="run directory to write the checkpoint into")
+    p.add_argument("--samples", type=int, default=128,
+                   help="rendered crops for the BatchNorm statistics and the check (default 128)")
+    p.add_argument("--seed", type=int, default=55_001)
+    args = p.parse_args(argv)
+    if args.samples < 2:
+        p.error("--samples must be at least 2")
+    try:
+        model, cfg, report = recover(args.bundle, args.samples, args.seed,
+                                     progress=lambda m: print(m, file=sys.stderr))
+    except RecoveryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    path = save_recovered(model, cfg, report, args.out)
+    print_report(report)
+    print(f"wrote {path}; start training from it with d2a-train CONFIG --init {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
