@@ -96,8 +96,10 @@ def test_batchnorms_in_training_mode_compute_what_eval_does_on_their_fit_batch(
     """Each refitted BatchNorm's running statistics are those of its input on the fit crops,
     so in training mode (batch statistics) on exactly those crops it computes what eval does;
     the decoder's dropout is 0 and the mask only acts in forward_features' training branch."""
+    import copy
+
     from d2a_edge.training.recover import fit_crops
-    model, _, _ = recovered
+    model = copy.deepcopy(recovered[0])  # training mode moves the running statistics
     images, info = fit_crops(anny_asset, 64, 8, 7)
     ref = _outputs(model, images, info)
     got = _outputs(model, images, info, batchnorm_training=True)
