@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import shutil
 import sys
@@ -284,14 +285,46 @@ def fit_crops(asset, size: int, samples: int, seed: int) -> tuple[np.ndarray, np
     return np.concatenate([d[0] for d in data]), np.concatenate([d[1] for d in data])
 
 
+def _bundle_model(b, seed: int):
+    """``(Config, freshly initialised D2AHMR)`` of bundle ``b``: the training config of its
+    name where this checkout has one (``edge-s`` otherwise), with the bundle's model config."""
+    from d2a_edge.training.config import config_from_dict, config_to_dict, load_config
+    from d2a_edge.training.model import build_model
+    try:
+        cfg = load_config(b.name)
+    except ValueError:  # not a built-in config
+        cfg = load_config("edge-s")
+    cfg = config_from_dict({**config_to_dict(cfg), "name": b.name,
+                            "model": b.manifest["config"]})
+    with torch.random.fork_rng():  # the training-only parts: seeded, the caller's RNG untouched
+        torch.manual_seed(seed)
+        return cfg, build_model(cfg.model, b.asset).eval()
+
+
+def _parity(model: nn.Module, asset, onnx_path: Path, images, info) -> dict[str, float]:
+    """Max |torch - ONNX Runtime| per output, and of the skinned vertices (``vertices_m``)."""
+    from d2a_edge.export import onnx_tools, verify
+    from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
+    ref = verify.run_onnx(onnx_tools.ort_session(onnx_path), images, info, OUTPUT_NAMES)
+    got = verify.run_torch(FusedGraph(model), images, info)
+    parity = {n: float(np.abs(r - g).max()) for n, r, g in zip(OUTPUT_NAMES, ref, got)}
+    verts = verify.mesh_from_outputs(asset, ref)[0], verify.mesh_from_outputs(asset, got)[0]
+    parity["vertices_m"] = float(np.abs(verts[0] - verts[1]).max())
+    if not parity["vertices_m"] <= MAX_VERTEX_ERROR_M:
+        raise RecoveryError(f"the recovered weights do not reproduce {onnx_path}: vertices "
+                            f"differ by up to {parity['vertices_m'] * 1000:.3f} mm")
+    return parity
+
+
 def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     """``(model (D2AHMR, eval mode), Config, report)`` from the bundle in ``bundle_dir``."""
     from d2a_edge.bundle import BundleError, load_bundle
-    from d2a_edge.export import onnx_tools, verify
-    from d2a_edge.training.config import config_from_dict, config_to_dict, load_config
-    from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
-    from d2a_edge.training.model import build_model
 
+    missing = [m for m in ("onnx", "onnxslim", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RecoveryError(f"recovering weights from a bundle re-runs the export: install "
+                            f"{' '.join(missing)} (pip install 'd2a-edge[export]')")
     try:
         b = load_bundle(bundle_dir)
     except BundleError as e:
@@ -299,21 +332,13 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     onnx_path = b.artifact("fp32", "onnx")
     if onnx_path is None:
         raise RecoveryError(f"{b.root} has no fp32 ONNX graph to recover weights from")
-    try:
-        cfg = load_config(b.name)
-    except Exception:  # a bundle of a config this checkout does not have: its model part only
-        cfg = load_config("edge-s")
-    cfg = config_from_dict({**config_to_dict(cfg), "name": b.name,
-                            "model": b.manifest["config"]})
-    with torch.random.fork_rng():  # the training-only parts: seeded, the caller's RNG untouched
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, b.asset).eval()
+    cfg, model = _bundle_model(b, seed)
     shape = b.manifest["inputs"]["image"]["shape"]
     batch = shape[0] if isinstance(shape[0], int) else None
-    opset = int(b.manifest.get("opset", 17))
     shipped, shipped_names = read_graph(onnx_path)
     progress(f"recover: mapping the export of {b.name} (a probe export, ~10 s)")
-    probe, mapping, folded = weight_map(model, b.image_size, batch, opset)
+    probe, mapping, folded = weight_map(model, b.image_size, batch,
+                                        int(b.manifest.get("opset", 17)))
     if {k: v.shape for k, v in probe.items()} != {k: v.shape for k, v in shipped.items()}:
         raise RecoveryError(f"{onnx_path} was exported by another version of the model code "
                             f"or config: its weights do not match this checkout's export of "
@@ -328,15 +353,7 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     progress(f"recover: rendering {samples} crops for the BatchNorm statistics and the check")
     images, info = fit_crops(b.asset, b.image_size, samples, seed)
     _fit_batchnorms(model, folded, shipped, images, info)
-    model.eval()
-    ref = verify.run_onnx(onnx_tools.ort_session(onnx_path), images, info, OUTPUT_NAMES)
-    got = verify.run_torch(FusedGraph(model), images, info)
-    parity = {n: float(np.abs(r - g).max()) for n, r, g in zip(OUTPUT_NAMES, ref, got)}
-    verts = verify.mesh_from_outputs(b.asset, ref)[0], verify.mesh_from_outputs(b.asset, got)[0]
-    parity["vertices_m"] = float(np.abs(verts[0] - verts[1]).max())
-    if not parity["vertices_m"] <= MAX_VERTEX_ERROR_M:
-        raise RecoveryError(f"the recovered weights do not reproduce {onnx_path}: vertices "
-                            f"differ by up to {parity['vertices_m'] * 1000:.3f} mm")
+    parity = _parity(model.eval(), b.asset, onnx_path, images, info)
     fresh = sorted(n for n, _ in model.named_parameters()
                    if n not in copied | bn_names | unfolded)
     report = {"bundle": str(b.root), "model": b.name, "onnx": onnx_path.name,
@@ -362,7 +379,7 @@ def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
     meta = {"format": FORMAT, "step": 0, "weights_only": True,
             "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
             "config": config_to_dict(cfg), "seed": report["seed"],
-            "body": model.asset_id if hasattr(model, "asset_id") else cfg.model.body,
+            "body": cfg.model.body, "body_name": model.body.asset_name,
             "recovered_from": report}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(final, ignore_errors=True)
