@@ -125,14 +125,23 @@ def save_weights_only(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     model = split_weights(w, "ema") or split_weights(w, "model")
     weights = {f"model.{k}": v for k, v in model.items()}
     weights.update({f"loss.{k}": v for k, v in split_weights(w, "loss").items()})
+    return write_weights_only(weights, {**c["meta"], "source": str(c["dir"])}, dst,
+                              c["dir"].name)
+
+
+def write_weights_only(weights: dict[str, torch.Tensor], meta: dict, dst: str | os.PathLike,
+                       name: str) -> Path:
+    """Write a weights-only checkpoint ``dst/checkpoints/NAME`` atomically and point
+    ``latest.json`` at it. ``meta`` must hold ``step`` and ``config``; the sha256 and the
+    ``weights_only`` flag are added."""
     root = Path(dst) / "checkpoints"
-    final = root / c["dir"].name
+    final = root / name
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / "model.safetensors"))
-    meta = {**c["meta"], "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
-            "weights_only": True, "source": str(c["dir"])}
+    meta = {**meta, "format": FORMAT, "weights_only": True,
+            "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

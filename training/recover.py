@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from d2a_edge.body import file_sha256
@@ -366,26 +363,13 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
 def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
     """A weights-only checkpoint (``RUN/checkpoints/step_00000000``) for ``d2a-train --init``,
     ``d2a-eval`` and ``d2a-export``; written atomically."""
-    from d2a_edge.training.checkpoint import FORMAT, _write_json_atomic
+    from d2a_edge.training.checkpoint import write_weights_only
     from d2a_edge.training.config import config_to_dict
-
-    root = Path(out) / "checkpoints"
-    final = root / "step_00000000"
-    tmp = root / ".tmp-recovered"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    meta = {"format": FORMAT, "step": 0, "weights_only": True,
-            "sha256": {"model.safetensors": file_sha256(tmp / "model.safetensors")},
-            "config": config_to_dict(cfg), "seed": report["seed"],
+    meta = {"step": 0, "config": config_to_dict(cfg), "seed": report["seed"],
             "body": cfg.model.body, "body_name": model.body.asset_name,
             "recovered_from": report}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.replace(final)
-    _write_json_atomic(root / "latest.json", {"step": 0, "path": final.name})
-    return final
+    return write_weights_only(weights, meta, out, "step_00000000")
 
 
 def print_report(report: dict, file=None) -> None:
