@@ -44,7 +44,9 @@ def _report(manifest: dict, out: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="d2a-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="run directory (-> latest checkpoint) or step_* directory")
+    p.add_argument("checkpoint", help="run directory (-> latest checkpoint), step_* directory, "
+                                      "or an exported bundle such as d2a_edge/models/edge-s "
+                                      "(its weights are recovered from its fp32 graph)")
     p.add_argument("--out", required=True, help="bundle directory (created)")
     p.add_argument("--fp16", action="store_true", help="also a mixed-precision FP16 graph")
     p.add_argument("--int8", action="store_true", help="also an INT8 Q/DQ graph (needs --calib)")

@@ -175,3 +175,29 @@ def test_bad_bundles_are_clear_errors(exported, tmp_path, capsys):
     assert main([str(corrupt), "--out", str(tmp_path / "x")]) == 2
     assert "not a readable ONNX graph" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_d2a_export_and_d2a_eval_take_a_bundle(exported, tmp_path, anny_asset, capsys):
+    """A bundle re-exports (another precision or batch, without the training checkpoint) to
+    a graph that computes what the original did, and evaluates like a checkpoint."""
+    from _batches import BatchDataset
+    from d2a_edge.export import onnx_tools, verify
+    from d2a_edge.export.cli import main as export_main
+    from d2a_edge.training.evaluate import evaluate_checkpoint
+    from d2a_edge.training.inference import OUTPUT_NAMES
+    src = exported[1]
+    assert export_main([str(src), "--out", str(tmp_path / "re"), "--val-samples", "4"]) == 0
+    assert "recover: mapping the export" in capsys.readouterr().err
+    images, info, _ = verify.validation_set(anny_asset, 4, 64, seed=321, split="id")
+    a, b = (verify.run_onnx(onnx_tools.ort_session(d / "model_fp32.onnx"), images, info,
+                            OUTPUT_NAMES) for d in (src, tmp_path / "re"))
+    for name, x, y in zip(OUTPUT_NAMES, a, b):
+        np.testing.assert_allclose(y, x, atol=1e-4, err_msg=name)
+    manifest = json.loads((tmp_path / "re" / "manifest.json").read_text())
+    assert manifest["source_checkpoint"] == str(src)
+
+    res = evaluate_checkpoint(src, {"id": BatchDataset(anny_asset, 4, 64, seed=3)},
+                              tmp_path / "eval", batch_size=4, progress=False)
+    assert res["id"]["num_samples"] == 4 and np.isfinite(res["id"]["pa_mpjpe"])
+    js = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert js["checkpoint"] == str(src) and js["step"] == 0

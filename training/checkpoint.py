@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,10 +223,17 @@ def load_model_config(path: str | os.PathLike, device: str | torch.device = "cpu
                       use_ema: bool = True, asset=None):
     """``(D2AHMR in eval mode, Config, meta)`` from a checkpoint; EMA weights when present.
 
-    ``asset`` defaults to the checkpoint config's ``model.body`` (``load_body``).
+    ``asset`` defaults to the checkpoint config's ``model.body`` (``load_body``). An exported
+    bundle (``d2a_edge/models/edge-s``) works too: its ONNX graph is turned back into weights
+    (``training.recover``, about 20 s; the bundle's own body asset).
     """
-    from d2a_edge.training.config import config_from_dict
+    from d2a_edge.training.config import config_from_dict, config_to_dict
     from d2a_edge.training.model import build_model
+    from d2a_edge.training import recover
+    if recover.is_bundle(path):
+        model, cfg, report = recover.recover(path, progress=lambda m: print(m, file=sys.stderr))
+        meta = {"step": 0, "config": config_to_dict(cfg), "recovered_from": report}
+        return model.to(device).eval(), cfg, meta
     c = read_checkpoint(path)
     cfg = config_from_dict(c["meta"]["config"])
     model = build_model(cfg.model, asset)

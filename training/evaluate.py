@@ -20,6 +20,7 @@ import torch
 from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training import metrics as M
+from d2a_edge.training import recover
 from d2a_edge.training.checkpoint import load_model_config
 from d2a_edge.training.model import D2AHMR
 
@@ -146,7 +147,8 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
         results[split]["calibration_png"] = str(calibration_png(
             results[split]["calibration"], out_dir / f"calibration_{_safe(split)}.png",
             f"{cfg.name} step {meta['step']} - {split}"))
-    payload = {"checkpoint": str(ckpt.resolve_checkpoint(checkpoint)), "config": cfg.name,
+    source = checkpoint if recover.is_bundle(checkpoint) else ckpt.resolve_checkpoint(checkpoint)
+    payload = {"checkpoint": str(source), "config": cfg.name,
                "step": meta["step"], "splits": results}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "metrics.md").write_text(markdown_table(
@@ -157,7 +159,8 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2a-eval", description=HELP,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("checkpoint", help="run directory or checkpoints/step_* directory")
+    p.add_argument("checkpoint", help="run directory, checkpoints/step_* directory, or an "
+                                      "exported bundle (its weights are recovered first)")
     p.add_argument("--data", action="append", required=True,
                    help="shard directory (repeat for several splits); the split name comes "
                         "from its manifest (id / ood), else the directory name")
@@ -180,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
             ds = ShardDataset(d)
             name = str(getattr(ds, "split", None) or Path(d).name)
             datasets[name if name not in datasets else f"{name}-{Path(d).name}"] = ds
-        out = args.out or ckpt.resolve_checkpoint(args.checkpoint) / "eval"
+        out = args.out or (Path(f"eval-{Path(args.checkpoint).resolve().name}")
+                           if recover.is_bundle(args.checkpoint)
+                           else ckpt.resolve_checkpoint(args.checkpoint) / "eval")
         results = evaluate_checkpoint(args.checkpoint, datasets, out, batch_size=args.batch_size,
                                       device=device, use_ema=not args.no_ema,
                                       workers=args.workers)

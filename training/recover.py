@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from d2a_edge.body import file_sha256
+from d2a_edge.training.checkpoint import CheckpointError, write_weights_only
 
 CODE_FIRST, CODE_LIMIT = 2 ** 22, 2 ** 24  # integers here are exact in float32, and far above
 # the graph's own integer constants (shapes, indices)
@@ -43,7 +44,7 @@ QUERIES_X = "/decoder/layers.0/Add_output_0"  # the export folds decoder layer 0
 QUERIES_Q = "/decoder/layers.0/attn_c/Mul_output_0"  # and cross-attention queries into constants
 
 
-class RecoveryError(RuntimeError):
+class RecoveryError(CheckpointError):
     """The bundle cannot be turned back into training weights (other version, corrupt file)."""
 
 
@@ -363,7 +364,6 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
 def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
     """A weights-only checkpoint (``RUN/checkpoints/step_00000000``) for ``d2a-train --init``,
     ``d2a-eval`` and ``d2a-export``; written atomically."""
-    from d2a_edge.training.checkpoint import write_weights_only
     from d2a_edge.training.config import config_to_dict
     weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     meta = {"step": 0, "config": config_to_dict(cfg), "seed": report["seed"],
