@@ -382,9 +382,10 @@ def print_report(report: dict, file=None) -> None:
           + ", ".join(f"{k} {v:.2e}" for k, v in err.items()), file=file)
     fresh = report["fresh_parameters"]
     roots = sorted({n.rsplit(".", 1)[0] for n in fresh})
-    print(f"freshly initialised (training only, not in the graph): {len(fresh)} tensors in "
-          + (", ".join(roots[:8]) + (" ..." if len(roots) > 8 else "") if roots else "none"),
-          file=file)
+    print(f"freshly initialised (training only, not in the graph: the loss's RLE flow, and "
+          f"{len(fresh)} tensors of the model in "
+          + (", ".join(roots[:8]) + (" ..." if len(roots) > 8 else "") if roots else "none")
+          + ")", file=file)
 
 
 def main(argv=None) -> int:
