@@ -223,6 +223,15 @@ def test_on_the_fly_in_dataloader_workers():
     assert [b["index"].tolist() for b in batches] == [[0, 1], [2, 3]]
     np.testing.assert_allclose(batches[0]["joints2d"][0].numpy(), first.numpy(), atol=1e-3)
     assert all(b["mask"].sum() > 0 for b in batches)
+    # training's loader spawns its rendering workers on the CPU too once this process has
+    # rendered (d2a-train --init BUNDLE renders its BatchNorm crops before the loader starts)
+    from _batches import tiny_config
+    from d2a_edge.training.distributed import Dist
+    from d2a_edge.training.feed import make_loader
+    cfg = tiny_config(train={"batch_size": 2})
+    train_loader = make_loader(fly, cfg, Dist(), 0, workers=1)
+    assert train_loader.multiprocessing_context.get_start_method() == "spawn"
+    assert len(next(iter(train_loader))["index"]) == 2
 
 
 @requires_torch

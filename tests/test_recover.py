@@ -201,3 +201,43 @@ def test_d2a_export_and_d2a_eval_take_a_bundle(exported, tmp_path, anny_asset, c
     assert res["id"]["num_samples"] == 4 and np.isfinite(res["id"]["pa_mpjpe"])
     js = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert js["checkpoint"] == str(src) and js["step"] == 0
+
+
+def test_warm_fresh_trains_only_the_fresh_parts_first(exported, recovered, tmp_path, anny_asset,
+                                                      monkeypatch):
+    """With --init BUNDLE, the first --warm-fresh steps leave every recovered parameter as it
+    was and train the fresh training-only parts; after them (here across a --resume) all train.
+    A trained checkpoint has no fresh parts, so --warm-fresh with it is an error."""
+    import functools
+
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import recover as R
+    from d2a_edge.training.train import run
+    monkeypatch.setattr(R, "recover", functools.partial(R.recover, samples=8, seed=7))
+    cfg = tiny_config(optim={"warmup_steps": 1})
+    ds = BatchDataset(anny_asset, 4, 64, seed=4)
+    start = {n: p.detach().clone() for n, p in recovered[0].named_parameters()}
+    graph = R.graph_parameters(recovered[0], 64)
+
+    def weights():
+        return ckpt.split_weights(ckpt.read_checkpoint(tmp_path / "r")["weights"], "model")
+
+    run(cfg, ds, tmp_path / "r", steps=2, ckpt_every=0, asset=anny_asset, progress=False,
+        init=str(exported[1]), warm_fresh=2)
+    w = weights()
+    for n in graph:
+        torch.testing.assert_close(w[n], start[n], rtol=0, atol=0, msg=n)
+    moved = [n for n in start if n not in graph and not torch.equal(w[n], start[n])]
+    assert any(n.startswith("silhouette.") for n in moved), moved
+    run(cfg, ds, tmp_path / "r", steps=3, ckpt_every=0, asset=anny_asset, progress=False,
+        init=str(exported[1]), warm_fresh=2, resume=True)
+    w = weights()
+    assert sum(not torch.equal(w[n], start[n]) for n in graph) > len(graph) // 2
+
+    # a checkpoint written by recover has the same fresh parts; a trained one has none
+    R.save_recovered(*recovered, tmp_path / "ck")
+    assert R.has_fresh_parts(tmp_path / "ck") and not R.has_fresh_parts(tmp_path / "r")
+    with pytest.raises(ValueError, match="--warm-fresh 1: needs .* --init BUNDLE"):
+        run(cfg, ds, tmp_path / "x", steps=1, ckpt_every=0, asset=anny_asset, progress=False,
+            init=str(tmp_path / "r"), warm_fresh=1)

@@ -102,12 +102,14 @@ def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
     """DataLoader over ``StepSampler`` batches from step ``start``.
 
     Rendering workers are spawned, not forked, when this process holds a CUDA context (the
-    GPU's EGL driver in a child forked from a CUDA process is not supported).
+    GPU's EGL driver in a child forked from a CUDA process is not supported) or has rendered
+    itself (``--init BUNDLE`` renders its BatchNorm crops here; EGL does not survive fork).
     """
     sampler = StepSampler(len(dataset), cfg.train.batch_size, d.rank, d.world, cfg.train.seed,
                           start)
     nw = cfg.train.num_workers if workers is None else workers
-    spawn = nw > 0 and d.device.type == "cuda" and uses_egl(dataset)
+    from d2a_edge.training.data.render import holds_egl_context
+    spawn = nw > 0 and uses_egl(dataset) and (d.device.type == "cuda" or holds_egl_context())
     # the loader gets its own generator so creating it leaves the global RNG (masking) alone
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -50,6 +51,18 @@ class RecoveryError(CheckpointError):
 
 def is_bundle(path) -> bool:
     return (Path(path) / "manifest.json").is_file() and not (Path(path) / "meta.json").is_file()
+
+
+def has_fresh_parts(init) -> bool:
+    """Whether ``--init`` ``init`` leaves training-only parts fresh: a bundle, or a checkpoint
+    that ``save_recovered`` wrote from one."""
+    from d2a_edge.training.checkpoint import resolve_checkpoint
+    if is_bundle(init):
+        return True
+    try:
+        return "recovered_from" in json.loads((resolve_checkpoint(init) / "meta.json").read_text())
+    except (CheckpointError, OSError, ValueError):
+        return False
 
 
 def _folded_pairs(model: nn.Module, size: int) -> dict[str, str]:
@@ -192,11 +205,13 @@ def _copy_mapped(model: nn.Module, shipped: dict, mapping: dict) -> set[str]:
     return set(done)
 
 
-def _graph_parameters(model: nn.Module, size: int) -> set[str]:
+def graph_parameters(model: nn.Module, size: int) -> set[str]:
     """The parameters the fused inference graph depends on (a non-zero gradient)."""
     from d2a_edge.training.inference import FusedGraph
     m = copy.deepcopy(model).eval()
-    outs = FusedGraph(m)(torch.rand(2, 3, size, size), torch.tensor([[0.0, 0.0, 0.5]] * 2))
+    dev = next(m.parameters()).device
+    outs = FusedGraph(m)(torch.rand(2, 3, size, size, device=dev),
+                         torch.tensor([[0.0, 0.0, 0.5]] * 2, device=dev))
     sum(o.double().square().sum() for o in outs).backward()
     return {n for n, p in m.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
@@ -344,7 +359,7 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     copied = _copy_mapped(model, shipped, mapping)
     unfolded = _unfold_queries(model, shipped_names)
     bn_names = {f"{bn}.{p}" for bn in folded for p in ("weight", "bias")}
-    lost = sorted(_graph_parameters(model, b.image_size) - copied - unfolded - bn_names)
+    lost = sorted(graph_parameters(model, b.image_size) - copied - unfolded - bn_names)
     if lost:
         raise RecoveryError(f"the graph's weights do not give back {lost[:5]} "
                             f"({len(lost)} parameters)")

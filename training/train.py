@@ -125,6 +125,8 @@ class State:
     schedule: Schedule
     step: int = 0
     nonfinite: int = 0  # consecutive steps skipped for a non-finite loss
+    frozen: tuple = ()  # parameters left alone until step ``frozen_until`` (``warm_fresh``)
+    frozen_until: int = 0
 
 
 def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
@@ -205,6 +207,27 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
 
 
+def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int | None, d: Dist) -> int:
+    """Freeze what a bundle ``init`` (or a checkpoint recovered from one) provided for the
+    first ``steps`` steps (``run``'s ``warm_fresh``); returns the steps. Set again on
+    ``--resume`` (same arguments)."""
+    fresh = bool(init) and recover.has_fresh_parts(init)
+    if steps is None:
+        steps = cfg.optim.warmup_steps if fresh else 0
+    if steps < 0 or (steps and not fresh):
+        raise ValueError(f"--warm-fresh {steps}: needs steps >= 0 and --init BUNDLE or a "
+                         "checkpoint recovered from one (a trained checkpoint's weights have "
+                         "no fresh parts to warm up)")
+    if steps and st.step < steps:
+        graph = recover.graph_parameters(st.model, cfg.model.image_size)
+        st.frozen = tuple(p for n, p in st.model.named_parameters() if n in graph)
+        st.frozen_until = steps
+        if d.main:
+            print(f"warming up the fresh training-only parts until step {steps}: "
+                  f"{len(st.frozen)} recovered parameters wait", file=sys.stderr)
+    return steps
+
+
 MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
 
 
@@ -224,6 +247,9 @@ def train_step(st: State, batch: dict, cfg: Config, amp) -> dict[str, float]:
     st.optimizer.zero_grad(set_to_none=True)
     st.scaler.scale(losses["total"]).backward()
     st.scaler.unscale_(st.optimizer)
+    if st.step < st.frozen_until:  # no gradient: AdamW skips them (no weight decay either)
+        for p in st.frozen:
+            p.grad = None
     params = [p for g in st.optimizer.param_groups for p in g["params"]]
     gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
     values = torch.stack([v.detach().float() for v in losses.values()] + [gnorm.float()])
@@ -306,7 +332,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
         time_budget: float | None = None, init: str | None = None, echo: int = 1,
         compile: bool = False, cuda_graph: bool = False,
-        stop_after: float | None = None) -> dict:
+        stop_after: float | None = None, warm_fresh: int | None = None) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -314,7 +340,12 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     ``CALIBRATION_STEPS`` timed steps the total is lowered to what fits, and fitted again
     ``REFITS`` times from the latest steps (``Calibration``), so the cosine schedule ends on
     time; a single process also stops (with a checkpoint) when the budget runs out.
-    ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer).
+    ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer),
+    or an exported bundle (its weights recovered: ``training.recover``).
+    ``warm_fresh``: with a bundle ``init`` (or a checkpoint recovered from one), the first ``warm_fresh`` steps train only the
+    training-only parts that the bundle lacks and that start fresh (silhouette decoder, mask
+    token, coarse-vertex head, RLE flow); the recovered weights wait, so that the fresh parts'
+    first, large gradients do not reach them. Default (None): the LR warm-up's length.
     ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
     ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
     ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches and fused
@@ -349,6 +380,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         raise ValueError(f"echo must be >= 1, got {echo}")
     if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
         init_weights(st, init, d)
+    warm = warm_up_fresh(st, cfg, init, warm_fresh, d)
     if resume and (run_dir / "checkpoints" / "latest.json").is_file():
         meta = resume_state(st, run_dir, d)
         if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
@@ -366,7 +398,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         (run_dir / "run.json").write_text(json.dumps(
             {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
              "steps": total, "argv": sys.argv, "device": str(d.device), "init": init,
-             "echo": echo}, indent=1))
+             "echo": echo, "warm_fresh": warm}, indent=1))
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)
@@ -501,6 +533,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                    help="stop with a checkpoint after this many seconds, before the schedule "
                    "ends (one process); --resume continues it")
+    p.add_argument("--warm-fresh", type=at_least(0), default=None, metavar="STEPS",
+                   help="with --init BUNDLE (or a checkpoint recovered from one): for the "
+                   "first STEPS steps train only the training-only parts the bundle lacks "
+                   "(default: the LR warm-up's length)")
     return p
 
 
@@ -529,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
                       time_budget=args.time_budget, init=args.init, echo=args.echo,
                       compile=args.compile, cuda_graph=args.cuda_graph,
-                      stop_after=args.stop_after)
+                      stop_after=args.stop_after, warm_fresh=args.warm_fresh)
     except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:

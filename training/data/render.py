@@ -96,6 +96,11 @@ def egl_context():
     return ctx
 
 
+def holds_egl_context() -> bool:
+    """Whether this process has created its EGL context (a child forked now could not)."""
+    return os.getpid() in _CONTEXTS
+
+
 def create_egl_context():
     """A new standalone EGL context, or a RuntimeError that says what to install."""
     try:
