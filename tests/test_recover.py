@@ -1,4 +1,4 @@
-"""Training weights recovered from an exported bundle (training.recover; d2a-train --init BUNDLE)."""
+"""Training weights recovered from an exported bundle (training.recover, --init BUNDLE)."""
 import json
 import shutil
 

@@ -207,18 +207,17 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
 
 
-def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int | None, d: Dist) -> int:
+def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int, d: Dist) -> int:
     """Freeze what a bundle ``init`` (or a checkpoint recovered from one) provided for the
     first ``steps`` steps (``run``'s ``warm_fresh``); returns the steps. Set again on
     ``--resume`` (same arguments)."""
-    fresh = bool(init) and recover.has_fresh_parts(init)
-    if steps is None:
-        steps = cfg.optim.warmup_steps if fresh else 0
-    if steps < 0 or (steps and not fresh):
+    if steps == 0:
+        return 0
+    if steps < 0 or not (init and recover.has_fresh_parts(init)):
         raise ValueError(f"--warm-fresh {steps}: needs steps >= 0 and --init BUNDLE or a "
                          "checkpoint recovered from one (a trained checkpoint's weights have "
                          "no fresh parts to warm up)")
-    if steps and st.step < steps:
+    if st.step < steps:
         graph = recover.graph_parameters(st.model, cfg.model.image_size)
         st.frozen = tuple(p for n, p in st.model.named_parameters() if n in graph)
         st.frozen_until = steps
@@ -332,7 +331,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
         time_budget: float | None = None, init: str | None = None, echo: int = 1,
         compile: bool = False, cuda_graph: bool = False,
-        stop_after: float | None = None, warm_fresh: int | None = None) -> dict:
+        stop_after: float | None = None, warm_fresh: int = 0) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -342,10 +341,12 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     time; a single process also stops (with a checkpoint) when the budget runs out.
     ``init``: a checkpoint whose weights (EMA when present) start a new run (fresh optimizer),
     or an exported bundle (its weights recovered: ``training.recover``).
-    ``warm_fresh``: with a bundle ``init`` (or a checkpoint recovered from one), the first ``warm_fresh`` steps train only the
-    training-only parts that the bundle lacks and that start fresh (silhouette decoder, mask
-    token, coarse-vertex head, RLE flow); the recovered weights wait, so that the fresh parts'
-    first, large gradients do not reach them. Default (None): the LR warm-up's length.
+    ``warm_fresh``: with a bundle ``init`` (or a checkpoint recovered from one), the first
+    ``warm_fresh`` steps train only the training-only parts that the bundle lacks and that
+    start fresh (silhouette decoder, mask token, coarse-vertex head, RLE flow); the recovered
+    weights wait, so that the fresh parts' first, large gradients do not reach them. Off by
+    default: at lr 1e-4 on the CPU, 300 frozen steps left the training losses on the same
+    batches where they were without (docs/gpu.md).
     ``echo``: data echoing (Choi et al. 2019) for data-bound runs: after each fresh batch,
     ``echo - 1`` steps on batches drawn from the last ``ECHO_BUFFER`` fresh batches.
     ``compile``: ``torch.compile`` the model + loss forward (fewer kernel launches and fused
@@ -533,10 +534,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
                    help="stop with a checkpoint after this many seconds, before the schedule "
                    "ends (one process); --resume continues it")
-    p.add_argument("--warm-fresh", type=at_least(0), default=None, metavar="STEPS",
+    p.add_argument("--warm-fresh", type=at_least(0), default=0, metavar="STEPS",
                    help="with --init BUNDLE (or a checkpoint recovered from one): for the "
                    "first STEPS steps train only the training-only parts the bundle lacks "
-                   "(default: the LR warm-up's length)")
+                   "(default 0)")
     return p
 
 
