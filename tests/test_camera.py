@@ -29,13 +29,19 @@ def test_crop_intrinsics_equal_projecting_then_cropping(rng):
 
 
 def test_crop_affine_matches_cv2_warp():
-    img = np.zeros((100, 100), np.uint8)
-    img[40, 60] = 255
+    """cv2.warpAffine with crop_affine puts a full-image pixel where the affine says: the
+    bilinear image of one bright pixel is a tent centred on (x - 25) * 2. (Nearest-neighbour
+    sampling is not a test of this: at a 2x scale every sample falls on a tie, and OpenCV 5.1
+    breaks those ties the other way from 5.0.)"""
+    img = np.zeros((100, 100), np.float32)
+    img[40, 60] = 1.0
     box = square_box((50.0, 50.0), 50.0)  # [25, 25, 75, 75]
-    crop = cv2.warpAffine(img, crop_affine(box, 100), (100, 100), flags=cv2.INTER_NEAREST)
-    ys, xs = np.nonzero(crop)
-    assert (xs.mean(), ys.mean()) == pytest.approx(((60 - 25) * 2 + 0.5, (40 - 25) * 2 + 0.5),
-                                                  abs=0.6)
+    crop = cv2.warpAffine(img, crop_affine(box, 100), (100, 100), flags=cv2.INTER_LINEAR)
+    ys, xs = np.mgrid[:100, :100]
+    w = crop / crop.sum()
+    assert ((w * xs).sum(), (w * ys).sum()) == pytest.approx(((60 - 25) * 2, (40 - 25) * 2),
+                                                            abs=1e-3)
+    assert np.count_nonzero(crop) == 9 and crop.max() == pytest.approx(1.0)
 
 
 def test_bbox_info_cliff_formula_and_batching():
