@@ -381,13 +381,13 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         raise ValueError(f"echo must be >= 1, got {echo}")
     if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
         init_weights(st, init, d)
-    warm = warm_up_fresh(st, cfg, init, warm_fresh, d)
     if resume and (run_dir / "checkpoints" / "latest.json").is_file():
         meta = resume_state(st, run_dir, d)
         if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
             total = st.schedule.total = int(meta["schedule_total"])
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
+    warm = warm_up_fresh(st, cfg, init, warm_fresh, d)  # after resuming: st.step is known
     amp, _ = autocast_for(d.device, cfg.optim)
     eager, first = st.module, st.step
     if compile:
