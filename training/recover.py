@@ -13,10 +13,12 @@ PyTorch model from it:
    and bias; its BatchNorm gets running statistics and an affine measured on rendered crops, so
    that in eval mode it adds the folded bias and is otherwise the identity (exact), and in
    training mode, where BatchNorm uses the batch's statistics, it does about the same.
+   Decoder layer 0, which sees only the constant queries, was folded into two constants; it
+   is re-parameterised exactly (``_unfold_queries``).
 3. **Check**: the recovered model against ONNX Runtime on the bundle, on rendered crops.
 
-The parts that exist only for training (silhouette decoder, mask token, the RLE flow) are not in
-the graph: they keep a fresh initialisation, and the report lists them.
+The parts that exist only for training (silhouette decoder, mask token, coarse-vertex head, the
+RLE flow) are not in the graph: they keep a fresh initialisation, and the report lists them.
 
 ``python -m d2a_edge.training.recover BUNDLE --out RUN`` writes a weights-only checkpoint that
 ``d2a-train --init RUN`` starts from (``d2a-train --init BUNDLE`` does the same in one step).
