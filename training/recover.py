@@ -39,6 +39,7 @@ from torch import nn
 
 from d2a_edge.body import file_sha256
 from d2a_edge.training.checkpoint import CheckpointError, write_weights_only
+from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
 
 CODE_FIRST, CODE_LIMIT = 2 ** 22, 2 ** 24  # integers here are exact in float32, and far above
 # the graph's own integer constants (shapes, indices)
@@ -81,7 +82,7 @@ def _folded_pairs(model: nn.Module, size: int) -> dict[str, str]:
                 lambda mod, args: pairs.__setitem__(names[mod], produced.get(id(args[0])))))
     try:
         with torch.no_grad():
-            _forward(model, torch.rand(1, 3, size, size), torch.zeros(1, 3))
+            FusedGraph(model)(torch.rand(1, 3, size, size), torch.zeros(1, 3))
     finally:
         for h in hooks:
             h.remove()
@@ -89,10 +90,6 @@ def _folded_pairs(model: nn.Module, size: int) -> dict[str, str]:
     if lone:
         raise RecoveryError(f"BatchNorm layers not fed by a convolution: {lone[:5]}")
     return pairs
-
-
-def _forward(model, image, info):
-    return model.forward_head(model.forward_features(image), info)
 
 
 def _identity_batchnorms(model: nn.Module) -> None:
@@ -124,7 +121,6 @@ def _coded_parameters(model: nn.Module, skip: set[str]) -> list[tuple[str, int, 
 
 def _export_probe(model: nn.Module, size: int, batch: int | None, opset: int, tmp: Path) -> Path:
     from d2a_edge.export.pipeline import ExportRequest, export_fp32
-    from d2a_edge.training.inference import FusedGraph
     return export_fp32(FusedGraph(model), tmp, size, ExportRequest(out=tmp, batch=batch,
                                                                     opset=opset))
 
@@ -209,7 +205,6 @@ def _copy_mapped(model: nn.Module, shipped: dict, mapping: dict) -> set[str]:
 
 def graph_parameters(model: nn.Module, size: int) -> set[str]:
     """The parameters the fused inference graph depends on (a non-zero gradient)."""
-    from d2a_edge.training.inference import FusedGraph
     m = copy.deepcopy(model).eval()
     dev = next(m.parameters()).device
     outs = FusedGraph(m)(torch.rand(2, 3, size, size, device=dev),
@@ -264,17 +259,16 @@ def _fit_batchnorms(model: nn.Module, folded: dict, shipped: dict, images, info)
             s[2] = s[2] + (x * x).sum((0, 2, 3))
         return hook
 
+    _identity_batchnorms(model)  # every BatchNorm is folded (``_folded_pairs`` checks)
     for bn, (_, bias) in folded.items():
-        m = mods[bn]
         with torch.no_grad():
-            m.running_mean.zero_(), m.running_var.fill_(1.0 - m.eps)
-            m.weight.fill_(1.0), m.bias.copy_(torch.tensor(shipped[bias]))
-        hooks.append(m.register_forward_pre_hook(record(bn)))
+            mods[bn].bias.copy_(torch.tensor(shipped[bias]))
+        hooks.append(mods[bn].register_forward_pre_hook(record(bn)))
+    graph = FusedGraph(model)
     try:
         with torch.no_grad():
             for i in range(0, len(images), 32):
-                _forward(model.eval(), torch.from_numpy(images[i:i + 32]),
-                         torch.from_numpy(info[i:i + 32]))
+                graph(torch.from_numpy(images[i:i + 32]), torch.from_numpy(info[i:i + 32]))
     finally:
         for h in hooks:
             h.remove()
@@ -319,7 +313,6 @@ def _bundle_model(b, seed: int):
 def _parity(model: nn.Module, asset, onnx_path: Path, images, info) -> dict[str, float]:
     """Max |torch - ONNX Runtime| per output, and of the skinned vertices (``vertices_m``)."""
     from d2a_edge.export import onnx_tools, verify
-    from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
     ref = verify.run_onnx(onnx_tools.ort_session(onnx_path), images, info, OUTPUT_NAMES)
     got = verify.run_torch(FusedGraph(model), images, info)
     parity = {n: float(np.abs(r - g).max()) for n, r, g in zip(OUTPUT_NAMES, ref, got)}
