@@ -601,3 +601,42 @@ def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path, anny
     moments = [st.optimizer.state[p]["exp_avg"] for p in st.model.parameters() if p.dim() == 4]
     assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
     T.train_step(st, batch, cfg, contextlib.nullcontext)
+
+
+def test_freeze_keeps_the_named_modules_fixed_and_resumes_only_alike(tmp_path, anny_asset):
+    """train.freeze (d2a-train --freeze backbone depth_net): after training steps the frozen
+    modules' weights and batch-norm statistics are unchanged, the rest has trained, and the
+    optimizer holds only the trained parameters. A resume with another --freeze, and a module
+    the model lacks, are clear errors."""
+    import contextlib
+
+    from _batches import BatchDataset, make_batch, tiny_config
+    from d2a_edge.training import train as T
+    cfg = tiny_config(train={"freeze": ["backbone", "depth_net"]})
+    st = T.build_state(cfg, T.Dist(), total_steps=5, asset=anny_asset)
+    before = {k: v.clone() for k, v in st.model.state_dict().items()}
+    batch = make_batch(anny_asset, 2, 64, seed=5)
+    for _ in range(2):
+        T.train_step(st, batch, cfg, contextlib.nullcontext)
+    after = st.model.state_dict()
+    frozen = [k for k in before if k.startswith(("backbone.", "depth_net."))]
+    assert any(k.endswith("running_mean") for k in frozen)
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    for k in ("encoder.img_layers.0.attn_s.q.weight", "decoder.layers.0.mlp.0.weight"):
+        assert not torch.equal(before[k], after[k]), k
+    optimized = {id(p) for g in st.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimized for p in st.model.backbone.parameters())
+    assert all(id(p) in optimized for p in st.model.encoder.parameters())
+
+    T.run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path, steps=2, ckpt_every=0,
+          asset=anny_asset, progress=False)
+    other = T.build_state(tiny_config(), T.Dist(), total_steps=3, asset=anny_asset)
+    with pytest.raises(ValueError, match=r"train.freeze \['backbone', 'depth_net'\].*"
+                                         r"resume with the same --freeze"):
+        T.resume_state(other, tmp_path, T.Dist())
+    T.resume_state(T.build_state(cfg, T.Dist(), total_steps=3, asset=anny_asset), tmp_path,
+                   T.Dist())
+    with pytest.raises(ValueError, match="no module 'backbon'.*'backbone'"):
+        T.build_state(tiny_config(train={"freeze": ["backbon"]}), T.Dist(), total_steps=3,
+                      asset=anny_asset)
