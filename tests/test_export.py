@@ -110,6 +110,8 @@ def test_int8_quantizes_the_backbone_and_large_convs_only(bundle):
     m = onnx.load(str(bundle[0] / "model_int8.onnx"))
     made_by = {o: n for n in m.graph.node for o in n.output}
     init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    init.update({n.output[0]: init[n.input[0]] for n in m.graph.node  # fp16-stored weights
+                 if n.op_type == "Cast" and n.input[0] in init})
     quantized, kept = [], []
     for n in m.graph.node:
         if n.op_type != "Conv":
@@ -124,6 +126,46 @@ def test_int8_quantizes_the_backbone_and_large_convs_only(bundle):
     assert all(size >= INT8_MIN_WEIGHTS for name, size in quantized
                if not name.startswith("/backbone/"))
     assert any(size < INT8_MIN_WEIGHTS for _, size in kept)  # small depth-net convs stay fp32
+
+
+def test_int8_graph_stores_its_float_weights_as_fp16(bundle):
+    """ONNX Runtime's INT8 graph stores the weights it keeps in float as fp16, cast back to
+    fp32 at its start (``store_weights_fp16``); the Q/DQ scales stay fp32 initializers. The
+    same storage on the whole fp32 graph moves the outputs only by fp16 weight rounding."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from d2a_edge.export import onnx_tools
+    from d2a_edge.export.onnx_tools import FP16_STORAGE_MIN, ort_session
+    out, _ = bundle
+    m = onnx.load(str(out / "model_int8.onnx"))
+    qdq = {i for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+           for i in n.input}
+    sizes = {t.name: (t.data_type, int(np.prod(t.dims))) for t in m.graph.initializer}
+    casts = [n for n in m.graph.node if n.op_type == "Cast" and n.input[0] in sizes]
+    assert casts and all(sizes[n.input[0]][0] == TensorProto.FLOAT16 for n in casts)
+    assert not [name for name, (dtype, size) in sizes.items() if dtype == TensorProto.FLOAT
+                and size >= FP16_STORAGE_MIN and name not in qdq]
+    assert any(sizes[name][0] == TensorProto.FLOAT for name in qdq if name in sizes)  # scales
+
+    fp32 = onnx.load(str(out / "model_fp32.onnx"))
+    orig = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    stored = onnx_tools.store_weights_fp16(fp32)
+    half = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
+    casts = [n for n in stored.graph.node if n.op_type == "Cast" and n.input[0] in half]
+    assert len(casts) >= 50
+    for n in casts:  # each weight, rounded to fp16, under the name the graph reads
+        assert half[n.input[0]].dtype == np.float16
+        np.testing.assert_array_equal(half[n.input[0]], orig[n.output[0]].astype(np.float16))
+    onnx.save(stored, str(out / "fp16_storage.onnx"))
+    try:
+        x = np.random.default_rng(0).random((1, 3, 192, 192), dtype=np.float32)
+        feed = {"image": x, "bbox_info": np.float32([[0.05, -0.02, 0.6]])}
+        ref = ort_session(out / "model_fp32.onnx").run(None, feed)
+        got = ort_session(out / "fp16_storage.onnx").run(None, feed)
+    finally:
+        (out / "fp16_storage.onnx").unlink()
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=1e-2, atol=2e-3)
 
 
 def test_int8_folds_the_relus_after_backbone_convs(bundle, tmp_path, anny_asset):
