@@ -43,7 +43,7 @@ def bench_stages(rec, frames: list[np.ndarray], batch: int, repeats: int) -> dic
             K = rec.camera(W, H)
             crops, sq, info = make_crops(frame, boxes, K, rec.size, rec.crop_pool)
             t1 = time.perf_counter()
-            out = rec.backend.run(crops, info)
+            out = rec.infer(crops, info)  # with flip: both engine runs and the average
             t2 = time.perf_counter()
             verts, joints = rec.skin(out)
             t3 = time.perf_counter()
@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--mesh", default="full", choices=MESHES,
                    help="output mesh: full, or the coarse sub-mesh (fewer vertices to skin)")
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    p.add_argument("--flip", action="store_true",
+                   help="flip test-time augmentation (MeshRecoverer(flip=True)): engine twice")
     p.add_argument("--batch", nargs="+", type=at_least(1), default=[1, 8])
     p.add_argument("--repeats", type=at_least(1), default=30)
     p.add_argument("--warmup", type=at_least(0), default=3)
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
     for prec in args.precision:
         try:
             rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
-                                precision=prec, skinning=args.skinning, mesh=args.mesh)
+                                precision=prec, skinning=args.skinning, mesh=args.mesh,
+                                flip=args.flip)
         except (BundleError, BackendUnavailable, RuntimeError) as e:
             p.error(str(e))
         skin = rec.skinning
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
             t = bench_stages(rec, frames, b, args.repeats)
             med = {k: float(np.median(v)) for k, v in t.items()}
             p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
-            results.append({"precision": prec, "batch": b, "mesh": args.mesh,
+            results.append({"precision": prec, "batch": b, "mesh": args.mesh, "flip": args.flip,
                             "backend": rec.backend.name,
                             "device": getattr(rec.backend, "device", "?"), "skinning": skin,
                             "median_ms": med,

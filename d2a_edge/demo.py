@@ -50,7 +50,7 @@ def run(args) -> int:
     from d2a_edge.imageio import open_source
     from d2a_edge.recoverer import MeshRecoverer
     rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision,
-                        mesh=args.mesh)
+                        mesh=args.mesh, flip=args.flip)
     save = Path(args.save) if args.save else None
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--mesh", default="full", choices=MESHES,
                    help="output mesh: full, or the coarse sub-mesh (fewer vertices)")
+    p.add_argument("--flip", action="store_true", help="also run the model on each crop's "
+                   "mirror image and average (a little more accurate, twice the engine time)")
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "

@@ -21,6 +21,7 @@ from d2a_edge.body import BodyModel
 from d2a_edge.bundle import load_bundle
 from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, project,
                              square_box)
+from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.imageio import InputError, as_bgr8, open_source
 from d2a_edge.smoothing import OneEuroFilter
 from d2a_edge.types import HumanMesh
@@ -178,16 +179,22 @@ class MeshRecoverer:
     mesh: the output mesh, "full" (the body model's mesh; Anny: 13,718 vertices) or "coarse"
     (its vertex-token sub-mesh, Anny: 369 vertices with their own faces; only those vertices
     are skinned). Joints, σ, pose and shape do not change.
+    flip: also run the model on each crop's mirror image and average the two (``d2a_edge.flip``):
+    a little more accurate (shipped edge-s: PA-MPJPE 73.0 -> 70.6 mm in distribution, 192.7 ->
+    190.4 mm out of it) for twice the engine time. Needs a left-right symmetric body model.
     Without ``boxes``, the whole frame is taken as one person (camera demos).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
                  device: str = "auto", precision: str = "fp32", intrinsics=None,
-                 skinning: str = "auto", mesh: str = "full"):
+                 skinning: str = "auto", mesh: str = "full", flip: bool = False):
         self.K = None if intrinsics is None else camera_matrix(intrinsics)  # fail before loading
         if mesh not in MESHES:
             raise ValueError(f"mesh must be one of {MESHES}, got {mesh!r}")
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be True or False, got {flip!r}")
         self.bundle = load_bundle(model)
+        self.mirror = self.bundle.asset.mirror_joints() if flip else None
         self.faces = self.bundle.asset.mesh_faces(mesh)
         self.backend = make_backend(self.bundle, backend, device, precision)
         engine_on = str(getattr(self.backend, "device", "cpu"))
@@ -230,7 +237,7 @@ class MeshRecoverer:
         K = self.camera(W, H)
         with self._lock, self.one_thread_helpers():
             crops, sq, info = make_crops(image, b, K, self.size, self.crop_pool)
-            out = self.backend.run(crops, info)
+            out = self.infer(crops, info)
             verts, joints = self.skin(out)
             return self.meshes(out, verts, joints, sq, K)
 
@@ -248,6 +255,14 @@ class MeshRecoverer:
         people = self(image, boxes=search_windows(W, H))
         best = min(people, key=lambda p: float(p.joint_sigma.mean()))
         return self._track_box(best, image.shape, self.camera(W, H), min_score=0.0)
+
+    def infer(self, crops: np.ndarray, info: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's outputs for ``crops``; with ``flip``, averaged with its outputs for
+        their mirror images."""
+        out = self.backend.run(crops, info)
+        if self.mirror is None:
+            return out
+        return average_mirrored(out, self.backend.run(*mirror_inputs(crops, info)), self.mirror)
 
     def skin(self, out: dict) -> tuple[np.ndarray, np.ndarray]:
         """Vertices (N, V, 3) and joints (N, J, 3) of the engine's outputs."""

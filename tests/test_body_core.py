@@ -115,3 +115,36 @@ def test_import_is_torch_free():
             "bad = [m for m in ('torch', 'anny', 'd2a_edge.training', 'd2a_edge.export') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mirror_joints_pairs_the_sides_and_rejects_an_asymmetric_body(anny_asset):
+    """``BodyAsset.mirror_joints``: each joint's counterpart (an involution; spine and head
+    joints their own), only for a body whose rest joints mirror onto each other (x -> -x)."""
+    import dataclasses
+    perm = anny_asset.mirror_joints()
+    names = list(anny_asset.joint_names)
+    assert np.array_equal(perm[perm], np.arange(len(names)))
+    assert names[perm[names.index("LeftForeArm")]] == "RightForeArm"
+    assert names[perm[names.index("LHipJoint")]] == "RHipJoint"
+    assert perm[names.index("Head")] == names.index("Head")
+    mirrored = anny_asset.j_template[perm] * [-1, 1, 1]
+    assert np.abs(mirrored - anny_asset.j_template).max() < 0.005
+    j = anny_asset.j_template.copy()
+    j[names.index("LeftHand"), 1] += 0.05  # one hand 5 cm lower than the other
+    with pytest.raises(BodyAssetError, match="not left-right symmetric: .* 50.0 mm off"):
+        dataclasses.replace(anny_asset, j_template=j).mirror_joints()
+
+
+def test_nearest_rotation_projects_onto_rotations(rng):
+    """``nearest_rotation``: rotations stay as they are; the mean of two rotations about one
+    axis becomes the rotation halfway between them; any matrix becomes a proper rotation."""
+    from d2a_edge.body.rotations import nearest_rotation
+    R = random_rotmats(rng, 4, 3).reshape(-1, 3, 3)
+    np.testing.assert_allclose(nearest_rotation(R), R, atol=1e-12)
+    axis = np.array([0.0, 0.6, 0.8])
+    half = nearest_rotation((rodrigues(axis * 0.2) + rodrigues(axis * 1.0)) / 2)
+    np.testing.assert_allclose(half, rodrigues(axis * 0.6), atol=1e-12)
+    Q = nearest_rotation(rng.normal(size=(10, 3, 3)))
+    np.testing.assert_allclose(Q @ np.swapaxes(Q, -1, -2), np.broadcast_to(np.eye(3), Q.shape),
+                               atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(Q), 1.0, atol=1e-12)

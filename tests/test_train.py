@@ -341,6 +341,40 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
     img = cv2.imread(str(tmp_path / "eval" / "calibration_id.png"))
     assert img is not None and img.shape == (480, 480, 3) and (img != 255).any()
 
+    flip = evaluate_checkpoint(tmp_path / "run", {"id": ds}, tmp_path / "eval_flip",
+                               batch_size=4, progress=False, flip=True)["id"]
+    assert flip["num_samples"] == 4 and flip["mpjpe"] != m["mpjpe"]  # another prediction
+    js = json.loads((tmp_path / "eval_flip" / "metrics.json").read_text())
+    assert js["flip"] is True and "step 1, flip" in (tmp_path / "eval_flip" / "metrics.md"
+                                                      ).read_text()
+
+
+def test_flip_averaged_is_the_sdk_flip_and_mirror_equivariant(anny_asset):
+    """d2a-eval --flip (``FlipAveraged``): the mirrored crop gets the mirrored prediction, as
+    the SDK's flip does (both average through ``d2a_edge.flip``)."""
+    from _batches import make_batch, tiny_config
+    from d2a_edge.training.evaluate import FlipAveraged
+    from d2a_edge.training.model import build_model
+    torch.manual_seed(0)
+    model = build_model(tiny_config().model, anny_asset).eval()
+    with torch.no_grad():  # the heads start at the rest pose whatever the image: make them see
+        for head in (model.joint_head, model.shape_head, model.camera_head):
+            for w in head.parameters():
+                w.add_(torch.randn_like(w) * 0.05)
+    f = FlipAveraged(model, anny_asset.mirror_joints())
+    b = make_batch(anny_asset, 2, 64, seed=7)
+    with torch.no_grad():
+        a = f(b["image"], b["bbox_info"])
+        m = f(torch.flip(b["image"], [-1]), b["bbox_info"] * torch.tensor([-1.0, 1.0, 1.0]))
+        plain = model.forward_head(model.forward_features(b["image"]), b["bbox_info"])
+    M = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+    perm = torch.as_tensor(anny_asset.mirror_joints())
+    torch.testing.assert_close((M @ m["rotmats"] @ M)[:, perm], a["rotmats"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(m["translation"] * M.diagonal(), a["translation"], atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(m["betas"], a["betas"], atol=1e-6, rtol=0)
+    assert not torch.allclose(plain["rotmats"], a["rotmats"], atol=1e-4)  # it did average
+
 
 def test_ema_tracks_weights_with_decay():
     from d2a_edge.training.train import EMA

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from d2a_edge._cli import at_least
+from d2a_edge.body import load_body
+from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training import metrics as M
 from d2a_edge.training import recover
@@ -129,11 +131,39 @@ def markdown_table(results: dict[str, dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class FlipAveraged(torch.nn.Module):
+    """``model`` with flip test-time augmentation, as the SDK's ``MeshRecoverer(flip=True)``
+    (``d2a_edge.flip``): its outputs for each crop and for the crop's mirror image, averaged,
+    then skinned. ``perm``: ``BodyAsset.mirror_joints()`` of the model's body."""
+
+    KEYS = {"rotmats": "pose", "betas": "shape", "translation": "translation",
+            "joint_sigma": "joint_sigma", "joint_mu": "joint_mu"}  # model output -> SDK name
+
+    def __init__(self, model: D2AHMR, perm: np.ndarray):
+        super().__init__()
+        self.model, self.body, self.perm = model, model.body, perm
+
+    def _run(self, image: torch.Tensor, info: torch.Tensor) -> dict[str, np.ndarray]:
+        out = self.model.forward_head(self.model.forward_features(image), info)
+        return {sdk: out[k].float().cpu().numpy() for k, sdk in self.KEYS.items()}
+
+    def forward(self, image: torch.Tensor, bbox_info: torch.Tensor) -> dict[str, torch.Tensor]:
+        mirrored = [torch.from_numpy(a).to(image.device) for a in
+                    mirror_inputs(image.float().cpu().numpy(), bbox_info.float().cpu().numpy())]
+        avg = average_mirrored(self._run(image, bbox_info), self._run(*mirrored), self.perm)
+        return self.model.skin({k: torch.from_numpy(avg[sdk]).to(image.device)
+                                for k, sdk in self.KEYS.items()})
+
+
 def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out_dir: str | Path,
                         *, batch_size: int = 32, device: str = "cpu", use_ema: bool = True,
-                        workers: int = 0, progress: bool = True) -> dict[str, dict]:
-    """Evaluate on ``{split_name: Dataset}``; writes metrics.json / metrics.md / PNGs to out_dir."""
+                        workers: int = 0, progress: bool = True,
+                        flip: bool = False) -> dict[str, dict]:
+    """Evaluate on ``{split_name: Dataset}``; writes metrics.json / metrics.md / PNGs to out_dir.
+    ``flip``: with flip test-time augmentation (``FlipAveraged``)."""
     model, cfg, meta = load_model_config(checkpoint, device, use_ema)
+    if flip:
+        model = FlipAveraged(model, load_body(cfg.model.body).mirror_joints())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -149,10 +179,10 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
             f"{cfg.name} step {meta['step']} - {split}"))
     source = checkpoint if recover.is_bundle(checkpoint) else ckpt.resolve_checkpoint(checkpoint)
     payload = {"checkpoint": str(source), "config": cfg.name,
-               "step": meta["step"], "splits": results}
+               "step": meta["step"], "flip": flip, "splits": results}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "metrics.md").write_text(markdown_table(
-        results, f"d2a-eval: {cfg.name}, step {meta['step']}"))
+        results, f"d2a-eval: {cfg.name}, step {meta['step']}" + (", flip" if flip else "")))
     return results
 
 
@@ -169,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=at_least(0), default=0, help="DataLoader workers")
     p.add_argument("--no-ema", action="store_true", help="use raw weights even if EMA exists")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation, as "
+                   "MeshRecoverer(flip=True): each crop and its mirror image, averaged")
     return p
 
 
@@ -188,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                            else ckpt.resolve_checkpoint(args.checkpoint) / "eval")
         results = evaluate_checkpoint(args.checkpoint, datasets, out, batch_size=args.batch_size,
                                       device=device, use_ema=not args.no_ema,
-                                      workers=args.workers)
+                                      workers=args.workers, flip=args.flip)
     except (ValueError, RuntimeError, OSError) as e:
         sys.exit(f"d2a-eval: error: {e}")
     print((Path(out) / "metrics.md").read_text())

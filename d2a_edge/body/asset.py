@@ -58,6 +58,17 @@ _REQUIRED = {  # key -> (ndim, dtype kind)
 }
 
 
+MIRROR_TOLERANCE_M = 0.01  # Anny's rest joints mirror onto each other within 3.1 mm
+
+
+def other_side(name: str) -> str:
+    """"LeftArm" <-> "RightArm", "LHipJoint" <-> "RHipJoint"; other names unchanged."""
+    for this, that in (("Left", "Right"), ("Right", "Left"), ("LHip", "RHip"), ("RHip", "LHip")):
+        if name.startswith(this):
+            return that + name[len(this):]
+    return name
+
+
 class BodyAssetError(ValueError):
     """A body asset file is missing, corrupt, foreign or inconsistent."""
 
@@ -131,6 +142,22 @@ class BodyAsset:
                     j_template=self.j_template, j_shapedirs=self.j_shapedirs,
                     parents=self.parents, skin_indices=self.skin_indices,
                     skin_weights=self.skin_weights, posedirs=self.posedirs)
+
+    def mirror_joints(self) -> np.ndarray:
+        """(J,) index of each joint's counterpart on the other side of the body ("LeftArm" <->
+        "RightArm", spine and head joints their own), for mirroring poses left-right. Raises
+        ``BodyAssetError`` unless the rest skeleton is left-right symmetric (x -> -x) within
+        ``MIRROR_TOLERANCE_M``: a mirrored pose is only the mirror image on such a body."""
+        names = list(self.joint_names)
+        perm = np.array([names.index(other_side(n)) if other_side(n) in names else i
+                         for i, n in enumerate(names)])
+        mirrored = self.j_template[perm] * np.array([-1.0, 1.0, 1.0])
+        gap = float(np.abs(mirrored - self.j_template).max())
+        if gap > MIRROR_TOLERANCE_M:
+            raise BodyAssetError(f"body {self.name!r} is not left-right symmetric: its mirrored "
+                                 f"rest joints are up to {gap * 1000:.1f} mm off (joint names "
+                                 f"need Left/Right or L/R pairs)")
+        return perm
 
     def keypoints(self, joints: np.ndarray, vertices: np.ndarray, which: int = 17) -> np.ndarray:
         """Evaluation keypoints ``(..., which, 3)`` from joints ``(..., J, 3)`` and vertices."""

@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from d2a_edge.body.asset import other_side
 from d2a_edge.body.rotations import rodrigues
 
 # joint -> ((axis, lo, hi), ...) for the left side and the spine; ID samples a clipped normal
@@ -123,7 +124,7 @@ class PoseSampler:
             for name, limits in table.items():
                 if side and not name.startswith(("Left", "LHip")):
                     continue
-                target = self.index[_other_side(name) if side else name]
+                target = self.index[other_side(name) if side else name]
                 for axis, lo, hi in limits:
                     rows.append((target, bool(side), axes[name][axis], lo, hi, side + name, axis))
         self.target = np.array([r[0] for r in rows])
@@ -197,7 +198,7 @@ class PoseSampler:
         """The left-right mirrored pose (J, 3, 3): each joint takes the reflected rotation of its
         counterpart on the other side (spine and head joints their own)."""
         out = MIRROR @ R @ MIRROR
-        swap = [self.index.get(_other_side(n), i) for i, n in enumerate(self.names)]
+        swap = [self.index.get(other_side(n), i) for i, n in enumerate(self.names)]
         return out[swap]
 
     def root(self, rng: np.random.Generator, elevation_deg: float) -> np.ndarray:
@@ -212,11 +213,3 @@ class PoseSampler:
         """(S,) shape coefficients ~ N(0, betas_std^2), clipped to +-betas_clip."""
         b = rng.normal(0.0, self.config.betas_std, num_betas)
         return np.clip(b, -self.config.betas_clip, self.config.betas_clip)
-
-
-def _other_side(name: str) -> str:
-    """"LeftArm" <-> "RightArm", "LHipJoint" <-> "RHipJoint"; other names unchanged."""
-    for this, that in (("Left", "Right"), ("Right", "Left"), ("LHip", "RHip"), ("RHip", "LHip")):
-        if name.startswith(this):
-            return that + name[len(this):]
-    return name
