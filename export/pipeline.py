@@ -103,7 +103,7 @@ def measure(graph, asset, path: Path, precision: str, data) -> dict:
     images, info, labels, ref = data
     try:
         got = verify.run_onnx(onnx_tools.ort_session(path), images, info, OUTPUT_NAMES)
-        where = "onnxruntime CPU"
+        where = f"onnxruntime CPU ({verify.cpu_description()})"
     except Exception as e:  # ORT CPU lacks some fp16 kernels: measure PyTorch half instead
         if precision != "fp16":
             raise

@@ -41,6 +41,30 @@ def run_torch(module, images: np.ndarray, info: np.ndarray, batch: int = 32,
     return [np.concatenate(parts) for parts in zip(*outs)]
 
 
+def cpu_description() -> str:
+    """This CPU's model name and whether it has VNNI (the int8 dot-product instructions): ONNX
+    Runtime's INT8 kernels take another path without them (uint8 x int8 products summed in
+    saturating 16-bit pairs), so the INT8 graph's error depends on the CPU. The shipped edge-s
+    INT8 graph, the same 256 validation crops and ONNX Runtime 1.32: worst vertex 825 mm (mean
+    25.2 mm) on the CPU it was exported on, which was not recorded (S8S8 was slower than U8S8
+    there, as without VNNI); 94 mm (mean 13.8 mm) on an AMD EPYC with AVX-512 VNNI."""
+    import platform
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return f"{name}, {'VNNI: ' + ' '.join(vnni) if vnni else 'no VNNI'}" if flags else name
+
+
 def run_onnx(session, images: np.ndarray, info: np.ndarray, names, batch: int = 32):
     """Outputs of an ONNX Runtime session; uses batch 1 when the graph has a fixed batch."""
     fixed = session.get_inputs()[0].shape[0]

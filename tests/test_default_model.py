@@ -43,3 +43,19 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
     assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
                       "--no-display", "--overlay", "cv"]) == 2
     assert "could not write" in capsys.readouterr().err
+
+
+def test_committed_weights_fit_the_30_mb_budget():
+    """Every file of the bundled models together (graphs, body model, manifest) stays within the
+    project's 30 MB (decimal) for committed weights; the manifest names each graph's size and
+    hash as they are on disk."""
+    import json
+
+    from d2a_edge.body import file_sha256
+    models = ROOT / "d2a_edge" / "models"
+    total = sum(f.stat().st_size for f in models.rglob("*") if f.is_file())
+    assert total <= 30_000_000, f"{total / 1e6:.2f} MB"
+    for manifest in models.glob("*/manifest.json"):
+        for art in json.loads(manifest.read_text())["artifacts"].values():
+            path = manifest.parent / art["file"]
+            assert path.stat().st_size == art["bytes"] and file_sha256(path) == art["sha256"]
