@@ -1,6 +1,6 @@
 """The SDK adds no error: PA-MPJPE of ``MeshRecoverer`` on rendered test frames vs ``d2a-eval``.
 
-    .venv/bin/python bench/sdk_vs_eval.py BUNDLE DATA_DIR [--num 128] [--precision int8]
+    .venv/bin/python bench/sdk_vs_eval.py BUNDLE DATA_DIR [--num 128] [--precision int8] [--flip]
 
 Each labelled crop of DATA_DIR is pasted back into its full virtual image; the SDK gets that
 frame, the true intrinsics and the person box, and its keypoints are scored like d2a-eval does.
@@ -24,8 +24,10 @@ def main():
     p.add_argument("data")
     p.add_argument("--num", type=int, default=128)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--flip", action="store_true", help="MeshRecoverer(flip=True)")
     args = p.parse_args()
-    rec = MeshRecoverer(args.bundle, backend="onnxruntime", precision=args.precision)
+    rec = MeshRecoverer(args.bundle, backend="onnxruntime", precision=args.precision,
+                        flip=args.flip)
     reader = ShardReader(args.data)
     pred, gt, sigma, err = [], [], [], []
     for i in range(min(args.num, len(reader))):
