@@ -83,7 +83,9 @@ def main(argv=None) -> int:
             print(f"wrote {path} (torch.export program with TensorRT engines; load with "
                   "torch.export.load, no training code needed) - not verified here")
             return 0
-        manifest = export_bundle(model, asset, req, name=cfg.name, checkpoint=Path(args.checkpoint))
+        from d2a_edge.training.recover import loss_state
+        manifest = export_bundle(model, asset, req, name=cfg.name, checkpoint=Path(args.checkpoint),
+                                 loss_state=loss_state(args.checkpoint))
     except TensorRTUnavailable as e:
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 3

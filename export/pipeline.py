@@ -11,12 +11,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from safetensors.torch import save_file
 
 from d2a_edge.body import file_sha256, save_body_asset
 from d2a_edge.bundle import calibrated_sigma
 from d2a_edge.export import onnx_tools, verify
 from d2a_edge.export.manifest import build_manifest, write_manifest
 from d2a_edge.export.tensorrt_build import TensorRTUnavailable
+from d2a_edge.training import recover
 from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
 
 # what each format accepts (STYLE 9: validate from a table, fail loudly)
@@ -113,9 +115,13 @@ def measure(graph, asset, path: Path, precision: str, data) -> dict:
 
 
 def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
-                  checkpoint: Path | None = None, progress=print) -> dict:
+                  checkpoint: Path | None = None, progress=print,
+                  loss_state: dict | None = None) -> dict:
     """Write a verified bundle for ``model`` (a D2AHMR built on body ``asset``) into
-    ``req.out``; returns the manifest (with the parity report per artifact)."""
+    ``req.out``; returns the manifest (with the parity report per artifact). The bundle also
+    holds ``training_extras.safetensors`` (``training.recover.training_extras``, with
+    ``loss_state``, the loss's RLE flow, when given), so that training can go on from it
+    exactly; the SDK does not read it."""
     precisions = req.precisions()
     graph = FusedGraph(model)
     size = model.cfg.image_size
@@ -126,7 +132,7 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     stage.mkdir()
     try:
         report, trt_error = _export_into(graph, asset, size, stage, req, precisions, name,
-                                         checkpoint, progress)
+                                         checkpoint, progress, loss_state)
         for f in sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json"):
             f.replace(out / f.name)  # manifest.json last
     finally:
@@ -157,7 +163,8 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
                                            "calibrated": float(err.mean() / scaled.mean())}}
 
 
-def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress) -> dict:
+def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress,
+                 loss_state=None) -> dict:
     progress(f"[1/4] rendering {req.val_samples} labelled validation crops")
     images, info, labels = verify.validation_set(asset, req.val_samples, size,
                                                  seed=VALIDATION_SEEDS["id"])
@@ -201,6 +208,11 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         joint_names=list(asset.joint_names), artifacts=artifacts, opset=req.opset)
     if checkpoint is not None:
         manifest["source_checkpoint"] = str(checkpoint)
+    extras = stage / recover.EXTRAS_FILE
+    save_file(recover.training_extras(graph.model, size, loss_state), str(extras))
+    manifest["training_extras"] = {"file": extras.name, "bytes": extras.stat().st_size,
+                                   "sha256": file_sha256(extras),
+                                   "graph_sha256": file_sha256(files["fp32"])}
     manifest["sigma_calibration"] = cal
     sigma = ref[OUTPUT_NAMES.index("joint_sigma")]  # (N, J*3) or (N, J, 3), metres
     sigma = calibrated_sigma(cal, np.linalg.norm(sigma.reshape(len(sigma), -1, 3), axis=-1))

@@ -22,7 +22,7 @@ def test_bundle_files_and_manifest(bundle):
     out, manifest = bundle
     names = sorted(p.name for p in out.iterdir())
     assert names == ["body.npz", "manifest.json", "model_fp16.onnx", "model_fp32.onnx",
-                     "model_int8.onnx"]
+                     "model_int8.onnx", "training_extras.safetensors"]
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["outputs"]["pose"]["shape"] == [1, 25, 3, 3]
     assert set(on_disk["artifacts"]) == {"fp32", "fp16", "int8"}
@@ -226,7 +226,8 @@ def test_trt_missing_is_clear(tmp_path, fresh_model, anny_asset):
                                                               val_samples=2))
     # the verified ONNX bundle remains, without any plan
     assert sorted(p.name for p in tmp_path.iterdir()) == ["body.npz", "manifest.json",
-                                                         "model_fp32.onnx"]
+                                                         "model_fp32.onnx",
+                                                         "training_extras.safetensors"]
 
 
 def test_trt_version_gate():

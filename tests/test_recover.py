@@ -14,24 +14,41 @@ TRAINING_ONLY = ("silhouette.", "mask_token", "vertex_head.")
 
 
 @pytest.fixture(scope="module")
-def exported(anny_asset, tmp_path_factory):
+def exported_with_extras(anny_asset, tmp_path_factory):
     """A tiny D2A-HMR as after training (every weight non-zero, BatchNorms with their own
-    statistics and affines), and its fp32 bundle: ``(model, bundle folder)``."""
+    statistics and affines), its loss's state (the RLE flow, perturbed too) and its fp32
+    bundle, training extras included: ``(model, bundle folder, loss state)``."""
     from _batches import tiny_config
     from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    from d2a_edge.training.losses import D2ALoss
     from d2a_edge.training.model import build_model
     torch.manual_seed(3)
-    model = build_model(tiny_config().model, anny_asset)
+    cfg = tiny_config()
+    model = build_model(cfg.model, anny_asset)
+    loss = D2ALoss(cfg.loss, model.body)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in list(model.parameters()) + list(loss.parameters()):
             p.add_(0.02 * torch.randn_like(p))
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0.0, 0.3), m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5), m.bias.normal_(0.0, 0.2)
-    out = tmp_path_factory.mktemp("tiny_bundle")
+    out = tmp_path_factory.mktemp("tiny_bundle_extras")
     export_bundle(model.eval(), anny_asset, ExportRequest(out=out, val_samples=4),
-                  name="tiny-recover", progress=lambda *a: None)
+                  name="tiny-recover", progress=lambda *a: None, loss_state=loss.state_dict())
+    return model, out, loss.state_dict()
+
+
+@pytest.fixture(scope="module")
+def exported(exported_with_extras, tmp_path_factory):
+    """The same bundle without its training extras, as one exported before them (the shipped
+    edge-s): ``(model, bundle folder)``."""
+    model, src, _ = exported_with_extras
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    shutil.copytree(src, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / manifest.pop("training_extras")["file"]).unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
     return model, out
 
 
@@ -143,6 +160,7 @@ def _spy_on_first_step(seen: dict, forward):
     def spy(self, *args, **kwargs):
         seen.setdefault("weights", {k: v.detach().clone()
                                     for k, v in self.model.state_dict().items()})
+        seen.setdefault("loss", {k: v.detach().clone() for k, v in self.loss.state_dict().items()})
         return forward(self, *args, **kwargs)
     return spy
 
@@ -241,3 +259,65 @@ def test_warm_fresh_trains_only_the_fresh_parts_first(exported, recovered, tmp_p
     with pytest.raises(ValueError, match="--warm-fresh 1: needs .* --init BUNDLE"):
         run(cfg, ds, tmp_path / "x", steps=1, ckpt_every=0, asset=anny_asset, progress=False,
             init=str(tmp_path / "r"), warm_fresh=1)
+
+
+def test_training_extras_give_back_the_exported_model_and_loss(exported_with_extras, tmp_path,
+                                                               anny_asset, monkeypatch):
+    """A bundle with training extras recovers every tensor of the exported model (BatchNorm
+    statistics, decoder layer 0, training-only parts) to float rounding, and the loss's RLE
+    flow; nothing starts fresh, so --warm-fresh refuses it and d2a-train --init starts from
+    exactly those weights."""
+    import functools
+
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import recover as R
+    from d2a_edge.training.train import TrainModule, run
+    original, bundle, loss = exported_with_extras
+    model, _, report = R.recover(bundle, samples=8, seed=7, progress=lambda *a: None)
+    assert report["fresh_parameters"] == [] and report["batchnorms_refitted"] == 0
+    assert report["training_extras"] > 50 and max(report["max_abs_error"].values()) < 1e-4
+    got = model.state_dict()
+    for k, v in original.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in R.loss_state(bundle).items():
+        torch.testing.assert_close(v, loss[k], rtol=0, atol=0, msg=k)
+    assert not R.has_fresh_parts(bundle)
+    assert R.main([str(bundle), "--out", str(tmp_path / "init"), "--samples", "8"]) == 0
+    w = ckpt.read_checkpoint(tmp_path / "init")["weights"]
+    assert set(ckpt.split_weights(w, "loss")) == set(loss) and not R.has_fresh_parts(
+        tmp_path / "init")
+
+    monkeypatch.setattr(R, "recover", functools.partial(R.recover, samples=8, seed=7))
+    seen = {}
+    monkeypatch.setattr(TrainModule, "forward", _spy_on_first_step(seen, TrainModule.forward))
+    ds = BatchDataset(anny_asset, 4, 64, seed=4)
+    cfg = tiny_config(optim={"warmup_steps": 1})
+    run(cfg, ds, tmp_path / "run", steps=1, ckpt_every=0, asset=anny_asset, progress=False,
+        init=str(bundle))
+    for k, v in original.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(seen["weights"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    for k, v in loss.items():
+        torch.testing.assert_close(seen["loss"][k], v, rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="--warm-fresh 1: needs .* --init BUNDLE"):
+        run(cfg, ds, tmp_path / "x", steps=1, ckpt_every=0, asset=anny_asset, progress=False,
+            init=str(bundle), warm_fresh=1)
+
+
+def test_training_extras_that_do_not_match_are_a_clear_error(exported_with_extras, tmp_path):
+    """Extras from another export (their hash, or the graph's, differs from the manifest) are
+    an error; a bundle whose extras file was deleted recovers the old way."""
+    from d2a_edge.training.recover import RecoveryError, recover
+    _, src, _ = exported_with_extras
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["training_extras"]["graph_sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RecoveryError, match="does not match .* delete it and its manifest"):
+        recover(other, samples=2, progress=lambda *a: None)
+    (other / manifest["training_extras"]["file"]).unlink()
+    _, _, report = recover(other, samples=4, progress=lambda *a: None)
+    assert report["training_extras"] is None and report["fresh_parameters"]

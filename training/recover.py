@@ -20,6 +20,13 @@ PyTorch model from it:
 The parts that exist only for training (silhouette decoder, mask token, coarse-vertex head, the
 RLE flow) are not in the graph: they keep a fresh initialisation, and the report lists them.
 
+**Training extras.** A bundle exported since ``training_extras`` also holds
+``training_extras.safetensors`` (about 1.1 MB for edge-s): the BatchNorms' affines and
+statistics, decoder layer 0 and its queries, the training-only parameters and the loss's state.
+With it, step 2 sets those tensors and divides each folded convolution by its BatchNorm's scale
+instead of refitting, so the recovery gives back the exported weights (to float rounding) and
+nothing starts fresh. The check of step 3 is the same.
+
 ``python -m d2a_edge.training.recover BUNDLE --out RUN`` writes a weights-only checkpoint that
 ``d2a-train --init RUN`` starts from (``d2a-train --init BUNDLE`` does the same in one step).
 """
@@ -43,6 +50,7 @@ from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
 
 CODE_FIRST, CODE_LIMIT = 2 ** 22, 2 ** 24  # integers here are exact in float32, and far above
 # the graph's own integer constants (shapes, indices)
+EXTRAS_FILE = "training_extras.safetensors"  # in a bundle: see ``training_extras``
 MAX_VERTEX_ERROR_M = 1e-4  # the recovered model must reproduce the graph (export's fp32 parity)
 QUERIES_X = "/decoder/layers.0/Add_output_0"  # the export folds decoder layer 0's self-attention
 QUERIES_Q = "/decoder/layers.0/attn_c/Mul_output_0"  # and cross-attention queries into constants
@@ -57,13 +65,18 @@ def is_bundle(path) -> bool:
 
 
 def has_fresh_parts(init) -> bool:
-    """Whether ``--init`` ``init`` leaves training-only parts fresh: a bundle, or a checkpoint
-    that ``save_recovered`` wrote from one."""
+    """Whether ``--init`` ``init`` leaves training-only parts fresh: a bundle without training
+    extras, or a checkpoint that ``save_recovered`` wrote from one."""
+    from d2a_edge.bundle import BundleError, load_bundle
     from d2a_edge.training.checkpoint import resolve_checkpoint
     if is_bundle(init):
-        return True
+        try:
+            return read_extras(load_bundle(init)) is None
+        except BundleError:
+            return True
     try:
-        return "recovered_from" in json.loads((resolve_checkpoint(init) / "meta.json").read_text())
+        meta = json.loads((resolve_checkpoint(init) / "meta.json").read_text())
+        return "recovered_from" in meta and not meta["recovered_from"].get("training_extras")
     except (CheckpointError, OSError, ValueError):
         return False
 
@@ -237,10 +250,13 @@ def _unfold_queries(model: nn.Module, shipped: dict) -> set[str]:
         layer.attn_s.out.weight.zero_(), layer.attn_s.out.bias.zero_()
         layer.norm_q.weight.fill_(1.0), layer.norm_q.bias.zero_()
         layer.attn_c.q.weight.copy_(sol[:-1].T), layer.attn_c.q.bias.copy_(sol[-1])
-    names = ["queries", "attn_s.out.weight", "attn_s.out.bias", "norm_q.weight", "norm_q.bias",
-             "attn_c.q.weight", "attn_c.q.bias", "norm_s.weight", "norm_s.bias",
-             "attn_s.q.weight", "attn_s.q.bias", "attn_s.kv.weight", "attn_s.kv.bias"]
-    return {n if n == "queries" else f"decoder.layers.0.{n}" for n in names}
+    return UNFOLDED
+
+
+UNFOLDED = {"queries"} | {f"decoder.layers.0.{n}" for n in (  # what _unfold_queries sets
+    "attn_s.out.weight", "attn_s.out.bias", "norm_q.weight", "norm_q.bias", "attn_c.q.weight",
+    "attn_c.q.bias", "norm_s.weight", "norm_s.bias", "attn_s.q.weight", "attn_s.q.bias",
+    "attn_s.kv.weight", "attn_s.kv.bias")}
 
 
 def _fit_batchnorms(model: nn.Module, folded: dict, shipped: dict, images, info) -> None:
@@ -324,6 +340,77 @@ def _parity(model: nn.Module, asset, onnx_path: Path, images, info) -> dict[str,
     return parity
 
 
+def training_extras(model: nn.Module, size: int, loss_state: dict | None = None) -> dict:
+    """What a bundle's graph cannot give back exactly, for ``EXTRAS_FILE``: every BatchNorm's
+    affine and statistics (the export folds them into convolutions), decoder layer 0 and its
+    queries (folded into constants), the training-only parameters (not in the graph), and the
+    loss's state (the RLE flow) when given. About 1.1 MB for edge-s."""
+    state = model.state_dict()
+    names = {f"{n}.{k}" for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             for k in ("weight", "bias", "running_mean", "running_var")}
+    graph = graph_parameters(model, size)
+    names |= UNFOLDED | {n for n, _ in model.named_parameters() if n not in graph}
+    out = {f"model.{n}": state[n].detach().float().contiguous().clone()
+           for n in sorted(names) if n in state}
+    out.update({f"loss.{k}": v.detach().contiguous().clone()
+                for k, v in (loss_state or {}).items()})
+    return out
+
+
+def read_extras(b) -> dict | None:
+    """Bundle ``b``'s training extras (``training_extras``), or None when it has none (a
+    bundle exported before them, or one whose extras file was deleted to save space). Raises
+    ``RecoveryError`` when the file does not match the manifest or its fp32 graph."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    entry = b.manifest.get("training_extras")
+    path = b.root / entry["file"] if entry else None
+    if path is None or not path.is_file():
+        return None
+    onnx_path = b.artifact("fp32", "onnx")
+    if file_sha256(path) != entry["sha256"] or (
+            onnx_path is not None and file_sha256(onnx_path) != entry["graph_sha256"]):
+        raise RecoveryError(f"{path} does not match {b.root / 'manifest.json'} or its fp32 "
+                            "graph (a file from another export?); delete it and its manifest "
+                            "entry to recover without it")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise RecoveryError(f"{path} is not readable ({e})") from e
+
+
+def loss_state(path) -> dict | None:
+    """The loss's state (the RLE flow) of a checkpoint, or of a bundle with training extras;
+    None when there is none."""
+    from d2a_edge.bundle import BundleError, load_bundle
+    from d2a_edge.training.checkpoint import read_checkpoint, split_weights
+    if is_bundle(path):
+        try:
+            extras = read_extras(load_bundle(path))
+        except BundleError as e:
+            raise RecoveryError(str(e)) from e
+        return {k[len("loss."):]: v for k, v in extras.items() if k.startswith("loss.")} \
+            if extras else None
+    return split_weights(read_checkpoint(path)["weights"], "loss") or None
+
+
+def _apply_extras(model: nn.Module, extras: dict, folded: dict) -> None:
+    """Set the extras' tensors and undo each BatchNorm's fold from its convolution (the conv
+    holds the folded weight ``W * scale``, ``scale = weight / sqrt(running_var + eps)``)."""
+    state = {k[len("model."):]: v for k, v in extras.items() if k.startswith("model.")}
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise RecoveryError(f"the training extras hold tensors this model lacks: {unexpected[:5]}")
+    model.load_state_dict(state, strict=False)
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for bn, (conv, _) in folded.items():
+            m, c = mods[bn], mods[conv]
+            scale = m.weight.double() / torch.sqrt(m.running_var.double() + m.eps)
+            c.weight.copy_(c.weight.double() / scale.view(-1, *[1] * (c.weight.dim() - 1)))
+
+
 def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     """``(model (D2AHMR, eval mode), Config, report)`` from the bundle in ``bundle_dir``."""
     from d2a_edge.bundle import BundleError, load_bundle
@@ -360,22 +447,31 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
                             f"({len(lost)} parameters)")
     progress(f"recover: rendering {samples} crops for the BatchNorm statistics and the check")
     images, info = fit_crops(b.asset, b.image_size, samples, seed)
-    _fit_batchnorms(model, folded, shipped, images, info)
+    extras = read_extras(b)
+    if extras is None:
+        _fit_batchnorms(model, folded, shipped, images, info)
+    else:
+        _apply_extras(model, extras, folded)
     parity = _parity(model.eval(), b.asset, onnx_path, images, info)
+    restored = {k[len("model."):] for k in extras or {} if k.startswith("model.")}
     fresh = sorted(n for n, _ in model.named_parameters()
-                   if n not in copied | bn_names | unfolded)
+                   if n not in copied | bn_names | unfolded | restored)
     report = {"bundle": str(b.root), "model": b.name, "onnx": onnx_path.name,
               "onnx_sha256": file_sha256(onnx_path), "parameters_copied": len(copied),
-              "batchnorms_refitted": len(folded), "fresh_parameters": fresh,
-              "samples": samples, "seed": seed, "max_abs_error": parity}
+              "batchnorms_refitted": 0 if extras else len(folded),
+              "training_extras": len(restored) if extras else None,
+              "fresh_parameters": fresh, "samples": samples, "seed": seed,
+              "max_abs_error": parity}
     return model, cfg, report
 
 
-def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
+def save_recovered(model: nn.Module, cfg, report: dict, out, loss: dict | None = None) -> Path:
     """A weights-only checkpoint (``RUN/checkpoints/step_00000000``) for ``d2a-train --init``,
-    ``d2a-eval`` and ``d2a-export``; written atomically."""
+    ``d2a-eval`` and ``d2a-export``, with the loss's state when given (``loss_state``);
+    written atomically."""
     from d2a_edge.training.config import config_to_dict
     weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights.update({f"loss.{k}": v.detach().contiguous() for k, v in (loss or {}).items()})
     meta = {"step": 0, "config": config_to_dict(cfg), "seed": report["seed"],
             "body": cfg.model.body, "body_name": model.body.asset_name,
             "recovered_from": report}
@@ -384,13 +480,18 @@ def save_recovered(model: nn.Module, cfg, report: dict, out) -> Path:
 
 def print_report(report: dict, file=None) -> None:
     err = report["max_abs_error"]
+    how = (f"{report['training_extras']} tensors from the bundle's training extras"
+           if report.get("training_extras") else
+           f"{report['batchnorms_refitted']} BatchNorms refitted on {report['samples']} crops")
     print(f"recovered {report['model']} from {report['bundle']}/{report['onnx']}: "
-          f"{report['parameters_copied']} parameters copied, "
-          f"{report['batchnorms_refitted']} BatchNorms refitted on {report['samples']} crops",
-          file=file)
+          f"{report['parameters_copied']} parameters copied, {how}", file=file)
     print("max |torch - onnxruntime| on those crops: "
           + ", ".join(f"{k} {v:.2e}" for k, v in err.items()), file=file)
     fresh = report["fresh_parameters"]
+    if report.get("training_extras"):
+        print("nothing freshly initialised (the extras hold the training-only parts and the "
+              "loss's RLE flow)", file=file)
+        return
     roots = sorted({n.rsplit(".", 1)[0] for n in fresh})
     print(f"freshly initialised (training only, not in the graph: the loss's RLE flow, and "
           f"{len(fresh)} tensors of the model in "
@@ -417,7 +518,7 @@ def main(argv=None) -> int:
     except RecoveryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    path = save_recovered(model, cfg, report, args.out)
+    path = save_recovered(model, cfg, report, args.out, loss_state(args.bundle))
     print_report(report)
     print(f"wrote {path}; start training from it with d2a-train CONFIG --init {args.out}")
     return 0

@@ -221,6 +221,9 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         st.model.load_state_dict(model.state_dict())
         if st.ema is not None:
             st.ema.load_state_dict(model.state_dict())
+        loss = recover.loss_state(path)  # a bundle with training extras holds the RLE flow
+        if loss:
+            st.loss.load_state_dict({k: v.to(d.device) for k, v in loss.items()})
         if d.main:
             recover.print_report(report, file=sys.stderr)
         return
