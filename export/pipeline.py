@@ -210,6 +210,7 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         manifest["source_checkpoint"] = str(checkpoint)
     extras = stage / recover.EXTRAS_FILE
     save_file(recover.training_extras(graph.model, size, loss_state), str(extras))
+    extras.chmod(0o644)  # safetensors writes 0600; the bundle's other files are 0644
     manifest["training_extras"] = {"file": extras.name, "bytes": extras.stat().st_size,
                                    "sha256": file_sha256(extras),
                                    "graph_sha256": file_sha256(files["fp32"])}
