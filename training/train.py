@@ -247,8 +247,8 @@ def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int, d: Dist)
         return 0
     if steps < 0 or not (init and recover.has_fresh_parts(init)):
         raise ValueError(f"--warm-fresh {steps}: needs steps >= 0 and --init BUNDLE or a "
-                         "checkpoint recovered from one (a trained checkpoint's weights have "
-                         "no fresh parts to warm up)")
+                         "checkpoint recovered from one (a trained checkpoint's weights, and a "
+                         "bundle with training extras, leave no fresh parts to warm up)")
     if st.step < steps:
         graph = recover.graph_parameters(st.model, cfg.model.image_size)
         st.frozen = tuple(p for n, p in st.model.named_parameters() if n in graph)
