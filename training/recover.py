@@ -460,6 +460,7 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
               "onnx_sha256": file_sha256(onnx_path), "parameters_copied": len(copied),
               "batchnorms_refitted": 0 if extras else len(folded),
               "training_extras": len(restored) if extras else None,
+              "loss_in_extras": any(k.startswith("loss.") for k in extras or {}),
               "fresh_parameters": fresh, "samples": samples, "seed": seed,
               "max_abs_error": parity}
     return model, cfg, report
@@ -489,8 +490,9 @@ def print_report(report: dict, file=None) -> None:
           + ", ".join(f"{k} {v:.2e}" for k, v in err.items()), file=file)
     fresh = report["fresh_parameters"]
     if report.get("training_extras"):
-        print("nothing freshly initialised (the extras hold the training-only parts and the "
-              "loss's RLE flow)", file=file)
+        print("from the training extras: the training-only parts" + (
+            " and the loss's RLE flow" if report.get("loss_in_extras") else
+            "; the loss's RLE flow starts fresh (the export had none)"), file=file)
         return
     roots = sorted({n.rsplit(".", 1)[0] for n in fresh})
     print(f"freshly initialised (training only, not in the graph: the loss's RLE flow, and "
