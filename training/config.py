@@ -137,7 +137,8 @@ class TrainConfig:
     channels_last: bool = False
     # top-level model modules whose weights stay fixed (e.g. ("backbone", "depth_net")): no
     # gradients for them and their batch norms keep their running statistics (eval mode); the
-    # backward pass stops at the first trained module, so a step costs about half on the CPU
+    # backward pass stops at the first trained module (edge-s on the 2-core CPU with backbone
+    # and depth_net frozen: 1.65 s a step instead of about 2.7 s)
     freeze: tuple[str, ...] = ()
 
 

@@ -573,7 +573,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", nargs="+", default=None, metavar="MODULE",
                    help="keep these top-level modules of the model fixed (train.freeze), e.g. "
                    "`--freeze backbone depth_net` to fine-tune the fusion transformer and heads "
-                   "at about twice the CPU speed; give the same on --resume")
+                   "(on the 2-core CPU a step took 1.65 s instead of about 2.7 s); give the "
+                   "same on --resume")
     return p
 
 
