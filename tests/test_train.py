@@ -295,6 +295,34 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, shards):
 
 
 @requires_anny
+def test_sigterm_and_ctrl_c_stop_with_a_checkpoint_that_resumes(tmp_path, shards):
+    """SIGTERM (or SIGINT, Ctrl-C) to a running d2a-train: the step finishes, a checkpoint at
+    that step is written, and it exits with 128 + the signal; --resume goes on from there."""
+    from _batches import write_tiny_yaml
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / sig.name
+        proc = subprocess.Popen(_train_cmd(cfg, shards, out, 500, "--ckpt-every", "1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = out / "checkpoints" / "step_00000001"
+        deadline = time.time() + 240
+        while not first.is_dir() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig.value, err[-3000:]
+        stopped = int(re.search(rf"{sig.name}: stopping at step (\d+) of 500", err).group(1))
+        assert 1 <= stopped < 500
+        latest = json.loads((out / "checkpoints" / "latest.json").read_text())
+        assert latest["step"] == stopped
+    res = subprocess.run(_train_cmd(cfg, shards, out, stopped + 2, "--resume"),
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"at step {stopped}" in res.stderr
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == stopped + 2
+
+
+@requires_anny
 def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, anny_asset, capsys):
     """--stop-after (e.g. the end of one lent GPU call): a checkpoint before the schedule ends,
     and --resume (the next call) continues that schedule to the same weights as one run."""

@@ -11,7 +11,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -259,6 +261,32 @@ def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int, d: Dist)
     return steps
 
 
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) during a single-process run: the
+    current step finishes, a checkpoint is written and ``run`` returns, so that ``--resume``
+    loses nothing. A second signal interrupts at once (KeyboardInterrupt). ``received``: the
+    signal's name, or None. ``restore`` puts the previous handlers back. Handlers can only be
+    set from the main thread; elsewhere (and with ``signals=()``, under DDP, where ranks would
+    stop at different steps) signals act as before."""
+
+    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
+        self.received: str | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
 
 
@@ -440,44 +468,57 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     calib = Calibration(st.step, time_budget, t0) if time_budget else None
     it = iter(loader)
     echoes = EchoBuffer(cfg.train.seed) if echo > 1 else None
-    while st.step < total:
-        if echoes is None or st.step % echo == 0 or not echoes.batches:  # (a resume empties it)
-            tw = time.perf_counter()
-            batch = to_device(next(it), d.device)
-            wait += time.perf_counter() - tw
-            seen += batch["image"].shape[0] * d.world
-            if echoes is not None:
-                echoes.add(batch)
-        else:
-            batch = echoes.draw(st.step, cfg.train.batch_size)
-        if cuda_graph and st.step == first and graph_or_eager(st, batch,
-                                                              amp_dtype(d.device, cfg.optim)):
-            amp = contextlib.nullcontext  # the autocast is inside the graph
-        if compile and st.step == first:  # the step that compiles
-            last = first_step_or_eager(st, batch, cfg, amp, eager)
-        else:
-            last = train_step(st, batch, cfg, amp)
-        bar.update(1)
-        if calib is not None:
-            new_total, stop = calib.after_step(st.step, total, d)
-            if new_total != total:
-                total = st.schedule.total = new_total
-                bar.total = total
-                bar.refresh()
-            if stop:
+    interrupt = StopSignal() if d.world == 1 else StopSignal(signals=())
+    try:
+        while st.step < total:
+            if echoes is None or st.step % echo == 0 or not echoes.batches:  # (a resume empties it)
+                tw = time.perf_counter()
+                try:
+                    batch = to_device(next(it), d.device)
+                except RuntimeError:  # a Ctrl-C reaches the loader's workers too
+                    if interrupt.received:
+                        break
+                    raise
+                wait += time.perf_counter() - tw
+                seen += batch["image"].shape[0] * d.world
+                if echoes is not None:
+                    echoes.add(batch)
+            else:
+                batch = echoes.draw(st.step, cfg.train.batch_size)
+            if cuda_graph and st.step == first and graph_or_eager(st, batch,
+                                                                  amp_dtype(d.device, cfg.optim)):
+                amp = contextlib.nullcontext  # the autocast is inside the graph
+            if compile and st.step == first:  # the step that compiles
+                last = first_step_or_eager(st, batch, cfg, amp, eager)
+            else:
+                last = train_step(st, batch, cfg, amp)
+            bar.update(1)
+            if calib is not None:
+                new_total, stop = calib.after_step(st.step, total, d)
+                if new_total != total:
+                    total = st.schedule.total = new_total
+                    bar.total = total
+                    bar.refresh()
+                if stop:
+                    break
+            if stop_after is not None and time.perf_counter() - t0 > stop_after:
+                if d.main:
+                    print(f"stopping after {stop_after:.0f} s at step {st.step} of {total}; "
+                          "--resume continues the schedule", file=sys.stderr)
                 break
-        if stop_after is not None and time.perf_counter() - t0 > stop_after:
-            if d.main:
-                print(f"stopping after {stop_after:.0f} s at step {st.step} of {total}; "
-                      "--resume continues the schedule", file=sys.stderr)
-            break
-        if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
-            now = time.perf_counter()
-            log_scalars(writer, bar, st, last, seen / max(now - t0, 1e-9),
-                        (wait - mark[1]) / max(now - mark[0], 1e-9))
-            mark = (now, wait)
-        if every > 0 and st.step % every == 0 and st.step < total:
-            save(st, cfg, run_dir, d)
+            if interrupt.received:
+                print(f"{interrupt.received}: stopping at step {st.step} of {total} with a "
+                      "checkpoint; --resume continues the schedule", file=sys.stderr)
+                break
+            if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
+                now = time.perf_counter()
+                log_scalars(writer, bar, st, last, seen / max(now - t0, 1e-9),
+                            (wait - mark[1]) / max(now - mark[0], 1e-9))
+                mark = (now, wait)
+            if every > 0 and st.step % every == 0 and st.step < total:
+                save(st, cfg, run_dir, d)
+    finally:
+        interrupt.restore()
     if cuda_graph:
         st.module = eager  # the same weights; a GraphedModule has no state of its own
     path, digests = finish(st, cfg, run_dir, d)
@@ -486,6 +527,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         writer.close()
     elapsed = time.perf_counter() - t0
     return {"step": st.step, "losses": last, "checkpoint": str(path) if path else None,
+            "stopped_by": interrupt.received,
             "samples_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed,
             "data_wait_s": wait,
             "world_size": d.world, "rank_weight_digests": digests}
@@ -610,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
+    if summary["stopped_by"]:  # stopped early on purpose, with a checkpoint: 128 + signal
+        sys.exit(128 + signal.Signals[summary["stopped_by"]].value)
 
 
 if __name__ == "__main__":
