@@ -17,6 +17,14 @@ import numpy as np
 from d2a_edge.body.rotations import nearest_rotation
 
 MIRROR_X = np.array([-1.0, 1.0, 1.0], np.float32)
+MIRROR = np.diag(MIRROR_X.astype(np.float64))  # the left-right reflection x -> -x
+
+
+def mirror_pose(R: np.ndarray, perm) -> np.ndarray:
+    """The left-right mirrored pose of ``R`` (..., J, 3, 3): each joint takes the reflected
+    rotation (``MIRROR R MIRROR``) of its counterpart ``perm[j]`` (``BodyAsset.mirror_joints``;
+    spine and head joints their own). The pose sampler mirrors its draws with it too."""
+    return (MIRROR @ R @ MIRROR)[..., perm, :, :]
 
 
 def mirror_inputs(crops: np.ndarray, info: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,9 +37,8 @@ def average_mirrored(out: dict, mirrored: dict, perm: np.ndarray) -> dict:
     ``perm`` is ``BodyAsset.mirror_joints()``. Keys: pose (N, J, 3, 3), shape (N, S),
     translation (N, 3), joint_sigma (N, J, 3), and joint_mu (N, J, 3) when present; any other
     key is ``out``'s."""
-    M = np.diag(MIRROR_X)
     res = dict(out)
-    pose = (M @ mirrored["pose"] @ M)[:, perm]
+    pose = mirror_pose(mirrored["pose"], perm)
     res["pose"] = nearest_rotation((out["pose"] + pose) / 2).astype(out["pose"].dtype)
     res["translation"] = (out["translation"] + mirrored["translation"] * MIRROR_X) / 2
     res["shape"] = (out["shape"] + mirrored["shape"]) / 2

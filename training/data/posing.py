@@ -15,6 +15,7 @@ import numpy as np
 
 from d2a_edge.body.asset import other_side
 from d2a_edge.body.rotations import rodrigues
+from d2a_edge.flip import MIRROR, mirror_pose
 
 # joint -> ((axis, lo, hi), ...) for the left side and the spine; ID samples a clipped normal
 # around the middle, OOD samples uniformly over the OOD table.
@@ -68,7 +69,6 @@ SPORTS: dict[str, dict[str, dict[str, float]]] = {
              "R:LeftLeg": {"x": 120}, "LeftArm": {"z": -150, "x": -30},
              "R:LeftArm": {"z": -150, "x": -30}, "LeftFoot": {"x": 35}, "R:LeftFoot": {"x": 35}},
 }
-MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +197,7 @@ class PoseSampler:
     def mirror(self, R: np.ndarray) -> np.ndarray:
         """The left-right mirrored pose (J, 3, 3): each joint takes the reflected rotation of its
         counterpart on the other side (spine and head joints their own)."""
-        out = MIRROR @ R @ MIRROR
-        swap = [self.index.get(other_side(n), i) for i, n in enumerate(self.names)]
-        return out[swap]
+        return mirror_pose(R, [self.index.get(other_side(n), i) for i, n in enumerate(self.names)])
 
     def root(self, rng: np.random.Generator, elevation_deg: float) -> np.ndarray:
         """(3, 3) root rotation in the camera frame: camera elevation, heading, lean."""
