@@ -3,6 +3,11 @@
 Prints a Markdown table of median / p90 milliseconds per stage for every requested precision and
 batch size, on the frames given (``--images DIR``) or on synthetic frames; ``--json`` writes the
 numbers too. Runs on whatever backend ``--backend`` picks (CPU or GPU).
+
+The calls are taken in ``--rounds`` rounds, every precision and batch size in turn in each, and
+the table also gives each row's total against the first precision's in the same round: on a
+shared machine whose speed drifts over minutes (the 2-core VM here: fp32 15 or 18.7 ms, INT8
+8.5 or 12.4 ms, switching together), that ratio is steadier than the medians.
 """
 from __future__ import annotations
 
@@ -69,37 +74,60 @@ def main(argv=None) -> int:
     p.add_argument("--batch", nargs="+", type=at_least(1), default=[1, 8])
     p.add_argument("--repeats", type=at_least(1), default=30)
     p.add_argument("--warmup", type=at_least(0), default=3)
+    p.add_argument("--rounds", type=at_least(1), default=5,
+                   help="split the calls into this many rounds, every precision and batch in "
+                        "turn in each (a machine whose speed drifts slows all rows alike)")
     p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args(argv)
     from d2a_edge.recoverer import MeshRecoverer
     frames = _frames(args.images, 16)
-    rows, results = [], []
+    recs = {}
     for prec in args.precision:
         try:
-            rec = MeshRecoverer(args.model, backend=args.backend, device=args.device,
-                                precision=prec, skinning=args.skinning, mesh=args.mesh,
-                                flip=args.flip)
+            recs[prec] = MeshRecoverer(args.model, backend=args.backend, device=args.device,
+                                       precision=prec, skinning=args.skinning, mesh=args.mesh,
+                                       flip=args.flip)
         except (BundleError, BackendUnavailable, RuntimeError) as e:
             p.error(str(e))
-        skin = rec.skinning
-        for b in args.batch:
-            bench_stages(rec, frames, b, args.warmup)
-            t = bench_stages(rec, frames, b, args.repeats)
-            med = {k: float(np.median(v)) for k, v in t.items()}
-            p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
-            results.append({"precision": prec, "batch": b, "mesh": args.mesh, "flip": args.flip,
-                            "backend": rec.backend.name,
-                            "device": getattr(rec.backend, "device", "?"), "skinning": skin,
-                            "median_ms": med,
-                            "p90_ms": p90})
-            rows.append(f"| {prec} | {b} | {rec.backend.name}/{results[-1]['device']} | {skin} | "
-                        + " | ".join(f"{med[k]:.2f}" for k in t) + f" | {med['total'] / b:.2f} |")
+    cases = [(prec, b) for prec in args.precision for b in args.batch]
+    for prec, b in cases:
+        bench_stages(recs[prec], frames, b, args.warmup)
+    # Rounds: every case runs a block of calls in turn, so that a machine that slows down for a
+    # while (a shared VM) slows all cases alike, and the per-round ratios cancel it.
+    rounds = min(args.rounds, args.repeats)
+    times = {c: {} for c in cases}
+    block_total = {c: [] for c in cases}
+    for r in range(rounds):
+        n = args.repeats // rounds + (r < args.repeats % rounds)
+        for c in cases:
+            t = bench_stages(recs[c[0]], frames, c[1], n)
+            for k, v in t.items():
+                times[c].setdefault(k, []).extend(v)
+            block_total[c].append(float(np.median(t["total"])))
+    rows, results = [], []
+    for prec, b in cases:
+        rec, t = recs[prec], times[(prec, b)]
+        med = {k: float(np.median(v)) for k, v in t.items()}
+        p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
+        ratio = np.array(block_total[(prec, b)]) / np.array(block_total[(args.precision[0], b)])
+        results.append({"precision": prec, "batch": b, "mesh": args.mesh, "flip": args.flip,
+                        "backend": rec.backend.name,
+                        "device": getattr(rec.backend, "device", "?"), "skinning": rec.skinning,
+                        "median_ms": med, "p90_ms": p90, "rounds": rounds,
+                        "round_total_ms": block_total[(prec, b)],
+                        f"ratio_to_{args.precision[0]}": [float(x) for x in ratio]})
+        rows.append(f"| {prec} | {b} | {rec.backend.name}/{results[-1]['device']} | "
+                    f"{rec.skinning} | " + " | ".join(f"{med[k]:.2f}" for k in t)
+                    + f" | {med['total'] / b:.2f} | {np.median(ratio):.2f} "
+                    f"({ratio.min():.2f}–{ratio.max():.2f}) |")
     print("| precision | batch | backend | skinning on | preprocess | engine | skinning | "
-          "postprocess | total | per person |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"postprocess | total | per person | total / {args.precision[0]}'s, same round |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print("(median ms per call over", args.repeats, "calls)")
+    print(f"(median ms per call over {args.repeats} calls, taken in {rounds} rounds in which "
+          "every row ran in turn; the last column: median (min–max) over the rounds of the "
+          "ratio of the round's median totals)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -35,7 +35,8 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
             demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path), flag, value])
         assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
     from d2a_edge.bench import main as bench_main
-    for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--device", "gpu")):
+    for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--rounds", "0"),
+                        ("--device", "gpu")):
         with pytest.raises(SystemExit) as e:  # was: a numpy error, NaN medians, silently CPU
             bench_main([flag, value])
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -43,6 +44,29 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
     assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
                       "--no-display", "--overlay", "cv"]) == 2
     assert "could not write" in capsys.readouterr().err
+
+
+def test_bench_takes_the_precisions_in_turn(tmp_path, capsys):
+    """d2a-bench runs every precision and batch in each round and reports the per-round ratio
+    to the first precision, which is exactly 1 for the first itself."""
+    import json
+
+    from d2a_edge.bench import main as bench_main
+    out = tmp_path / "bench.json"
+    assert bench_main(["--precision", "fp32", "int8", "--batch", "1", "2", "--repeats", "5",
+                       "--rounds", "2", "--warmup", "0", "--images", str(ROOT / "samples"),
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["precision"], r["batch"]) for r in rows] == [
+        ("fp32", 1), ("fp32", 2), ("int8", 1), ("int8", 2)]
+    for r in rows:
+        assert r["rounds"] == 2 and len(r["round_total_ms"]) == 2
+        assert all(t > 0 for t in r["round_total_ms"]) and r["median_ms"]["engine"] > 0
+        first = next(q for q in rows if q["precision"] == "fp32" and q["batch"] == r["batch"])
+        assert np.allclose(r["ratio_to_fp32"], np.array(r["round_total_ms"])
+                           / np.array(first["round_total_ms"]))
+    assert rows[0]["ratio_to_fp32"] == [1.0, 1.0]
+    assert "same round" in capsys.readouterr().out
 
 
 def test_committed_weights_fit_the_30_mb_budget():
