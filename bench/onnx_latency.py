@@ -5,8 +5,9 @@ load alike. Not a test.
         [--threads 2]
 
 Each block runs every graph --calls times in turn (after 10 warm-up calls each) on one random
-192x192 crop; prints each graph's median ms over all calls and the sorted block medians, whose
-spread shows how noisy the machine was. ``d2a-bench`` times the whole SDK call of one bundle; this
+192x192 crop; prints each graph's median ms over all calls, the block medians in time order
+(whose spread shows how noisy the machine was: on the 2-core VM here all graphs slow down in the
+same blocks) and each graph's time against the first graph's, block by block. ``d2a-bench`` times the whole SDK call of one bundle; this
 compares graphs (e.g. two INT8 recipes) under the same conditions.
 """
 import argparse
@@ -44,8 +45,13 @@ def main():
                 s.run(None, feed)
                 times[k, b, c] = time.perf_counter() - t0
     for path, t in zip(args.graphs, times * 1000):
-        blocks = " ".join(f"{v:.1f}" for v in np.sort(np.median(t, axis=1)))
-        print(f"{path}: median {np.median(t):.1f} ms; block medians {blocks}")
+        blocks = " ".join(f"{v:.1f}" for v in np.median(t, axis=1))
+        print(f"{path}: median {np.median(t):.1f} ms; block medians in time order {blocks}")
+    if len(sessions) > 1:  # the same block, the same machine: a drift cancels in the ratio
+        block = np.median(times, axis=2)
+        for path, ratio in zip(args.graphs[1:], block[1:] / block[0]):
+            print(f"{path} / {args.graphs[0]}, block by block: median {np.median(ratio):.2f} "
+                  f"(min {ratio.min():.2f}, max {ratio.max():.2f})")
 
 
 if __name__ == "__main__":
