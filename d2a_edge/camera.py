@@ -83,20 +83,24 @@ def crop_intrinsics(K: np.ndarray, crop_box: np.ndarray, size: int) -> np.ndarra
     return Kc.astype(np.float32)
 
 
-def bbox_info(crop_box: np.ndarray, K: np.ndarray, img_size: np.ndarray) -> np.ndarray:
-    """CLIFF camera input (..., 3) float32: ``[(cx - W/2) / f, (cy - H/2) / f, b / f]``.
+def bbox_info(crop_box: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """CLIFF camera input (..., 3) float32: ``[(cx - px) / fx, (cy - py) / fy, b / fx]``.
 
-    crop_box: (..., 4) square boxes; K: (..., 3, 3); img_size: (..., 2) as (W, H).
-    Box centre (cx, cy), side b, focal f = K[0, 0].
+    crop_box: (..., 4) square boxes; K: (..., 3, 3). Box centre (cx, cy) and side b in box coordinates, where the whole frame is ``[0, 0, W, H]``;
+    ``(px, py) = (K[0, 2] + 1/2, K[1, 2] + 1/2)`` is the principal point in those coordinates
+    (K is in pixel-centre coordinates, module docstring), so for a centred principal point
+    ``((W - 1) / 2, (H - 1) / 2)`` the offsets are from ``(W / 2, H / 2)``, as in training. A
+    principal point off the centre moves the offsets with it, so the translation comes out in
+    the frame of that camera.
     """
     box = np.asarray(crop_box, np.float32)
     K = np.asarray(K, np.float32)
-    wh = np.asarray(img_size, np.float32)
-    f = K[..., 0, 0]
+    fx, fy = K[..., 0, 0], K[..., 1, 1]
+    px, py = K[..., 0, 2] + 0.5, K[..., 1, 2] + 0.5
     cx = (box[..., 0] + box[..., 2]) / 2
     cy = (box[..., 1] + box[..., 3]) / 2
     b = box[..., 2] - box[..., 0]
-    return np.stack([(cx - wh[..., 0] / 2) / f, (cy - wh[..., 1] / 2) / f, b / f], -1)
+    return np.stack([(cx - px) / fx, (cy - py) / fy, b / fx], -1)
 
 
 def uncrop(crop: np.ndarray, crop_box: np.ndarray, img_size) -> np.ndarray:

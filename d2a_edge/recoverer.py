@@ -117,7 +117,7 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
             cut(n)
     else:
         list(pool.map(cut, range(len(sq))))
-    info = bbox_info(sq, np.broadcast_to(K, (len(sq), 3, 3)), np.tile([W, H], (len(sq), 1)))
+    info = bbox_info(sq, np.broadcast_to(K, (len(sq), 3, 3)))
     return batch, sq, info.astype(np.float32)
 
 

@@ -20,7 +20,7 @@ def validation_set(asset, n: int, image_size: int, seed: int = 99_001, split: st
     gen = SampleGenerator(asset, SceneConfig.for_split(split, image_size))
     s = gen.generate(seed, range(n))
     images = s["image"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    info = bbox_info(s["crop_box"], s["K"], s["img_size"]).astype(np.float32)
+    info = bbox_info(s["crop_box"], s["K"]).astype(np.float32)
     return np.ascontiguousarray(images), info, s
 
 

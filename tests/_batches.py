@@ -70,7 +70,7 @@ def make_batch(asset, n: int, size: int = 64, seed: int = 0) -> dict[str, torch.
                joints3d=joints, kp3d=kp3d, joints2d=joints2d,
                kp2d=to_crop(uv_k[..., :2] / uv_k[..., 2:]),
                verts_coarse=verts[:, asset.coarse_index], K=Ks, crop_box=box, img_size=img_size,
-               bbox_info=bbox_info(box, Ks, img_size))
+               bbox_info=bbox_info(box, Ks))
     return {k: torch.as_tensor(np.asarray(v)).float() if k != "mask" else torch.as_tensor(v)
             for k, v in out.items()}
 

@@ -47,9 +47,13 @@ def test_crop_affine_matches_cv2_warp():
 def test_bbox_info_cliff_formula_and_batching():
     K = intrinsics(1000.0, (1920, 1080))
     box = np.array([1060.0, 440.0, 1260.0, 640.0], np.float32)  # centre (1160, 540), side 200
-    info = bbox_info(box, K, np.array([1920.0, 1080.0]))
+    info = bbox_info(box, K)
     np.testing.assert_allclose(info, [(1160 - 960) / 1000, 0.0, 0.2], atol=1e-6)
-    batch = bbox_info(np.stack([box, box]), np.stack([K, K]), np.array([[1920, 1080]] * 2))
+    # a calibrated camera: the offsets are from its principal point; fy for the vertical one
+    K2 = np.array([[1000.0, 0, 1000.5], [0, 800.0, 519.5], [0, 0, 1]], np.float32)
+    np.testing.assert_allclose(bbox_info(box, K2), [(1160 - 1001) / 1000, (540 - 520) / 800, 0.2],
+                               atol=1e-6)
+    batch = bbox_info(np.stack([box, box]), np.stack([K, K]))
     assert batch.shape == (2, 3) and batch.dtype == np.float32
 
 

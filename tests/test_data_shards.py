@@ -169,7 +169,7 @@ def test_shard_dataset_tensors(reference):
     np.testing.assert_array_equal(item["kp2d"].numpy(), raw)
     s = ds.sample(9)
     np.testing.assert_allclose(item["bbox_info"].numpy(),
-                               bbox_info(s["crop_box"], s["K"], s["img_size"]))
+                               bbox_info(s["crop_box"], s["K"]))
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["rotmats"].shape == (4, 25, 3, 3)
     with pytest.raises(IndexError):

@@ -24,19 +24,22 @@ def test_rot6d_roundtrip_and_orthonormal():
 
 
 def test_cliff_camera_puts_root_at_crop_point():
-    """A root at translation T projects to crop-normalised (s tx, s ty) (CLIFF convention)."""
+    """A root at translation T projects to crop-normalised (s tx, s ty) (CLIFF convention), also
+    with the principal point off the image centre (a calibrated camera). Box coordinates put
+    the frame at [0, 0, W, H], K's pixel-centre coordinates half a pixel lower (camera.py)."""
     from d2a_edge.camera import bbox_info
     from d2a_edge.training.model import cam_crop_to_full
     W, H, f = 640.0, 480.0, 500.0
-    K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], np.float32)
-    box = np.array([[300.0, 100.0, 460.0, 260.0]], np.float32)
-    bi = torch.tensor(bbox_info(box, K[None], np.array([[W, H]], np.float32)))
-    cam = torch.tensor([[0.8, 0.1, -0.2]])
-    T = cam_crop_to_full(cam, bi)[0].numpy()
-    u, v = f * T[0] / T[2] + W / 2, f * T[1] / T[2] + H / 2
-    side, cx, cy = 160.0, 380.0, 180.0
-    np.testing.assert_allclose([(u - cx) / (side / 2), (v - cy) / (side / 2)],
-                               [0.8 * 0.1, 0.8 * -0.2], atol=1e-5)
+    for px, py in ((W / 2, H / 2), (W / 2 + 37.0, H / 2 - 21.0)):
+        K = np.array([[f, 0, px], [0, f, py], [0, 0, 1]], np.float32)
+        box = np.array([[300.0, 100.0, 460.0, 260.0]], np.float32)
+        bi = torch.tensor(bbox_info(box, K[None]))
+        cam = torch.tensor([[0.8, 0.1, -0.2]])
+        T = cam_crop_to_full(cam, bi)[0].numpy()
+        u, v = f * T[0] / T[2] + px + 0.5, f * T[1] / T[2] + py + 0.5  # in box coordinates
+        side, cx, cy = 160.0, 380.0, 180.0
+        np.testing.assert_allclose([(u - cx) / (side / 2), (v - cy) / (side / 2)],
+                                   [0.8 * 0.1, 0.8 * -0.2], atol=1e-5)
     # farther away when the box is smaller relative to the focal length
     assert T[2] == pytest.approx(2 / (0.8 * side / f), rel=1e-6)
 

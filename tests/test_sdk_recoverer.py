@@ -236,3 +236,31 @@ def test_flip_makes_the_prediction_mirror_equivariant():
     assert flipped["joints"] < 0.005, flipped  # Anny's rest joints mirror within 3.1 mm
     plain = gap(MeshRecoverer(backend="onnxruntime"))
     assert plain["pose"] > 0.01 and plain["translation"] > 1e-3 and plain["shape"] > 1e-3, plain
+
+
+def test_a_calibrated_principal_point_moves_the_person_with_the_camera():
+    """The same view taken with the image shifted by (dx, dy) px and the principal point moved
+    with it is the same camera: the same crop, the same 3D translation, the 2D joints shifted by
+    exactly (dx, dy). Before, bbox_info measured offsets from the image centre whatever K said:
+    the translation moved sideways by about dx / f * z and the overlay left the body by dx px."""
+    from pathlib import Path
+
+    import cv2
+    from d2a_edge.recoverer import MeshRecoverer, default_intrinsics
+    crop = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
+    s = crop.shape[0]
+    (x, y), (dx, dy) = (200, 100), (-60, 45)  # the enlarged crops stay inside the frame
+    frames, boxes = [], []
+    for ox, oy in ((x, y), (x + dx, y + dy)):
+        frame = np.full((600, 800, 3), 90, np.uint8)
+        frame[oy:oy + s, ox:ox + s] = crop
+        frames.append(frame)
+        boxes.append([[ox, oy, ox + s, oy + s]])
+    K = default_intrinsics(800, 600)
+    K_shifted = K.copy()
+    K_shifted[:2, 2] += (dx, dy)
+    a = MeshRecoverer(backend="onnxruntime", intrinsics=K)(frames[0], boxes=boxes[0])[0]
+    b = MeshRecoverer(backend="onnxruntime", intrinsics=K_shifted)(frames[1], boxes=boxes[1])[0]
+    np.testing.assert_allclose(b.translation, a.translation, atol=1e-5)
+    np.testing.assert_allclose(b.joints2d - a.joints2d, np.broadcast_to((dx, dy), a.joints2d.shape),
+                               atol=1e-3)

@@ -31,8 +31,7 @@ def to_tensors(sample: dict[str, np.ndarray], index: int,
     image = torch.from_numpy(np.array(sample["image"], np.uint8))  # (s, s, 3)
     out["image"] = image.permute(2, 0, 1).contiguous()  # (3, s, s)
     out["mask"] = torch.from_numpy(np.array(sample["mask"], np.uint8))
-    out["bbox_info"] = torch.from_numpy(bbox_info(sample["crop_box"], sample["K"],
-                                                  sample["img_size"]))
+    out["bbox_info"] = torch.from_numpy(bbox_info(sample["crop_box"], sample["K"]))
     out["index"] = torch.tensor(index, dtype=torch.int64)
     return out if compact else expand(out)
 

@@ -97,6 +97,6 @@ class SpinNpz:
             part = np.asarray(d["part"][i], np.float32)[J24_TO_KP17]  # (17, 3)
             out["kp2d"] = part[:, :2] @ A[:, :2].T + A[:, 2]
             out["kp2d_valid"] = (part[:, 2] > 0).astype(np.float32)
-        out["bbox_info"] = bbox_info(box, K, out["img_size"])
+        out["bbox_info"] = bbox_info(box, K)
         out["K_crop"] = crop_intrinsics(K, box, s)
         return out
