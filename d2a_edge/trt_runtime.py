@@ -157,6 +157,8 @@ class TensorRTBackend:
     def _allocate(self, plan: Path) -> None:
         """Device + host buffers for every I/O tensor, bound to the context by name."""
         trt, outputs = self.trt, self.outputs
+        image_shape = tuple(self.engine.get_tensor_shape("image"))
+        self.static_batch = None if image_shape[0] == -1 else int(image_shape[0])
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             shape = tuple(self.engine.get_tensor_shape(name))
@@ -176,11 +178,23 @@ class TensorRTBackend:
         return int(self.engine.get_tensor_profile_shape("image", 0)[2][0])
 
     def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for a batch of any size: one that exceeds the engine's largest batch (a plan
+        built for batch 1, the default of ``d2a-export --format trt``) runs in chunks, and a
+        static-batch engine gets its last chunk padded."""
+        step = self.buffers["image"][1].shape[0]
+        parts = [self._run(image[i:i + step], bbox_info[i:i + step])
+                 for i in range(0, len(image), step)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+
+    def _run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
         B = image.shape[0]
+        rows = self.static_batch or B
         for name, arr in (("image", image), ("bbox_info", bbox_info)):
             ptr, host = self.buffers[name]
-            if B > host.shape[0]:
-                raise ValueError(f"batch {B} exceeds the engine's maximum {host.shape[0]}")
+            if rows > B:  # a static-batch engine: zero rows after the real ones
+                arr = np.concatenate([arr, np.zeros((rows - B, *arr.shape[1:]), arr.dtype)])
             self.context.set_input_shape(name, arr.shape)
             self.api.h2d(ptr, np.ascontiguousarray(arr, host.dtype), self.stream)
         if not self.context.execute_async_v3(self.api.handle(self.stream)):
@@ -188,11 +202,11 @@ class TensorRTBackend:
         out = {}
         for name in self.outputs:
             ptr, host = self.buffers[name]
-            view = host[:B]
+            view = host[:rows]
             self.api.d2h(view, ptr, self.stream)
             out[name] = view
         self.api.sync(self.stream)
-        return {k: v.astype(np.float32, copy=True) for k, v in out.items()}
+        return {k: v[:B].astype(np.float32, copy=True) for k, v in out.items()}
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():

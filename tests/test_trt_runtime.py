@@ -21,7 +21,7 @@ class FakeDevice:
     machine whose driver is too old."""
 
     def __init__(self, fail=False):
-        self.mem, self.next, self.fail = {}, 4096, fail
+        self.mem, self.next, self.fail, self.runs = {}, 4096, fail, 0
 
     def stream(self):
         if self.fail:
@@ -52,9 +52,10 @@ class FakeDevice:
         return 1
 
 
-def fake_tensorrt(device):
-    """A ``tensorrt`` module whose plan is a dynamic-batch engine with the SDK's I/O; it
-    "runs" by writing, for sample n, output[n] = mean(image[n]) + sum(bbox_info[n])."""
+def fake_tensorrt(device, static_batch=None):
+    """A ``tensorrt`` module whose plan is a dynamic-batch engine (or one of ``static_batch``)
+    with the SDK's I/O; it "runs" by writing, for sample n, output[n] = mean(image[n]) +
+    sum(bbox_info[n]), and counts its executions in ``device.runs``."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "11.4.0"
     trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
@@ -78,6 +79,8 @@ def fake_tensorrt(device):
 
         def execute_async_v3(self, stream):
             B = self.shapes["image"][0]
+            assert static_batch in (None, B), "a static engine takes exactly its batch"
+            device.runs += 1
             assert self.shapes["bbox_info"] == (B, 3)
             read = {}
             for name, tail in INPUTS.items():
@@ -98,7 +101,7 @@ def fake_tensorrt(device):
             return self.names[i]
 
         def get_tensor_shape(self, name):
-            return (-1, *{**INPUTS, **OUTPUTS}[name])
+            return (static_batch or -1, *{**INPUTS, **OUTPUTS}[name])
 
         def get_tensor_mode(self, name):
             return "INPUT" if name in INPUTS else "OUTPUT"
@@ -142,19 +145,41 @@ def test_dynamic_batch_plan_runs_by_tensor_name_and_frees_its_buffers(fake_trt, 
     assert {k: h.shape for k, (_, h) in be.buffers.items()} == {
         k: (MAX_BATCH, *t) for k, t in {**INPUTS, **OUTPUTS}.items()}
     rng = np.random.default_rng(0)
-    for B in (3, 1, MAX_BATCH):
-        image = rng.random((B, *INPUTS["image"]), np.float32)
-        bbox = rng.random((B, 3), np.float32)
-        out = be.run(image, bbox)
-        want = image.reshape(B, -1).mean(1) + bbox.sum(1)
-        for name, tail in OUTPUTS.items():
-            assert out[name].shape == (B, *tail) and out[name].dtype == np.float32
-            np.testing.assert_allclose(out[name].reshape(B, -1), np.repeat(want[:, None],
-                                       int(np.prod(tail)), 1), rtol=1e-6)
-    with pytest.raises(ValueError, match="exceeds the engine's maximum 4"):
-        be.run(np.zeros((5, *INPUTS["image"]), np.float32), np.zeros((5, 3), np.float32))
+    # batches beyond the profile's maximum (the locator's windows, many people) run in chunks
+    for B, runs in ((3, 1), (1, 1), (MAX_BATCH, 1), (MAX_BATCH + 1, 2), (2 * MAX_BATCH + 3, 3)):
+        fake_trt.runs = 0
+        check_outputs(be, rng, B)
+        assert fake_trt.runs == runs
     be.close()
     assert fake_trt.mem == {}
+
+
+def check_outputs(be, rng, B):
+    image = rng.random((B, *INPUTS["image"]), np.float32)
+    bbox = rng.random((B, 3), np.float32)
+    out = be.run(image, bbox)
+    want = image.reshape(B, -1).mean(1) + bbox.sum(1)
+    for name, tail in OUTPUTS.items():
+        assert out[name].shape == (B, *tail) and out[name].dtype == np.float32
+        np.testing.assert_allclose(out[name].reshape(B, -1), np.repeat(want[:, None],
+                                   int(np.prod(tail)), 1), rtol=1e-6)
+
+
+def test_static_batch_plan_pads_its_last_chunk(monkeypatch, tmp_path):
+    from d2a_edge import trt_runtime
+    device = FakeDevice()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(device, static_batch=2))
+    monkeypatch.setattr(trt_runtime, "cuda_api", lambda: device)
+    plan = tmp_path / "model_fp32.plan"
+    plan.write_bytes(b"fake plan")
+    be = trt_runtime.TensorRTBackend(plan, list(OUTPUTS))
+    rng = np.random.default_rng(1)
+    for B, runs in ((1, 1), (2, 1), (5, 3)):
+        device.runs = 0
+        check_outputs(be, rng, B)
+        assert device.runs == runs
+    be.close()
+    assert device.mem == {}
 
 
 def test_corrupt_plan_and_missing_outputs_are_bundle_errors_and_leak_nothing(fake_trt, tmp_path):
