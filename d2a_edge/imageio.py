@@ -12,6 +12,7 @@ import numpy as np
 log = logging.getLogger("d2a_edge")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MIN_SIDE = 16
+FLOAT_UNIT_MAX = 2.0  # as_bgr8: a float image up to this is 0..1 (a 0..255 one would be black)
 
 
 class InputError(ValueError):
@@ -21,7 +22,9 @@ class InputError(ValueError):
 def as_bgr8(image) -> np.ndarray:
     """Validate and convert an image to (H, W, 3) uint8 BGR.
 
-    Accepts (H, W) gray, (H, W, 1|3|4) uint8/uint16/float (floats in 0..1 or 0..255). Raises
+    Accepts (H, W) gray, (H, W, 1|3|4) uint8/uint16/float. Floats whose maximum is at most
+    ``FLOAT_UNIT_MAX`` are read as 0..1 (so the overshoot of a resize or a colour conversion
+    above 1.0 is clipped, not taken for a 0..255 image), others as 0..255. Raises
     ``InputError`` for None, non-arrays, empty or tiny images, NaN, other shapes or dtypes.
     """
     import cv2
@@ -44,7 +47,7 @@ def as_bgr8(image) -> np.ndarray:
     elif image.dtype.kind == "f":
         if not np.all(np.isfinite(image)):
             raise InputError("float image holds NaN or inf")
-        scale = 255.0 if image.max() <= 1.0 else 1.0
+        scale = 255.0 if image.max() <= FLOAT_UNIT_MAX else 1.0
         image = np.clip(image * scale, 0, 255).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise InputError(f"image dtype {image.dtype} not supported (uint8, uint16 or float)")
@@ -74,6 +77,11 @@ def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     A camera that cannot be opened raises ``InputError``; a video that ends or a camera that
     disconnects ends the iteration (logged), never hangs.
     """
+    if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
+        raise InputError(f"source must be a camera index, a video file or a folder, got "
+                         f"{source!r}")
+    if isinstance(source, int) and source < 0:  # OpenCV may crash on a negative index
+        raise InputError(f"camera index must be 0 or more, got {source}")
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
         return _capture(int(source), is_camera=True)
     path = Path(source)

@@ -29,6 +29,11 @@ def test_image_conversions():
     assert as_bgr8(rgba)[0, 0].tolist() == [0, 0, 200]
     assert as_bgr8(np.full((32, 32, 3), 65535, np.uint16)).max() == 255
     assert as_bgr8(np.full((32, 32, 3), 0.5, np.float32))[0, 0, 0] == 127
+    # a 0..1 float frame with a resize's overshoot above 1.0 stays a 0..1 frame (it turned black)
+    overshoot = np.full((32, 32, 3), 0.5, np.float32)
+    overshoot[0, 0, 0] = 1.01
+    assert as_bgr8(overshoot)[1, 1, 0] == 127 and as_bgr8(overshoot)[0, 0, 0] == 255
+    assert as_bgr8(np.full((32, 32, 3), 127.0, np.float32))[0, 0, 0] == 127  # 0..255 floats
     assert as_bgr8(np.zeros((32, 32, 1), np.uint8)).shape == (32, 32, 3)
 
 
@@ -44,6 +49,11 @@ def test_corrupt_and_missing_files(tmp_path):
 def test_sources(tmp_path):
     with pytest.raises(InputError, match="camera 97 could not be opened"):
         open_source(97)
+    with pytest.raises(InputError, match="camera index must be 0 or more"):
+        open_source(-1)  # OpenCV crashed the process on it
+    for bad in (None, 0.0, True, [0]):
+        with pytest.raises(InputError, match="source must be a camera index"):
+            open_source(bad)
     with pytest.raises(InputError, match="neither a camera"):
         open_source(str(tmp_path / "nothing.mp4"))
     (tmp_path / "empty").mkdir()
