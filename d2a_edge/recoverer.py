@@ -37,30 +37,66 @@ class OneThreadHelpers:
     Cropping one person and skinning one mesh are too small to gain from threads, but their
     thread pools keep spinning after each use and take the cores from the engine's own pool
     (measured with ``d2a-bench`` on the 2-core CPU: fp32 engine 39.8 ms beside OpenCV's pool,
-    25.0 ms without either pool). The previous settings come back after each call. BLAS is
-    limited through ``threadpoolctl`` when it is installed (a dependency of the package).
+    25.0 ms without either pool). BLAS is limited through ``threadpoolctl`` when it is installed
+    (a dependency of the package).
+
+    These settings belong to the process, so instances share them. OpenCV's thread count has
+    one count of the calls in progress: the first call to start saves the caller's setting and
+    the last to end puts it back, also when several recoverers run in several threads at once.
+    BLAS is limited by the first call to start, and only while that call runs: OpenBLAS ignores
+    a thread count raised from another thread than the one that lowered it (measured with
+    OpenBLAS 0.3.31), so the thread that limits it restores it.
     """
 
+    _lock = threading.Lock()
+    _cv2 = {"calls": 0, "before": None}
+    _blas = {"limiter": None}
+
     def __init__(self, blas: bool = True):
-        self._blas = None if blas else False  # False: leave BLAS alone
+        self.limit_blas = blas
+        self._controller = None  # threadpoolctl's view of the BLAS libraries, at the first call
+
+    @classmethod
+    def _enter(cls, blas):
+        """``blas``: the calling instance's ThreadpoolController, or None to leave BLAS alone
+        (``blas=False``, or threadpoolctl missing). Returns the BLAS limiter this call must
+        restore, or None."""
+        import cv2
+        with cls._lock:
+            if cls._cv2["calls"] == 0:
+                cls._cv2["before"] = cv2.getNumThreads()
+                cv2.setNumThreads(1)
+            cls._cv2["calls"] += 1
+            if blas is None or cls._blas["limiter"] is not None:
+                return None
+            cls._blas["limiter"] = blas.limit(limits=1, user_api="blas")
+            return cls._blas["limiter"]
+
+    @classmethod
+    def _leave(cls, limiter) -> None:
+        import cv2
+        with cls._lock:
+            if limiter is not None:
+                limiter.restore_original_limits()
+                cls._blas["limiter"] = None
+            cls._cv2["calls"] -= 1
+            if cls._cv2["calls"] == 0:
+                cv2.setNumThreads(cls._cv2["before"])
 
     @contextlib.contextmanager
     def __call__(self):
-        import cv2
-        if self._blas is None:
+        if self.limit_blas and self._controller is None:
             try:
                 from threadpoolctl import ThreadpoolController
-                self._blas = ThreadpoolController()  # sees the libraries loaded by now
+                self._controller = ThreadpoolController()  # sees the libraries loaded by now
             except ImportError:
-                self._blas = False
-        before = cv2.getNumThreads()
-        cv2.setNumThreads(1)
+                self._controller = False
+        limiter = self._enter(self._controller if self.limit_blas and self._controller is not False
+                              else None)
         try:
-            with self._blas.limit(limits=1, user_api="blas") if self._blas else \
-                    contextlib.nullcontext():
-                yield
+            yield
         finally:
-            cv2.setNumThreads(before)
+            self._leave(limiter)
 
 
 def default_intrinsics(width: int, height: int) -> np.ndarray:

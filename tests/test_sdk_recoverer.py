@@ -141,6 +141,63 @@ def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypa
         cv2.setNumThreads(-1)
 
 
+def test_helpers_settings_survive_two_recoverers_in_two_threads(monkeypatch):
+    """OpenCV's and BLAS's thread counts belong to the process. While two recoverers' calls
+    overlap both run with one OpenCV thread, also after the first call has ended; when both
+    have ended, the caller's OpenCV and BLAS settings are back (before, the saves and restores
+    interleaved and left OpenCV and BLAS at one thread for good). BLAS inside the calls is not
+    checked: in a process whose main thread has set OpenBLAS's count (the tests before this
+    one), OpenBLAS 0.3.31 ignores a count set from another thread."""
+    import threading
+
+    import cv2
+    from threadpoolctl import threadpool_info
+    from d2a_edge.recoverer import MeshRecoverer
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    recs = [MeshRecoverer(backend="onnxruntime") for _ in range(2)]
+    both_inside, first_done = threading.Barrier(2), threading.Event()
+    seen = {}
+
+    def spy(k, run):
+        def wrapped(crops, info):
+            both_inside.wait(timeout=30)
+            if k == 1:
+                seen["both inside"] = cv2.getNumThreads()
+                both_inside.wait(timeout=30)  # let the other call go on only now
+                first_done.wait(timeout=30)
+                seen["other ended"] = cv2.getNumThreads()
+            else:
+                both_inside.wait(timeout=30)
+            return run(crops, info)
+        return wrapped
+
+    for k, rec in enumerate(recs):
+        monkeypatch.setattr(rec.backend, "run", spy(k, rec.backend.run))
+    cv2.setNumThreads(2)
+    blas_before = blas_threads()
+    frame = np.full((120, 160, 3), 90, np.uint8)
+
+    def call(k):
+        recs[k](frame)
+        if k == 0:
+            first_done.set()
+
+    try:
+        threads = [threading.Thread(target=call, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert seen["both inside"] == 1, seen
+        assert seen["other ended"] == 1
+        assert cv2.getNumThreads() == 2 and blas_threads() == blas_before
+    finally:
+        cv2.setNumThreads(-1)
+
+
 def test_crops_cut_in_parallel_are_the_same_bit_for_bit():
     """make_crops with a thread pool (what MeshRecoverer uses beside a GPU engine) against the
     serial loop, on boxes inside, across and outside the frame's edges."""
