@@ -81,6 +81,9 @@ class TorchBackend:
             raise BackendUnavailable("the torch backend needs the [train] extra "
                                      "(pip install 'd2a-edge[train]')") from e
         import torch
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("device='cuda' but PyTorch sees no CUDA GPU "
+                                     f"(torch {torch.__version__})")
         dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         self.module = load_inference_module(checkpoint).to(dev).eval()
         self.torch, self.device, self.outputs = torch, dev, outputs

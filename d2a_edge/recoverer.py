@@ -193,7 +193,8 @@ def make_skinner(asset, skinning: str = "auto", backend_device: str = "cpu", mes
                 skinner = skinning_cuda.CudaSkinner(asset, mesh=mesh)
                 log.info("d2a_edge: skinning on the GPU (CUDA kernel)")
                 return skinner
-            except (ImportError, RuntimeError) as e:
+            # ValueError: a body the kernel cannot skin (one with pose correctives, as SMPL's)
+            except (ImportError, RuntimeError, ValueError) as e:
                 if skinning == "cuda":
                     raise RuntimeError(f"skinning='cuda' is not available here: {e}") from e
                 log.info("d2a_edge: CUDA skinning unavailable (%s); using numpy", e)

@@ -44,6 +44,14 @@ def is_available() -> bool:
     return ext.device_count() > 0
 
 
+def refuse_pose_correctives(asset) -> None:
+    """ValueError for a body with ``posedirs`` (SMPL's pose correctives): the kernel has none."""
+    if asset.posedirs is not None:
+        raise ValueError(f"body {asset.name!r} has posedirs (pose correctives), which the CUDA "
+                         "kernel does not support; use d2a_edge.body.lbs_torch.lbs or "
+                         "d2a_edge.body.lbs_numpy.lbs")
+
+
 def body_buffers(asset, max_batch: int = 256, device: int = -1, mesh="full"):
     """Upload ``asset`` (a ``BodyAsset``) to GPU ``device`` (-1: current) for up to ``max_batch``.
 
@@ -53,11 +61,8 @@ def body_buffers(asset, max_batch: int = 256, device: int = -1, mesh="full"):
     ``posedirs`` (not supported here; use ``lbs_torch`` / ``lbs_numpy``) or bad arrays;
     RuntimeError when CUDA fails (e.g. no GPU or driver).
     """
+    refuse_pose_correctives(asset)
     arrays = asset.lbs_arrays()
-    if arrays.get("posedirs") is not None:
-        raise ValueError(f"body {asset.name!r} has posedirs (pose correctives), which the CUDA "
-                         "kernel does not support; use d2a_edge.body.lbs_torch.lbs or "
-                         "d2a_edge.body.lbs_numpy.lbs")
     return load_extension().BodyBuffers(**arrays, vertex_index=asset.mesh_index(mesh),
                                         max_batch=max_batch, device=device)
 
@@ -113,6 +118,7 @@ class CudaSkinner:
     """
 
     def __init__(self, asset, max_batch: int = 64, device: int = 0, mesh="full"):
+        refuse_pose_correctives(asset)  # before the GPU: it is the body, wherever this runs
         try:
             import torch
         except ImportError as e:

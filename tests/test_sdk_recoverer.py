@@ -47,8 +47,21 @@ def test_sdk_matches_torch_and_eval(fresh_model, fresh_bundle, anny_asset):
 
 def test_lean_import_and_public_surface():
     code = ("import sys, d2a_edge; assert 'torch' not in sys.modules; "
-            "assert 'MeshRecoverer' in d2a_edge.__all__ and 'HumanMesh' in d2a_edge.__all__")
+            "assert 'MeshRecoverer' in d2a_edge.__all__ and 'HumanMesh' in d2a_edge.__all__; "
+            "from d2a_edge import BackendUnavailable, BundleError, InputError")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@requires_torch
+def test_torch_backend_on_cuda_without_a_gpu_is_unavailable(tmp_path):
+    """Asked for by name, device="cuda" is an error where torch sees no GPU (it ran on the CPU
+    without a word); ONNX Runtime's backend already said so."""
+    import torch
+    from d2a_edge.backends import BackendUnavailable, TorchBackend
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(BackendUnavailable, match="no CUDA GPU"):
+        TorchBackend(tmp_path / "run", ["pose"], device="cuda")
 
 
 def test_bad_bundles(tmp_path, fresh_bundle):

@@ -19,6 +19,21 @@ def test_numpy_is_chosen_on_cpu_and_bad_names_raise():
         make_skinner(asset, "opengl", "cpu")
 
 
+def test_auto_falls_back_to_numpy_for_a_body_the_kernel_cannot_skin(monkeypatch):
+    """skinning="auto" beside a GPU engine takes numpy for a body with pose correctives (SMPL),
+    which the CUDA kernel refuses with a ValueError; "cuda" asked for by name says why."""
+    import dataclasses
+
+    from d2a_edge import skinning_cuda
+    asset = load_bundle().asset
+    J, V = asset.num_joints, asset.num_vertices
+    smpl_like = dataclasses.replace(asset, posedirs=np.zeros((9 * (J - 1), 3 * V), np.float32))
+    monkeypatch.setattr(skinning_cuda, "is_available", lambda: True)
+    assert isinstance(make_skinner(smpl_like, "auto", "cuda"), BodyModel)
+    with pytest.raises(RuntimeError, match="posedirs"):
+        make_skinner(smpl_like, "cuda", "cuda")
+
+
 def test_mesh_index_and_faces_of_the_resolutions():
     asset = load_bundle().asset
     assert asset.mesh_index("full") is None and asset.mesh_faces("full") is asset.faces
