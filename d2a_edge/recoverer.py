@@ -104,8 +104,13 @@ def default_intrinsics(width: int, height: int) -> np.ndarray:
     return intrinsics(float(np.hypot(width, height)), (width, height))
 
 
-def _boxes_array(boxes) -> np.ndarray:
-    """``boxes`` as a float32 (N, 4) array; one box may be given flat, as (4,)."""
+MIN_BOX_SIDE = 2.0  # px: a smaller box holds no person (and put the person kilometres away)
+
+
+def _boxes_array(boxes, width: int, height: int) -> np.ndarray:
+    """``boxes`` as a float32 (N, 4) array; one box may be given flat, as (4,). Each box must
+    overlap the ``width`` x ``height`` frame, be at least ``MIN_BOX_SIDE`` px wide and high, and
+    stay within 100 frame sizes of it (a larger one overflows the crop's arithmetic)."""
     try:
         b = np.asarray(boxes, np.float32)
     except (TypeError, ValueError) as e:
@@ -118,7 +123,17 @@ def _boxes_array(boxes) -> np.ndarray:
         raise InputError(f"boxes must be an (N, 4) array of [x0, y0, x1, y1], got shape "
                          f"{b.shape}")
     if not np.all(np.isfinite(b)) or np.any(b[:, 2] <= b[:, 0]) or np.any(b[:, 3] <= b[:, 1]):
-        raise InputError(f"boxes must be finite [x0, y0, x1, y1] with x1 > x0, y1 > y0: {b.tolist()}")
+        raise InputError(f"boxes must be finite [x0, y0, x1, y1] with x1 > x0, y1 > y0: "
+                         f"{b.tolist()}")
+    for box in b.astype(np.float64):
+        x0, y0, x1, y1 = box
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise InputError(f"box {box.tolist()} lies outside the {width}x{height} frame")
+        if min(x1 - x0, y1 - y0) < MIN_BOX_SIDE:
+            raise InputError(f"box {box.tolist()} is under {MIN_BOX_SIDE:g} px wide or high")
+        if np.abs(box).max() > 100 * max(width, height):
+            raise InputError(f"box {box.tolist()} reaches over 100 frame sizes from the "
+                             f"{width}x{height} frame")
     return b
 
 
@@ -268,7 +283,8 @@ class MeshRecoverer:
                 raise InputError(f'boxes must be an (N, 4) array, None or "auto", got {boxes!r}')
             box = self.locate(image)
             boxes = None if box is None else box[None]
-        b = _boxes_array(boxes) if boxes is not None else np.array([[0, 0, W, H]], np.float32)
+        b = _boxes_array(boxes, W, H) if boxes is not None else \
+            np.array([[0, 0, W, H]], np.float32)
         if len(b) == 0:
             return []
         K = self.camera(W, H)

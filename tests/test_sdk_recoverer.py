@@ -101,6 +101,13 @@ def test_bad_frames_and_boxes(fresh_bundle):
             rec(frame, boxes=bad)
     with pytest.raises(InputError, match="numbers"):
         rec(frame, boxes=[["a", 0, 5, 5]])
+    # nonsense boxes that used to give a person 140 m or 761 km away, or NaN
+    for bad, message in (([5000, 5000, 5100, 5200], "outside the 160x120 frame"),
+                         ([-50, 0, 0, 40], "outside"), ([10, 10, 10.001, 40], "under 2 px"),
+                         ([-3e38, -3e38, 3e38, 3e38], "over 100 frame sizes")):
+        with pytest.raises(InputError, match=message):
+            rec(frame, boxes=bad)
+    assert len(rec(frame, boxes=[-20, -10, 60, 200])) == 1  # partly outside is fine
     assert len(rec(frame, boxes=[0, 0, 50, 60])) == 1  # one box, flat
     gray16 = np.full((120, 160), 30000, np.uint16)
     assert len(rec(gray16)) == 1  # converted, not rejected
