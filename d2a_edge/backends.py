@@ -124,7 +124,10 @@ def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto
 def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, precision: str):
     if name == "tensorrt":
         from d2a_edge.trt_runtime import TensorRTBackend
-        plan = bundle.artifact(precision, "trt")
+        try:
+            plan = bundle.artifact(precision, "trt")
+        except BundleError as e:  # a plan deleted or changed since export: try the next backend
+            raise BackendUnavailable(str(e)) from e
         if plan is None:
             raise BackendUnavailable(f"no {precision} TensorRT plan in {bundle.root}")
         return TensorRTBackend(plan, outputs)

@@ -62,12 +62,21 @@ class ModelBundle:
         return str(self.manifest.get("model", "unnamed"))
 
     def artifact(self, precision: str, fmt: str) -> Path | None:
-        """Path of the artifact of this precision and format ('onnx' | 'trt'), if present."""
+        """Path of the artifact of this precision and format ('onnx' | 'trt'); None when the
+        manifest lists none. A listed file that is missing, or whose size or sha256 differs
+        from the manifest's (another export's file, a truncated copy), is a ``BundleError``."""
         art = self.manifest["artifacts"].get(precision if fmt == "onnx" else f"{precision}-trt")
         if art is None or art.get("format") != fmt:
             return None
         path = self.root / art["file"]
-        return path if path.is_file() else None
+        if not path.is_file():
+            raise BundleError(f"{self.root / 'manifest.json'} lists the {precision} {fmt} model "
+                              f"{art['file']}, but the file is missing from the bundle")
+        if "bytes" in art and path.stat().st_size != art["bytes"] or \
+                "sha256" in art and file_sha256(path) != art["sha256"]:
+            raise BundleError(f"{path} does not match the manifest's size and sha256 (a file "
+                              "from another export, or a truncated copy): re-export the bundle")
+        return path
 
     def checkpoint(self) -> Path | None:
         ckpt = self.manifest.get("checkpoint")
@@ -107,6 +116,20 @@ def _check_manifest(m: dict, where: Path) -> None:
     missing = [k for k in ("inputs", "outputs", "body", "artifacts") if k not in m]
     if missing:
         raise BundleError(f"{where}: manifest lacks {missing}")
+    try:
+        shape = m["inputs"]["image"]["shape"]
+        ok = len(shape) == 4 and int(shape[-1]) > 0
+    except (TypeError, KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise BundleError(f"{where}: inputs.image.shape must be [N, 3, size, size]")
+    if not (isinstance(m["body"], dict) and all(isinstance(m["body"].get(k), str)
+                                                for k in ("file", "sha256"))):
+        raise BundleError(f"{where}: body must name its file and sha256")
+    arts = m["artifacts"]
+    if not (isinstance(arts, dict) and arts and all(
+            isinstance(a, dict) and isinstance(a.get("file"), str) for a in arts.values())):
+        raise BundleError(f"{where}: artifacts must map each precision to its file")
     outs = [o for o in REQUIRED_OUTPUTS if o not in m["outputs"]]
     if outs:
         raise BundleError(f"{where}: model outputs lack {outs} (another model version?)")

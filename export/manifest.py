@@ -34,8 +34,8 @@ def build_manifest(*, model_name: str, config: dict, image_size: int, batch: int
                       "layout": "NCHW", "colour": "RGB", "range": [0.0, 1.0],
                       "normalisation": "ImageNet mean/std applied inside the graph"},
             "bbox_info": {"shape": [b, 3], "dtype": "float32",
-                          "meaning": "[(cx - W/2)/f, (cy - H/2)/f, box/f] of the square crop "
-                                     "(d2a_edge.camera.bbox_info)"},
+                          "meaning": "[(cx - px)/fx, (cy - py)/fy, box/fx] of the square crop, "
+                                     "(px, py) the principal point (d2a_edge.camera.bbox_info)"},
         },
         "outputs": {name: {"shape": [b, *shape], "dtype": "float32"}
                     for name, shape in output_shapes.items()},

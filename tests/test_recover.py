@@ -178,10 +178,22 @@ def test_bad_bundles_are_clear_errors(exported, tmp_path, capsys):
         recover(tmp_path / "nowhere", samples=2, progress=lambda *a: None)
     corrupt = copy("corrupt")
     (corrupt / "model_fp32.onnx").write_bytes(b"\x08\x07 not a protobuf")
-    with pytest.raises(RecoveryError, match="not a readable ONNX graph"):
+    with pytest.raises(RecoveryError, match="does not match the manifest's size and sha256"):
         recover(corrupt, samples=2, progress=lambda *a: None)
+    unhashed = copy("unhashed")  # a manifest without sizes and hashes: the graph reader finds it
+    (unhashed / "model_fp32.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    m = json.loads((unhashed / "manifest.json").read_text())
+    for key in ("bytes", "sha256"):
+        del m["artifacts"]["fp32"][key]
+    (unhashed / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RecoveryError, match="not a readable ONNX graph"):
+        recover(unhashed, samples=2, progress=lambda *a: None)
     gone = copy("gone")
     (gone / "model_fp32.onnx").unlink()
+    with pytest.raises(RecoveryError, match="model_fp32.onnx, but the file is missing"):
+        recover(gone, samples=2, progress=lambda *a: None)
+    m["artifacts"]["fp16"] = m["artifacts"].pop("fp32")  # a bundle without an fp32 graph
+    (gone / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RecoveryError, match="no fp32 ONNX graph"):
         recover(gone, samples=2, progress=lambda *a: None)
     other = copy("other")  # the manifest claims another architecture than the graph holds
@@ -190,7 +202,7 @@ def test_bad_bundles_are_clear_errors(exported, tmp_path, capsys):
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RecoveryError, match="another version of the model code or config"):
         recover(other, samples=2, progress=lambda *a: None)
-    assert main([str(corrupt), "--out", str(tmp_path / "x")]) == 2
+    assert main([str(unhashed), "--out", str(tmp_path / "x")]) == 2
     assert "not a readable ONNX graph" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

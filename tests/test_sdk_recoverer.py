@@ -72,10 +72,33 @@ def test_bad_bundles(tmp_path, fresh_bundle):
         load_bundle(tmp_path)
     bad = tmp_path / "bad"
     shutil.copytree(fresh_bundle[0], bad)
+    original = json.loads((bad / "manifest.json").read_text())
+    (bad / "model_fp32.onnx").write_bytes((bad / "model_int8.onnx").read_bytes())  # swapped
+    with pytest.raises(BundleError, match="does not match the manifest's size and sha256"):
+        MeshRecoverer(bad, backend="onnxruntime")
     (bad / "model_fp32.onnx").write_bytes(b"\x08\x01 corrupt protobuf")
-    with pytest.raises(BundleError, match="not a loadable ONNX model"):
+    with pytest.raises(BundleError, match="does not match the manifest's size and sha256"):
         MeshRecoverer(bad, backend="onnxruntime")
     m = json.loads((bad / "manifest.json").read_text())
+    for key in ("bytes", "sha256"):  # a manifest without them: ONNX Runtime finds the damage
+        del m["artifacts"]["fp32"][key]
+    (bad / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="not a loadable ONNX model"):
+        MeshRecoverer(bad, backend="onnxruntime")
+    (bad / "model_fp32.onnx").unlink()
+    with pytest.raises(BundleError, match="model_fp32.onnx, but the file is missing"):
+        MeshRecoverer(bad, backend="auto")
+    # malformed manifests are BundleErrors, not KeyError / TypeError / AttributeError
+    for break_it, message in ((lambda m: m["body"].pop("file"), "body must name"),
+                              (lambda m: m.update(body="x"), "body must name"),
+                              (lambda m: m.update(artifacts=[]), "artifacts must map"),
+                              (lambda m: m["artifacts"]["fp32"].pop("file"), "artifacts must map"),
+                              (lambda m: m["inputs"].pop("image"), "inputs.image.shape")):
+        m = json.loads(json.dumps(original))
+        break_it(m)
+        (bad / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(bad)
     m["manifest_version"] = 99
     (bad / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="manifest_version 99"):

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from d2a_edge.body import file_sha256
+from d2a_edge.bundle import BundleError, load_bundle
 from d2a_edge.training.checkpoint import CheckpointError, write_weights_only
 from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
 
@@ -67,7 +68,6 @@ def is_bundle(path) -> bool:
 def has_fresh_parts(init) -> bool:
     """Whether ``--init`` ``init`` leaves training-only parts fresh: a bundle without training
     extras, or a checkpoint that ``save_recovered`` wrote from one."""
-    from d2a_edge.bundle import BundleError, load_bundle
     from d2a_edge.training.checkpoint import resolve_checkpoint
     if is_bundle(init):
         try:
@@ -358,6 +358,15 @@ def training_extras(model: nn.Module, size: int, loss_state: dict | None = None)
     return out
 
 
+def fp32_graph(b) -> Path | None:
+    """Bundle ``b``'s fp32 ONNX graph (None if it lists none); a listed graph that is missing
+    or differs from the manifest's sha256 is a ``RecoveryError``."""
+    try:
+        return b.artifact("fp32", "onnx")
+    except BundleError as e:
+        raise RecoveryError(str(e)) from e
+
+
 def read_extras(b) -> dict | None:
     """Bundle ``b``'s training extras (``training_extras``), or None when it has none (a
     bundle exported before them, or one whose extras file was deleted to save space). Raises
@@ -368,7 +377,7 @@ def read_extras(b) -> dict | None:
     path = b.root / entry["file"] if entry else None
     if path is None or not path.is_file():
         return None
-    onnx_path = b.artifact("fp32", "onnx")
+    onnx_path = fp32_graph(b)
     if file_sha256(path) != entry["sha256"] or (
             onnx_path is not None and file_sha256(onnx_path) != entry["graph_sha256"]):
         raise RecoveryError(f"{path} does not match {b.root / 'manifest.json'} or its fp32 "
@@ -383,7 +392,6 @@ def read_extras(b) -> dict | None:
 def loss_state(path) -> dict | None:
     """The loss's state (the RLE flow) of a checkpoint, or of a bundle with training extras;
     None when there is none."""
-    from d2a_edge.bundle import BundleError, load_bundle
     from d2a_edge.training.checkpoint import read_checkpoint, split_weights
     if is_bundle(path):
         try:
@@ -413,7 +421,6 @@ def _apply_extras(model: nn.Module, extras: dict, folded: dict) -> None:
 
 def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     """``(model (D2AHMR, eval mode), Config, report)`` from the bundle in ``bundle_dir``."""
-    from d2a_edge.bundle import BundleError, load_bundle
 
     missing = [m for m in ("onnx", "onnxslim", "onnxruntime")
                if importlib.util.find_spec(m) is None]
@@ -424,7 +431,7 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
         b = load_bundle(bundle_dir)
     except BundleError as e:
         raise RecoveryError(str(e)) from e
-    onnx_path = b.artifact("fp32", "onnx")
+    onnx_path = fp32_graph(b)
     if onnx_path is None:
         raise RecoveryError(f"{b.root} has no fp32 ONNX graph to recover weights from")
     cfg, model = _bundle_model(b, seed)

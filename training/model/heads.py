@@ -30,7 +30,8 @@ def cam_crop_to_full(cam: torch.Tensor, bbox_info: torch.Tensor) -> torch.Tensor
     """CLIFF: weak-perspective crop camera -> root translation in the camera frame (metres).
 
     cam: (B, 3) = (s, tx, ty) in the crop's normalised [-1, 1] frame; bbox_info: (B, 3) =
-    [(cx - W/2)/f, (cy - H/2)/f, b/f]. The root projects to the crop point (s*tx, s*ty).
+    [(cx - px)/fx, (cy - py)/fy, b/fx] (``d2a_edge.camera.bbox_info``). The root projects to
+    the crop point (s*tx, s*ty).
     Returns (B, 3) = (tx + 2 u / (s b'), ty + 2 v / (s b'), 2 / (s b')) with (u, v, b') = bbox_info.
     """
     s, tx, ty = cam.unbind(-1)
