@@ -12,7 +12,9 @@ shared machine whose speed drifts over minutes (the 2-core VM here: fp32 15 or 1
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 import time
 
@@ -25,11 +27,14 @@ from d2a_edge.recoverer import MESHES, SKINNING
 
 
 def _frames(images: str | None, n: int) -> list[np.ndarray]:
+    """The first ``n`` frames of ``images`` (InputError if none can be read), or synthetic
+    640x480 noise without it."""
     if images:
-        from d2a_edge.imageio import open_source
-        frames = [f for _, f in open_source(images)][:n]
-        if frames:
-            return frames
+        from d2a_edge.imageio import InputError, open_source
+        frames = [f for _, f in itertools.islice(open_source(images), n)]
+        if not frames:
+            raise InputError(f"no frame could be read from {images}")
+        return frames
     rng = np.random.default_rng(0)
     return [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
 
@@ -80,8 +85,16 @@ def main(argv=None) -> int:
     p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args(argv)
+    from d2a_edge.imageio import InputError
     from d2a_edge.recoverer import MeshRecoverer
-    frames = _frames(args.images, 16)
+    if args.json:  # checked before the run, not after it
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            p.error(f"--json {args.json}: folder {folder} does not exist or is not writable")
+    try:
+        frames = _frames(args.images, 16)
+    except InputError as e:
+        p.error(str(e))
     recs = {}
     for prec in args.precision:
         try:

@@ -36,10 +36,16 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
         assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
     from d2a_edge.bench import main as bench_main
     for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--rounds", "0"),
-                        ("--device", "gpu")):
-        with pytest.raises(SystemExit) as e:  # was: a numpy error, NaN medians, silently CPU
-            bench_main([flag, value])
+                        ("--device", "gpu"), ("--json", str(tmp_path / "no" / "b.json"))):
+        with pytest.raises(SystemExit) as e:  # was: a numpy error, NaN medians, silently CPU,
+            bench_main([flag, value])         # a traceback after the whole run
         assert e.value.code == 2 and flag in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for images, message in ((tmp_path / "missing", "neither a camera"),
+                            (tmp_path / "empty", "holds no images")):
+        with pytest.raises(SystemExit) as e:  # was: an InputError traceback
+            bench_main(["--images", str(images)])
+        assert e.value.code == 2 and message in capsys.readouterr().err
     monkeypatch.setattr(cv2, "imwrite", lambda path, image: False)  # e.g. a full disk
     assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
                       "--no-display", "--overlay", "cv"]) == 2
