@@ -184,13 +184,22 @@ def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
     return float(np.clip(1.0 - float(np.mean(sigma)) / (3.0 * sigma_ref), 0.0, 1.0))
 
 
+WINDOW_STEPS = 8  # search_windows: at most this many window positions along either axis
+
+
 def search_windows(width: int, height: int) -> np.ndarray:
-    """The full frame plus half-overlapping square windows at ``WINDOW_SCALES`` (N, 4)."""
+    """The full frame plus half-overlapping square windows at ``WINDOW_SCALES`` (N, 4): 22 for
+    a 16:9 frame. Along an axis with more than ``WINDOW_STEPS`` positions (a very wide or tall
+    frame) that many are spread evenly from end to end, so the batch stays small."""
     out = [[0.0, 0.0, float(width), float(height)]]
+
+    def positions(length: float, side: float) -> np.ndarray:
+        p = np.arange(0.0, length - side + 1.0, side / 2)
+        return p if len(p) <= WINDOW_STEPS else np.linspace(0.0, length - side, WINDOW_STEPS)
+
     for f in WINDOW_SCALES:
         side = f * min(width, height)
-        xs = np.arange(0.0, width - side + 1.0, side / 2)
-        ys = np.arange(0.0, height - side + 1.0, side / 2)
+        xs, ys = positions(width, side), positions(height, side)
         out += [[x, y, x + side, y + side] for y in ys for x in xs]
     return np.asarray(out, np.float32)
 
@@ -360,8 +369,9 @@ class MeshRecoverer:
                 v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
                                                                      p.translation)))
                 p = dataclasses.replace(p, vertices=v.astype(np.float32),
-                                        joints3d=j.astype(np.float32), translation=tr,
-                                        joints2d=project(j, K))
+                                        joints3d=j.astype(np.float32),
+                                        translation=tr.astype(np.float32),
+                                        joints2d=project(j, K).astype(np.float32))
             p = dataclasses.replace(p, track_id=0)
             box = self._track_box(p, frame.shape, K)
             if box is None:

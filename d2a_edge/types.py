@@ -16,7 +16,9 @@ class HumanMesh:
     joint's position relative to the pelvis (``translation``'s own error is not included; the
     pelvis entry carries no meaning); pose (J, 3, 3)
     joint rotations (local-ref, see ``d2a_edge.body``); shape (S,) body-shape coefficients;
-    translation (3,) root joint (pelvis) position; box (4,) [x0, y0, x1, y1] pixels; score in
+    translation (3,) root joint (pelvis) position; box (4,) [x0, y0, x1, y1] pixels, the square
+    crop the model saw (the given box's centre, its longer side times ``CROP_SCALE``, 1.2), so
+    larger than the box passed in; all arrays are float32 but faces. score in
     [0, 1] from the mean σ relative to the model's typical σ (2/3 typical, 0 at three times it);
     track_id: stable id within ``MeshRecoverer.stream`` (-1 for single frames).
     """

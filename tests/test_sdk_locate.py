@@ -4,7 +4,8 @@ import pytest
 from conftest import requires_torch
 
 from d2a_edge import InputError, MeshRecoverer
-from d2a_edge.recoverer import LOST_SCORE, box_for_crop, person_score, search_windows
+from d2a_edge.recoverer import (LOST_SCORE, WINDOW_SCALES, box_for_crop, person_score,
+                                search_windows)
 
 
 def test_search_windows_cover_the_frame_with_squares():
@@ -19,6 +20,11 @@ def test_search_windows_cover_the_frame_with_squares():
         assert s[:, 0].min() == 0 and s[:, 1].min() == 0
         assert s[:, 2].max() >= 1920 - side / 2 and s[:, 3].max() >= 1080 - side / 2
     assert len(search_windows(64, 64)) >= 3  # tiny frames still get windows
+    # a very wide or tall frame: a bounded batch (it was 3,622 crops for 4000x16), end to end
+    for W, H in ((4000, 16), (16, 4000)):
+        w = search_windows(W, H)
+        assert len(w) <= 1 + len(WINDOW_SCALES) * 8 * 8
+        assert w[1:, 0].min() == 0 and w[1:, 2].max() == W and w[1:, 3].max() == H
 
 
 def test_tracking_box_ignores_vertices_at_or_behind_the_camera():

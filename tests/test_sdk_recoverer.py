@@ -364,3 +364,33 @@ def test_a_calibrated_principal_point_moves_the_person_with_the_camera():
     np.testing.assert_allclose(b.translation, a.translation, atol=1e-5)
     np.testing.assert_allclose(b.joints2d - a.joints2d, np.broadcast_to((dx, dy), a.joints2d.shape),
                                atol=1e-3)
+
+
+def test_track_follows_a_moving_person_and_keeps_float32():
+    """``track`` (what ``stream`` runs): the first frame locates the person, later frames crop
+    around the previous mesh; every frame gives one person with track id 0, its arrays float32
+    with and without smoothing (the smoothed ones came back float64), and the crop box moves
+    with the person."""
+    from pathlib import Path
+
+    import cv2
+    from d2a_edge.recoverer import MeshRecoverer
+    crop = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
+    s = crop.shape[0]
+    frames = []
+    for k in range(4):
+        frame = np.full((600, 800, 3), 90, np.uint8)
+        x = 150 + 40 * k
+        frame[100:100 + s, x:x + s] = crop
+        frames.append((k / 30, frame))
+    rec = MeshRecoverer(backend="onnxruntime")
+    for smoothing in (True, False):
+        out = list(rec.track(iter(frames), smoothing=smoothing))
+        assert len(out) == 4 and all(len(people) == 1 for _, _, people in out)
+        for _, _, (p,) in out:
+            assert p.track_id == 0
+            for name in ("vertices", "joints3d", "joints2d", "translation", "joint_sigma"):
+                assert getattr(p, name).dtype == np.float32, (smoothing, name)
+        centres = np.array([(p.box[0] + p.box[2]) / 2 for _, _, (p,) in out])
+        # each crop comes from the previous frame's mesh, so it lags the person's 40 px steps
+        assert np.all(np.diff(centres) > -1) and centres[-1] - centres[0] > 15, centres
