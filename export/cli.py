@@ -85,7 +85,9 @@ def main(argv=None) -> int:
             return 0
         from d2a_edge.training.recover import loss_state
         manifest = export_bundle(model, asset, req, name=cfg.name, checkpoint=Path(args.checkpoint),
-                                 loss_state=loss_state(args.checkpoint))
+                                 loss_state=loss_state(args.checkpoint),
+                                 untrained=meta.get("recovered_from", {}).get("fresh_parameters",
+                                                                              ()))
     except TensorRTUnavailable as e:
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 3

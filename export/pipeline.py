@@ -116,12 +116,14 @@ def measure(graph, asset, path: Path, precision: str, data) -> dict:
 
 def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
                   checkpoint: Path | None = None, progress=print,
-                  loss_state: dict | None = None) -> dict:
+                  loss_state: dict | None = None, untrained: list[str] | tuple = ()) -> dict:
     """Write a verified bundle for ``model`` (a D2AHMR built on body ``asset``) into
     ``req.out``; returns the manifest (with the parity report per artifact). The bundle also
     holds ``training_extras.safetensors`` (``training.recover.training_extras``, with
     ``loss_state``, the loss's RLE flow, when given), so that training can go on from it
-    exactly; the SDK does not read it."""
+    exactly; the SDK does not read it. ``untrained``: model tensors that were never trained
+    (a model recovered from a bundle without extras); they are left out of the extras and
+    listed in the manifest, so that training from the bundle knows them as fresh."""
     precisions = req.precisions()
     graph = FusedGraph(model)
     size = model.cfg.image_size
@@ -132,7 +134,7 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     stage.mkdir()
     try:
         report, trt_error = _export_into(graph, asset, size, stage, req, precisions, name,
-                                         checkpoint, progress, loss_state)
+                                         checkpoint, progress, loss_state, untrained)
         for f in sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json"):
             f.replace(out / f.name)  # manifest.json last
     finally:
@@ -164,7 +166,7 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
 
 
 def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress,
-                 loss_state=None) -> dict:
+                 loss_state=None, untrained=()) -> dict:
     progress(f"[1/4] rendering {req.val_samples} labelled validation crops")
     images, info, labels = verify.validation_set(asset, req.val_samples, size,
                                                  seed=VALIDATION_SEEDS["id"])
@@ -209,11 +211,13 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
     if checkpoint is not None:
         manifest["source_checkpoint"] = str(checkpoint)
     extras = stage / recover.EXTRAS_FILE
-    save_file(recover.training_extras(graph.model, size, loss_state), str(extras))
+    save_file(recover.training_extras(graph.model, size, loss_state, untrained), str(extras))
     extras.chmod(0o644)  # safetensors writes 0600; the bundle's other files are 0644
     manifest["training_extras"] = {"file": extras.name, "bytes": extras.stat().st_size,
                                    "sha256": file_sha256(extras),
                                    "graph_sha256": file_sha256(files["fp32"])}
+    if untrained:
+        manifest["training_extras"]["untrained"] = sorted(untrained)
     manifest["sigma_calibration"] = cal
     sigma = ref[OUTPUT_NAMES.index("joint_sigma")]  # (N, J*3) or (N, J, 3), metres
     sigma = calibrated_sigma(cal, np.linalg.norm(sigma.reshape(len(sigma), -1, 3), axis=-1))

@@ -225,6 +225,18 @@ def test_d2a_export_and_d2a_eval_take_a_bundle(exported, tmp_path, anny_asset, c
         np.testing.assert_allclose(y, x, atol=1e-4, err_msg=name)
     manifest = json.loads((tmp_path / "re" / "manifest.json").read_text())
     assert manifest["source_checkpoint"] == str(src)
+    # src has no training extras, so its training-only parts came back freshly initialised:
+    # the new bundle's extras leave them out and name them, and training from it knows them
+    # as fresh (they were marked trained, and --warm-fresh refused the bundle)
+    from safetensors.numpy import load_file
+    from d2a_edge.training import recover as R
+    untrained = manifest["training_extras"]["untrained"]
+    assert untrained and any(n.startswith("silhouette.") for n in untrained)
+    extras = load_file(str(tmp_path / "re" / manifest["training_extras"]["file"]))
+    assert not {f"model.{n}" for n in untrained} & set(extras)
+    assert R.has_fresh_parts(tmp_path / "re")
+    _, _, report = R.recover(tmp_path / "re", samples=4, seed=7, progress=lambda *a: None)
+    assert report["fresh_parameters"] == untrained
 
     res = evaluate_checkpoint(src, {"id": BatchDataset(anny_asset, 4, 64, seed=3)},
                               tmp_path / "eval", batch_size=4, progress=False)

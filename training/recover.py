@@ -39,6 +39,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -71,8 +72,9 @@ def has_fresh_parts(init) -> bool:
     from d2a_edge.training.checkpoint import resolve_checkpoint
     if is_bundle(init):
         try:
-            return read_extras(load_bundle(init)) is None
-        except BundleError:
+            b = load_bundle(init)
+            return read_extras(b) is None or bool(b.manifest["training_extras"].get("untrained"))
+        except (BundleError, RecoveryError):
             return True
     try:
         meta = json.loads((resolve_checkpoint(init) / "meta.json").read_text())
@@ -340,17 +342,21 @@ def _parity(model: nn.Module, asset, onnx_path: Path, images, info) -> dict[str,
     return parity
 
 
-def training_extras(model: nn.Module, size: int, loss_state: dict | None = None) -> dict:
+def training_extras(model: nn.Module, size: int, loss_state: dict | None = None,
+                    untrained: Iterable[str] = ()) -> dict:
     """What a bundle's graph cannot give back exactly, for ``EXTRAS_FILE``: every BatchNorm's
     affine and statistics (the export folds them into convolutions), decoder layer 0 and its
     queries (folded into constants), the training-only parameters (not in the graph), and the
-    loss's state (the RLE flow) when given. About 1.1 MB for edge-s."""
+    loss's state (the RLE flow) when given. About 1.1 MB for edge-s. ``untrained``: model
+    tensors left out because they were never trained (a model recovered from a bundle without
+    extras: its training-only parts are a fresh initialisation, and must stay known as such)."""
     state = model.state_dict()
     names = {f"{n}.{k}" for n, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm)
              for k in ("weight", "bias", "running_mean", "running_var")}
     graph = graph_parameters(model, size)
     names |= UNFOLDED | {n for n, _ in model.named_parameters() if n not in graph}
+    names -= set(untrained)
     out = {f"model.{n}": state[n].detach().float().contiguous().clone()
            for n in sorted(names) if n in state}
     out.update({f"loss.{k}": v.detach().contiguous().clone()
