@@ -376,6 +376,15 @@ def test_evaluate_writes_json_markdown_and_png(tmp_path, anny_asset):
     assert js["flip"] is True and "step 1, flip" in (tmp_path / "eval_flip" / "metrics.md"
                                                       ).read_text()
 
+    # d2a-eval's default folder lies outside checkpoints/, which pruning deletes step by step
+    from d2a_edge.training.evaluate import default_out
+    assert default_out(tmp_path / "run") == tmp_path / "run" / "eval" / "step_00000001"
+    # a dataset of another crop size is refused before anything is written
+    with pytest.raises(ValueError, match="'big' has 96px crops"):
+        evaluate_checkpoint(tmp_path / "run", {"id": ds, "big": BatchDataset(anny_asset, 2, 96)},
+                            tmp_path / "eval_mixed", batch_size=4, progress=False)
+    assert not (tmp_path / "eval_mixed").exists()
+
 
 def test_flip_averaged_is_the_sdk_flip_and_mirror_equivariant(anny_asset):
     """d2a-eval --flip (``FlipAveraged``): the mirrored crop gets the mirrored prediction, as

@@ -27,8 +27,9 @@ from d2a_edge.training.checkpoint import load_model_config
 from d2a_edge.training.model import D2AHMR
 
 HELP = """Evaluate CHECKPOINT (a run directory -> its latest checkpoint, or a step_* directory)
-on each --data DIR (shards from `d2a-data generate`). Writes to --out (default
-CHECKPOINT_DIR/eval): metrics.json (per split), metrics.md (Markdown table) and
+on each --data DIR (shards from `d2a-data generate`). Writes to --out (default: RUN_DIR/eval/
+step_N for a checkpoint, outside checkpoints/, which training prunes; ./eval-NAME for an
+exported bundle): metrics.json (per split), metrics.md (Markdown table) and
 calibration_<split>.png (predicted sigma vs actual joint error, binned)."""
 
 METRIC_KEYS = ("mpjpe", "pa_mpjpe", "pve", "trans_err_cm", "root_rot_deg", "pck3d_150")
@@ -162,16 +163,17 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
     """Evaluate on ``{split_name: Dataset}``; writes metrics.json / metrics.md / PNGs to out_dir.
     ``flip``: with flip test-time augmentation (``FlipAveraged``)."""
     model, cfg, meta = load_model_config(checkpoint, device, use_ema)
+    for split, ds in datasets.items():  # all of them before anything is written
+        size = int(ds[0]["image"].shape[-1])
+        if size != cfg.model.image_size:
+            raise ValueError(f"dataset {split!r} has {size}px crops; the checkpoint's config "
+                             f"{cfg.name!r} expects {cfg.model.image_size}px")
     if flip:
         model = FlipAveraged(model, load_body(cfg.model.body).mirror_joints())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for split, ds in datasets.items():
-        size = int(ds[0]["image"].shape[-1])
-        if size != cfg.model.image_size:
-            raise ValueError(f"dataset {split!r} has {size}px crops; the checkpoint's config "
-                             f"{cfg.name!r} expects {cfg.model.image_size}px")
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers)
         results[split] = summarize(predict(model, loader, device, progress))
         results[split]["calibration_png"] = str(calibration_png(
@@ -186,6 +188,17 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
     return results
 
 
+def default_out(checkpoint) -> Path:
+    """Where d2a-eval writes without --out: ``RUN_DIR/eval/step_N`` for a checkpoint (not inside
+    ``checkpoints/step_N``, which training deletes when it prunes old checkpoints), and
+    ``./eval-NAME`` for an exported bundle."""
+    if recover.is_bundle(checkpoint):
+        return Path(f"eval-{Path(checkpoint).resolve().name}")
+    step = ckpt.resolve_checkpoint(checkpoint)
+    run = step.parent.parent if step.parent.name == "checkpoints" else step.parent
+    return run / "eval" / step.name
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2a-eval", description=HELP,
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -194,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True,
                    help="shard directory (repeat for several splits); the split name comes "
                         "from its manifest (id / ood), else the directory name")
-    p.add_argument("--out", default=None, help="output directory (default CHECKPOINT_DIR/eval)")
+    p.add_argument("--out", default=None, help="output directory (default RUN_DIR/eval/step_N, "
+                   "or ./eval-NAME for a bundle)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--workers", type=at_least(0), default=0, help="DataLoader workers")
@@ -215,9 +229,7 @@ def main(argv: list[str] | None = None) -> None:
             ds = ShardDataset(d)
             name = str(getattr(ds, "split", None) or Path(d).name)
             datasets[name if name not in datasets else f"{name}-{Path(d).name}"] = ds
-        out = args.out or (Path(f"eval-{Path(args.checkpoint).resolve().name}")
-                           if recover.is_bundle(args.checkpoint)
-                           else ckpt.resolve_checkpoint(args.checkpoint) / "eval")
+        out = args.out or default_out(args.checkpoint)
         results = evaluate_checkpoint(args.checkpoint, datasets, out, batch_size=args.batch_size,
                                       device=device, use_ema=not args.no_ema,
                                       workers=args.workers, flip=args.flip)
