@@ -1,10 +1,14 @@
 """``d2a-export CHECKPOINT``: a verified model bundle for the SDK.
 
 Writes into --out: model_fp32.onnx (+ model_fp16.onnx with --fp16, model_int8.onnx with --int8),
-model_<precision>.plan with --format trt, body.npz (the body asset the model was trained with)
-and manifest.json (I/O, normalisation, output shapes, body hash, joint names, parity, versions).
-Then prints the parity report (ONNX Runtime vs PyTorch on labelled synthetic crops: max abs
-error per output, max vertex error, MPJPE / PA-MPJPE deltas) and how to use the bundle.
+model_<precision>.plan with --format trt (and model_int8_sym.onnx, the zero-point-0 INT8 graph
+TensorRT takes, with --int8 --format trt), body.npz (the body asset the model was trained with),
+training_extras.safetensors (what training needs to go on from the bundle exactly; the SDK does
+not read it) and manifest.json (I/O, normalisation, output shapes, body hash, joint names,
+parity, versions). Graphs and plans of an earlier export in --out that this one does not write
+are removed. Then prints the parity report (ONNX Runtime vs PyTorch on labelled synthetic
+crops: max abs error per output, max and mean vertex error, MPJPE / PA-MPJPE and their deltas)
+and how to use the bundle.
 A failed export leaves no file that looks valid; with --format trt and no TensorRT the verified
 ONNX bundle stays and the command exits 3.
 """
@@ -16,27 +20,34 @@ from pathlib import Path
 
 
 def _report(manifest: dict, out: Path) -> str:
-    lines = [f"bundle: {out}", "| artifact | MB | measured with | max vertex err mm | "
-             "mean vertex err mm | MPJPE mm | PA-MPJPE mm | PA-MPJPE delta mm |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"bundle: {out}", "| artifact | MB | measured with | max abs error per output | "
+             "max vertex err mm | mean vertex err mm | MPJPE mm | MPJPE delta mm | PA-MPJPE mm "
+             "| PA-MPJPE delta mm |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in manifest["artifacts"].items():
         p = a.get("parity")
         if p is None:
             lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | (TensorRT, not verified here) "
-                         "| | | | | |")
+                         "| | | | | | | |")
             continue
-        mean = p.get("mean_vertex_error_mm", float("nan"))  # absent in older manifests
+        nan = float("nan")  # fields absent in older manifests
+        per_output = ", ".join(f"{k} {v:.2g}" for k, v in p.get("max_abs_error", {}).items())
         lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with'][:40]} | "
-                     f"{p['max_vertex_error_mm']:.4f} | {mean:.4f} | {p['mpjpe_mm']:.1f} | "
-                     f"{p['pa_mpjpe_mm']:.1f} | {p['pa_mpjpe_delta_mm']:+.2f} |")
+                     f"{per_output} | {p['max_vertex_error_mm']:.4f} | "
+                     f"{p.get('mean_vertex_error_mm', nan):.4f} | {p['mpjpe_mm']:.1f} | "
+                     f"{p.get('mpjpe_delta_mm', nan):+.2f} | {p['pa_mpjpe_mm']:.1f} | "
+                     f"{p['pa_mpjpe_delta_mm']:+.2f} |")
     cal = manifest.get("sigma_calibration")
     if cal:
         r = cal["mean_error_over_mean_sigma"]
         lines += ["", f"joint σ calibration: σ' = {cal['a']:.3g} · σ^{cal['p']:.3f} (metres), "
                   f"fitted on {cal['fitted_on']}; mean error / mean σ: {r['raw']:.2f} raw, "
                   f"{r['calibrated']:.2f} calibrated"]
+    onnx = [k for k, a in manifest["artifacts"].items()
+            if a.get("format") == "onnx" and k in ("fp32", "fp16", "int8")]
+    others = " / ".join(repr(k) for k in onnx if k != "fp32")
     lines += ["", "use it:", "    from d2a_edge import MeshRecoverer",
-              f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')  # or 'int8' / 'fp16'",
+              f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')"
+              + (f"  # or {others}" if others else ""),
               "    people = rec(frame_bgr)"]
     return "\n".join(lines)
 
@@ -60,6 +71,9 @@ def main(argv=None) -> int:
                    help="labelled synthetic crops for the parity report (and as many OOD "
                    "crops again for the joint σ calibration)")
     args = p.parse_args(argv)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"d2a-export: error: --out {args.out} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
         from d2a_edge.export.pipeline import ExportRequest, export_bundle
         from d2a_edge.training.checkpoint import CheckpointError, load_model_config
@@ -91,7 +105,7 @@ def main(argv=None) -> int:
     except TensorRTUnavailable as e:
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 3
-    except (ValueError, CheckpointError, FileNotFoundError) as e:
+    except (ValueError, CheckpointError, OSError) as e:  # OSError: e.g. --out not writable
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 2
     print(_report(manifest, Path(args.out)))

@@ -114,6 +114,9 @@ def measure(graph, asset, path: Path, precision: str, data) -> dict:
     return {**verify.compare(asset, OUTPUT_NAMES, ref, got, labels), "measured_with": where}
 
 
+STALE = ("model_*.onnx", "model_*.plan")  # export_bundle removes these from --out unless written
+
+
 def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
                   checkpoint: Path | None = None, progress=print,
                   loss_state: dict | None = None, untrained: list[str] | tuple = ()) -> dict:
@@ -135,8 +138,15 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     try:
         report, trt_error = _export_into(graph, asset, size, stage, req, precisions, name,
                                          checkpoint, progress, loss_state, untrained)
-        for f in sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json"):
-            f.replace(out / f.name)  # manifest.json last
+        written = sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json")
+        names = {f.name for f in written}
+        for f in written[:-1]:
+            f.replace(out / f.name)
+        for pattern in STALE:  # an earlier export's graphs and plans that this one did not make
+            for old in out.glob(pattern):
+                if old.name not in names:
+                    old.unlink()
+        written[-1].replace(out / written[-1].name)  # manifest.json last
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     if trt_error is not None:

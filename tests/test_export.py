@@ -221,12 +221,17 @@ def test_trt_missing_is_clear(tmp_path, fresh_model, anny_asset):
         pytest.skip("TensorRT is installed here")
     from d2a_edge.export.pipeline import ExportRequest, export_bundle
     from d2a_edge.export.tensorrt_build import TensorRTUnavailable
+    # an earlier export into the same folder left graphs and a plan this one does not make
+    for stale in ("model_int8.onnx", "model_fp16.plan"):
+        (tmp_path / stale).write_bytes(b"from an earlier export")
+    (tmp_path / "notes.txt").write_text("the user's own file")
     with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
         export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path, fmt="trt",
                                                               val_samples=2))
-    # the verified ONNX bundle remains, without any plan
+    # the verified ONNX bundle remains, without any plan, and without the stale files (an
+    # int8 graph beside a manifest without int8 looked like a model that would not load)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["body.npz", "manifest.json",
-                                                         "model_fp32.onnx",
+                                                         "model_fp32.onnx", "notes.txt",
                                                          "training_extras.safetensors"]
 
 
@@ -247,6 +252,9 @@ def test_cli_errors(tmp_path, capsys):
     from d2a_edge.export.cli import main
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "a_file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err  # was: a FileExistsError trace
     bad = tmp_path / "step_00000001"
     bad.mkdir()
     (bad / "meta.json").write_text("{ corrupt")
@@ -438,3 +446,21 @@ def test_trt_build_asks_each_version_the_right_way(tmp_path, monkeypatch, versio
         with pytest.raises(RuntimeError, match=match):
             build_engine(onnx_path, out, "int8", 192)
         assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_printed_report_has_the_parity_the_issue_asks_for():
+    """d2a-export's report: per artifact the max abs error of each output and the MPJPE and
+    PA-MPJPE deltas; the usage hint names only the precisions the bundle holds."""
+    from pathlib import Path
+
+    from d2a_edge.export.cli import _report
+    manifest = json.loads((Path(__file__).parents[1] / "d2a_edge" / "models" / "edge-s" /
+                           "manifest.json").read_text())
+    text = _report(manifest, Path("b"))
+    int8 = next(line for line in text.splitlines() if line.startswith("| int8 |"))
+    p = manifest["artifacts"]["int8"]["parity"]
+    assert f"pose {p['max_abs_error']['pose']:.2g}" in int8
+    assert f"{p['mpjpe_delta_mm']:+.2f} |" in int8 and f"{p['pa_mpjpe_delta_mm']:+.2f} |" in int8
+    assert "# or 'int8'" in text and "'fp16'" not in text
+    del manifest["artifacts"]["int8"]
+    assert "# or" not in _report(manifest, Path("b"))
