@@ -41,6 +41,8 @@ def test_configs_load_and_reject_typos(tmp_path):
     assert load_config("edge-s-gpu", {"optim": {"lr": 1.6e-3}}).optim.lr == 1.6e-3  # d2a-train --lr
     for optim, match in (({"lr": -1e-3}, "lr and grad_clip must be > 0"),
                          ({"grad_clip": 0.0}, "lr and grad_clip must be > 0"),
+                         ({"lr": float("inf")}, "all finite"),  # trained to NaN weights, rc 0
+                         ({"weight_decay": float("nan")}, "all finite"),
                          ({"ema_decay": 1.0}, "0 <= ema_decay < 1")):
         with pytest.raises(ValueError, match=match):
             load_config("edge-s", {"optim": optim})
@@ -640,6 +642,9 @@ def test_cli_rejects_counts_out_of_range(capsys):
         with pytest.raises(SystemExit) as e:
             main(["edge-s", "--on-the-fly", "--out", "unused", *args])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # was: a FileNotFoundError traceback
+        main(["edge-s", "--data", "/no/such/dataset", "--out", "unused"])
+    assert "d2a-train: error:" in str(e.value.code) and "/no/such/dataset" in str(e.value.code)
 
 
 @requires_anny
@@ -668,7 +673,7 @@ def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path, anny
     T.run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path, steps=2, ckpt_every=0,
           asset=anny_asset, progress=False)
     st = T.build_state(cfg, T.Dist(), total_steps=3, asset=anny_asset)
-    T.resume_state(st, tmp_path, T.Dist())
+    T.resume_state(st, tmp_path, T.Dist(), cfg)
     moments = [st.optimizer.state[p]["exp_avg"] for p in st.model.parameters() if p.dim() == 4]
     assert moments and all(m.is_contiguous(memory_format=torch.channels_last) for m in moments)
     T.train_step(st, batch, cfg, contextlib.nullcontext)
@@ -705,9 +710,14 @@ def test_freeze_keeps_the_named_modules_fixed_and_resumes_only_alike(tmp_path, a
     other = T.build_state(tiny_config(), T.Dist(), total_steps=3, asset=anny_asset)
     with pytest.raises(ValueError, match=r"train.freeze \['backbone', 'depth_net'\].*"
                                          r"resume with the same --freeze"):
-        T.resume_state(other, tmp_path, T.Dist())
+        T.resume_state(other, tmp_path, T.Dist(), tiny_config())
     T.resume_state(T.build_state(cfg, T.Dist(), total_steps=3, asset=anny_asset), tmp_path,
-                   T.Dist())
+                   T.Dist(), cfg)
+    # another model config: one clear line (it was 286 lines of load_state_dict mismatches)
+    wide = tiny_config(model={"encoder": {"mlp_ratio": 4.0}})
+    with pytest.raises(ValueError, match="whose model differs.*resume with the same config"):
+        T.resume_state(T.build_state(wide, T.Dist(), total_steps=3, asset=anny_asset),
+                       tmp_path, T.Dist(), wide)
     with pytest.raises(ValueError, match="no module 'backbon'.*'backbone'"):
         T.build_state(tiny_config(train={"freeze": ["backbon"]}), T.Dist(), total_steps=3,
                       asset=anny_asset)

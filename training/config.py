@@ -9,6 +9,7 @@ Unknown keys raise ``ValueError`` naming the key and the valid ones (typos never
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +112,10 @@ class OptimConfig:
     amp_cpu: bool = False   # bf16 autocast on CPU
 
     def __post_init__(self):
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError(f"optim: lr and grad_clip must be > 0 and weight_decay >= 0, got "
-                             f"lr={self.lr}, grad_clip={self.grad_clip}, "
+        if not all(math.isfinite(v) for v in (self.lr, self.weight_decay, self.grad_clip)) \
+                or not self.lr > 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError(f"optim: lr and grad_clip must be > 0 and weight_decay >= 0, all "
+                             f"finite, got lr={self.lr}, grad_clip={self.grad_clip}, "
                              f"weight_decay={self.weight_decay}")
         if not 0 <= self.ema_decay < 1 or not 0 <= self.min_lr_ratio <= 1 \
                 or self.warmup_steps < 0:

@@ -177,10 +177,13 @@ def freeze(model: D2AHMR, names: tuple[str, ...]) -> None:
         modules[name].requires_grad_(False)
 
 
-def resume_state(st: State, run_dir: Path, d: Dist) -> dict:
+def resume_state(st: State, run_dir: Path, d: Dist, cfg: Config) -> dict:
     """Restore ``st`` from ``run_dir``'s latest checkpoint (weights, optimizer, RNG, step);
-    returns the checkpoint's meta."""
+    returns the checkpoint's meta. A checkpoint of another model config is a ValueError."""
     c = ckpt.read_checkpoint(run_dir, with_train_state=True)
+    if c["meta"]["config"].get("model") != config_to_dict(cfg)["model"]:
+        raise ValueError(f"{run_dir} was trained with config {c['meta']['config'].get('name')!r}, "
+                         f"whose model differs from {cfg.name!r}'s: resume with the same config")
     saved = tuple(c["meta"]["config"].get("train", {}).get("freeze", ()))
     frozen = tuple(n for n, m in st.model.named_children()
                    if any(True for _ in m.parameters())
@@ -442,7 +445,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
         init_weights(st, init, d)
     if resume and (run_dir / "checkpoints" / "latest.json").is_file():
-        meta = resume_state(st, run_dir, d)
+        meta = resume_state(st, run_dir, d, cfg)
         if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
             total = st.schedule.total = int(meta["schedule_total"])
     elif resume and d.main:
@@ -578,7 +581,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory (created)")
     p.add_argument("--steps", type=at_least(1), default=None, help="total steps (default: config)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from RUN_DIR's latest checkpoint")
+                   help="continue from RUN_DIR's latest checkpoint (same config and --freeze); "
+                   "a RUN_DIR without one starts at step 0 with a warning, so a restart loop "
+                   "can always pass --resume")
     p.add_argument("--batch-size", type=at_least(1), default=None, help="per-process batch size")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr (peak learning rate)")
     p.add_argument("--ckpt-every", type=at_least(0), default=None,
@@ -648,7 +653,7 @@ def main(argv: list[str] | None = None) -> None:
                       time_budget=args.time_budget, init=args.init, echo=args.echo,
                       compile=args.compile, cuda_graph=args.cuda_graph,
                       stop_after=args.stop_after, warm_fresh=args.warm_fresh)
-    except (ValueError, RuntimeError, ckpt.CheckpointError) as e:
+    except (ValueError, RuntimeError, OSError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=1))
