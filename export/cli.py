@@ -71,6 +71,8 @@ def main(argv=None) -> int:
                    help="labelled synthetic crops for the parity report (and as many OOD "
                    "crops again for the joint σ calibration)")
     args = p.parse_args(argv)
+    if args.calib is not None and not args.int8:
+        print("d2a-export: warning: --calib is used only with --int8; ignored", file=sys.stderr)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"d2a-export: error: --out {args.out} is a file, not a folder", file=sys.stderr)
         return 2

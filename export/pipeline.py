@@ -131,6 +131,7 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     graph = FusedGraph(model)
     size = model.cfg.image_size
     out = Path(req.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".d2a-export-staging"
     shutil.rmtree(stage, ignore_errors=True)
@@ -149,6 +150,8 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
         written[-1].replace(out / written[-1].name)  # manifest.json last
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(out.iterdir()):  # a failed export leaves no empty --out behind
+            out.rmdir()
     if trt_error is not None:
         raise trt_error  # the verified ONNX bundle stays in place
     return report

@@ -271,6 +271,9 @@ def test_cli_generate_preview_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["preview", str(tmp_path / "nothing"), "--out", str(png)])
     assert e.value.code == 2 and "not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # was: a cv2.error traceback
+        main(["preview", str(out), "--out", str(tmp_path / "sheet.txt")])
+    assert e.value.code == 2 and "must end in .png" in capsys.readouterr().err
     assert os.path.getsize(png) > 0
 
 

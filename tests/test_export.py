@@ -90,6 +90,10 @@ def test_bad_requests(tmp_path, fresh_model, anny_asset):
         export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path, opset=9,
                                                               val_samples=2))
     assert not any(tmp_path.iterdir())  # no partial artifacts left behind
+    with pytest.raises(ValueError, match="opset 9 is not supported"):
+        export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path / "new", opset=9,
+                                                              val_samples=2))
+    assert not (tmp_path / "new").exists()  # nor an empty --out folder it made itself
 
 
 def _activation_zero_points(path) -> list[np.ndarray]:

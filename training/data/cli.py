@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 GENERATE_HELP = """Render N synthetic samples of the Anny body (or --body) into OUT:
   OUT/manifest.json                 config, schema, shard list (JSON)
@@ -68,6 +69,8 @@ def _preview(args) -> None:
 
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        raise ValueError(f"--out {args.out} must end in .png (or .jpg, .bmp, .webp)")
     path = write_contact_sheet(ShardReader(args.dir), args.out, args.num)
     print(f"wrote {path}")
 
