@@ -51,6 +51,9 @@ class ExportRequest:
                              "--calib DIR (a folder of your images)")
         if self.int8 and str(self.calib).isdigit() and int(self.calib) < 1:
             raise ValueError(f"--calib {self.calib}: at least 1 calibration crop is needed")
+        if self.int8 and not str(self.calib).isdigit() and not Path(self.calib).exists():
+            raise ValueError(f"--calib {self.calib}: neither a number of synthetic crops nor "
+                             "an existing folder or video of your images")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be >= 1 (or --dynamic), got {self.batch}")
         if self.val_samples < 1:

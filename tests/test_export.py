@@ -268,7 +268,8 @@ def test_cli_errors(tmp_path, capsys):
     assert "--int8 needs calibration data" in capsys.readouterr().err
     for args, msg in ((["--val-samples", "0"], "--val-samples must be >= 1"),
                       (["--batch", "0"], "--batch must be >= 1"),
-                      (["--int8", "--calib", "0"], "at least 1 calibration crop")):
+                      (["--int8", "--calib", "0"], "at least 1 calibration crop"),
+                      (["--int8", "--calib", str(tmp_path / "no_images")], "neither a number")):
         # checked before anything is loaded or written (was: a numpy error after the export)
         assert main([str(bad), "--out", str(tmp_path / "o"), *args]) == 2
         assert msg in capsys.readouterr().err
