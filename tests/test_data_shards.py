@@ -113,6 +113,7 @@ def test_bad_backgrounds_folder_fails_before_rendering(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         generate(_cfg(tmp_path / "out", backgrounds=str(tmp_path / "empty")))
+    assert not (tmp_path / "out").exists()  # no empty dataset folder left behind
 
 
 def test_user_backgrounds_are_used(tmp_path):

@@ -198,9 +198,9 @@ def generate(cfg: GenerateConfig, on_shard: Callable[[dict], None] | None = None
 
     on_shard(entry) is called after each finished shard (the CLI advances its progress bar).
     """
+    asset = load_asset(cfg)  # a bad --body or --backgrounds fails before --out is made
+    Backgrounds(cfg.backgrounds)  # here, not in a worker
     root = prepare_out(cfg.out)
-    asset = load_asset(cfg)
-    Backgrounds(cfg.backgrounds)  # fail here, not in a worker, on a bad --backgrounds folder
     identity = cfg.identity(asset)
     man = _new_manifest(cfg, identity)
     if (root / MANIFEST).exists():
