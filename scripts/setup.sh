@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ]; then
     aarch64) .venv/bin/pip install -q torch==2.9.1 torchvision==0.24.1 ;;
     *) .venv/bin/pip install -q torch torchvision ;;
   esac
-  .venv/bin/pip install -q scikit-build-core pybind11
+  .venv/bin/pip install -q scikit-build-core pybind11 cmake ninja  # no system cmake or make needed
   # The CUDA kernel is compiled only where a GPU can run it; its own test compiles it anyway.
   cuda=OFF; command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && cuda=ON
   .venv/bin/pip install -q --no-build-isolation -Ccmake.define.D2A_WITH_CUDA=$cuda \
