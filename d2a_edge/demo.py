@@ -46,23 +46,39 @@ def _can_show() -> bool:
         return False
 
 
+OUTPUTS = ("frame_*.png", "mesh_*.obj")  # what --save writes (and clears from an earlier run)
+
+
 def run(args) -> int:
     from d2a_edge.imageio import open_source
     from d2a_edge.recoverer import MeshRecoverer
+    save = Path(args.save) if args.save else None
+    if args.no_display and save is None:
+        print("d2a-demo: error: --no-display without --save leaves nothing to do: pass --save "
+              "DIR", file=sys.stderr)
+        return 2
+    if save is not None and save.exists() and not save.is_dir():
+        print(f"d2a-demo: error: --save {save} is a file, not a folder", file=sys.stderr)
+        return 2
+    frames = open_source(args.source)  # a bad source fails before anything loads or is written
     rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision,
                         mesh=args.mesh, flip=args.flip)
-    save = Path(args.save) if args.save else None
-    if save:
-        save.mkdir(parents=True, exist_ok=True)
     show = not args.no_display and _can_show()
     if not show and save is None:
         print("d2a-demo: error: no display here (OpenCV headless?): pass --save DIR",
               file=sys.stderr)
         return 2
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+        stale = [f for pattern in OUTPUTS for f in save.glob(pattern)]
+        for f in stale:
+            f.unlink()
+        if stale:
+            print(f"d2a-demo: removed {len(stale)} overlays and meshes of an earlier run from "
+                  f"{save}", file=sys.stderr)
     parents = rec.bundle.asset.parents
     from d2a_edge.overlay_gl import make_mesh_drawer
     drawer = make_mesh_drawer(args.overlay)
-    frames = open_source(args.source)
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
         ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
     try:
@@ -114,10 +130,12 @@ def main(argv=None) -> int:
                    help="output mesh: full, or the coarse sub-mesh (fewer vertices)")
     p.add_argument("--flip", action="store_true", help="also run the model on each crop's "
                    "mirror image and average (a little more accurate, twice the engine time)")
-    p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder")
+    p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder "
+                   "(those of an earlier run there are removed first)")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
-                   "frame's mesh, One-Euro smoothing")
+                   "frame's mesh, One-Euro smoothing; it locates the person itself (first "
+                   "frame, and whenever lost), so --locate adds nothing to it")
     p.add_argument("--locate", action="store_true", help="find the person in each frame with "
                    "the built-in window search (boxes=\"auto\"); default: the whole frame")
     p.add_argument("--overlay", default="auto", choices=["auto", "gl", "cv"],

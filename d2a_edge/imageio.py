@@ -98,8 +98,9 @@ def _capture(target, is_camera: bool, max_failures: int = 5):
     cap = cv2.VideoCapture(target)
     if not cap.isOpened():
         cap.release()
-        what = f"camera {target}" if is_camera else f"video {target}"
-        raise InputError(f"{what} could not be opened (not connected, busy, or unsupported)")
+        raise InputError(f"camera {target} could not be opened (not connected, busy, or "
+                         "unsupported)" if is_camera else f"video {target} could not be opened "
+                         "(corrupt, truncated, or a format this OpenCV cannot decode)")
 
     def frames():
         fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
@@ -134,5 +135,5 @@ def _folder(path: Path):
             try:
                 yield float(i), read_image(f)
             except InputError as e:
-                log.warning("skipping %s", e)
+                log.warning("skipping %s: %s", f.name, e)
     return frames()

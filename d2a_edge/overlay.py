@@ -4,6 +4,9 @@ Painter's algorithm with flat Lambert shading: good enough to see that a mesh si
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from d2a_edge.camera import project
@@ -62,8 +65,16 @@ def draw_joints(image: np.ndarray, joints2d: np.ndarray, parents=None,
 
 
 def write_obj(path, verts: np.ndarray, faces: np.ndarray) -> None:
-    """Write a mesh as Wavefront OBJ (camera frame, metres)."""
-    with open(path, "w") as f:
-        f.write("# d2a-edge mesh, camera frame (x right, y down, z forward), metres\n")
-        np.savetxt(f, verts, fmt="v %.5f %.5f %.5f")
-        np.savetxt(f, faces + 1, fmt="f %d %d %d")
+    """Write a mesh as Wavefront OBJ (camera frame, metres), atomically: a full disk leaves no
+    partial file, and the OSError names the path."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with open(tmp, "w") as f:
+            f.write("# d2a-edge mesh, camera frame (x right, y down, z forward), metres\n")
+            np.savetxt(f, verts, fmt="v %.5f %.5f %.5f")
+            np.savetxt(f, faces + 1, fmt="f %d %d %d")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"could not write {path}: {e.strerror or e}") from e

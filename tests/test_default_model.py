@@ -25,6 +25,15 @@ def test_main_job_writes_overlays(tmp_path):
     assert len(list(tmp_path.glob("frame_*.png"))) == 6
     assert len(list(tmp_path.glob("mesh_*.obj"))) == 6
     assert demo_main(["--source", str(tmp_path / "missing"), "--save", str(tmp_path)]) == 2
+    # a bad source fails before the --save folder is made
+    assert demo_main(["--source", str(tmp_path / "missing"), "--save", str(tmp_path / "new"),
+                      "--no-display"]) == 2
+    assert not (tmp_path / "new").exists()
+    # a second run into the same folder leaves only its own outputs (6 frames before, 2 now)
+    assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path),
+                      "--no-display", "--max-frames", "2", "--overlay", "cv"]) == 0
+    assert len(list(tmp_path.glob("frame_*.png"))) == 2
+    assert len(list(tmp_path.glob("mesh_*.obj"))) == 2
 
 
 def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
@@ -46,6 +55,12 @@ def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatc
         with pytest.raises(SystemExit) as e:  # was: an InputError traceback
             bench_main(["--images", str(images)])
         assert e.value.code == 2 and message in capsys.readouterr().err
+    assert demo_main(["--source", str(ROOT / "samples"), "--no-display"]) == 2
+    assert "--no-display without --save" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "a_file"),
+                      "--no-display"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
     monkeypatch.setattr(cv2, "imwrite", lambda path, image: False)  # e.g. a full disk
     assert demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path / "o"),
                       "--no-display", "--overlay", "cv"]) == 2
@@ -89,3 +104,28 @@ def test_committed_weights_fit_the_30_mb_budget():
         for art in json.loads(manifest.read_text())["artifacts"].values():
             path = manifest.parent / art["file"]
             assert path.stat().st_size == art["bytes"] and file_sha256(path) == art["sha256"]
+
+
+def test_write_obj_leaves_no_partial_file_on_a_full_disk(tmp_path, monkeypatch):
+    """An OBJ that cannot be written in full leaves nothing behind (a 69 KB partial mesh was
+    left on a full disk), and the error names the file."""
+    import errno
+
+    import pytest
+
+    from d2a_edge import overlay
+    verts, faces = np.zeros((4, 3), np.float32), np.array([[0, 1, 2], [1, 2, 3]])
+    overlay.write_obj(tmp_path / "ok.obj", verts, faces)
+    assert (tmp_path / "ok.obj").read_text().count("\nf ") == 2
+    real, calls = np.savetxt, []
+
+    def savetxt(f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the faces, after the vertices went out
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(np, "savetxt", savetxt)
+    with pytest.raises(OSError, match="could not write .*full.obj: No space left"):
+        overlay.write_obj(tmp_path / "full.obj", verts, faces)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.obj"]
