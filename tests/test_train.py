@@ -119,6 +119,80 @@ def test_pruning_never_removes_the_checkpoint_just_written(tmp_path, anny_asset)
     assert ckpt.read_checkpoint(tmp_path)["meta"]["step"] == 3
 
 
+def test_resume_survives_a_lost_latest_json_a_damaged_checkpoint_and_a_kill_while_saving(
+        tmp_path, anny_asset, capsys, monkeypatch):
+    """--resume continues from the newest intact checkpoint when latest.json is gone or garbled
+    (it started again at step 0 and overwrote the run) or the newest checkpoint is damaged (the
+    error's advice could not be followed); saving a step that exists already keeps it until
+    the end (a kill in between deleted it and left latest.json pointing at nothing); a killed
+    save's temporary directory is cleared; malformed JSON is a CheckpointError, not a
+    traceback; a new run refuses a directory that holds step_* checkpoints."""
+    import shutil
+
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import run
+    cfg, ds = tiny_config(), BatchDataset(anny_asset, 4, 64, seed=4)
+    kw = dict(ckpt_every=2, asset=anny_asset, progress=False)
+    run(cfg, ds, tmp_path / "ref", steps=6, **kw)
+    cks = tmp_path / "ref" / "checkpoints"
+    assert sorted(p.name for p in cks.glob("step_*")) == [
+        "step_00000002", "step_00000004", "step_00000006"]
+
+    def resumed_from(case, steps=6):
+        capsys.readouterr()
+        run(cfg, ds, tmp_path / case, steps=steps, resume=True, **kw)
+        err = capsys.readouterr().err
+        return err, ckpt.read_checkpoint(tmp_path / case)["meta"]["step"]
+
+    shutil.copytree(tmp_path / "ref", tmp_path / "lost")
+    (tmp_path / "lost" / "checkpoints" / "latest.json").unlink()
+    with pytest.raises(ValueError, match="already holds a run's checkpoints"):
+        run(cfg, ds, tmp_path / "lost", steps=6, **kw)
+    err, step = resumed_from("lost", steps=8)
+    assert "resumed from" in err and "step_00000006 at step 6" in err and step == 8
+    shutil.copytree(tmp_path / "ref", tmp_path / "garbled")
+    (tmp_path / "garbled" / "checkpoints" / "latest.json").write_text("[]")
+    with pytest.raises(ckpt.CheckpointError, match="latest.json is corrupt"):
+        ckpt.read_checkpoint(tmp_path / "garbled")
+    err, step = resumed_from("garbled", steps=8)
+    assert "passing over" in err and "at step 6" in err and step == 8
+    shutil.copytree(tmp_path / "ref", tmp_path / "damaged")
+    with open(tmp_path / "damaged" / "checkpoints" / "step_00000006" / "model.safetensors",
+              "r+b") as f:
+        f.truncate(1000)
+    err, step = resumed_from("damaged")
+    assert "passing over" in err and "sha256 mismatch" in err and "at step 4" in err
+    assert step == 6  # trained again from 4 and saved a whole step 6 over the damaged one
+
+    # a kill while saving a step that already exists (simulated: the move of the new
+    # directory fails) leaves the old one whole, and latest.json on it
+    shutil.copytree(tmp_path / "ref", tmp_path / "again")
+    real = ckpt.os.replace
+
+    def killed(src, dst):
+        if Path(src).is_dir():
+            raise KeyboardInterrupt("killed")
+        return real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", killed)
+    run(cfg, ds, tmp_path / "again", steps=6, resume=True, **kw)  # saves step 6 again
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    assert ckpt.read_checkpoint(tmp_path / "again", with_train_state=True)["meta"]["step"] == 6
+    # a temporary directory left by a killed save goes at the next save
+    stale = tmp_path / "again" / "checkpoints" / ".tmp-step_00000008-12345"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    run(cfg, ds, tmp_path / "again", steps=8, resume=True, **kw)
+    assert not stale.exists()
+    # malformed meta.json: one clear error
+    meta = cks / "step_00000006" / "meta.json"
+    for text, match in (("[]", "format 'list'"), ('{"format": "d2a-ckpt-1"}', "lacks the sha256")):
+        meta.write_text(text)
+        with pytest.raises(ckpt.CheckpointError, match=match):
+            ckpt.read_checkpoint(tmp_path / "ref")
+
+
 def test_the_summary_reports_the_time_spent_waiting_for_data(tmp_path, anny_asset):
     """A dataset that takes 0.1 s per sample: 3 steps of batch 4 wait >= 1.2 s for it."""
     import time as _time

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from d2a_edge.body import file_sha256
 
 FORMAT = "d2a-ckpt-1"
+TRAIN_STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "step")
 
 
 class CheckpointError(RuntimeError):
@@ -88,8 +89,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
+    for stale in root.glob(".tmp-step_*"):  # left by a run killed while saving (~57 MB each)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     weights = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     weights.update({f"loss.{k}": v.detach().contiguous() for k, v in loss.state_dict().items()})
@@ -106,8 +108,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, model: torch.nn.Mo
     (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, "sha256": files,
                                                **meta}, indent=1))
     final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    if _intact(final, with_train_state=True):
+        # The same step again (a --resume of a finished run, a stop signal right after a
+        # scheduled save): it holds this very state. Deleting it first would leave latest.json
+        # pointing at nothing if the process were killed in between.
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     _write_json_atomic(root / "latest.json", {"step": step, "path": name})
     # Keep the newest ``keep`` up to this one. Only earlier steps are removed: never the checkpoint
     # just written, even where a later-numbered one from another run shares the directory.
@@ -162,9 +170,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     for latest in (p / "checkpoints" / "latest.json", p / "latest.json"):
         if latest.is_file():
             try:
-                return latest.parent / json.loads(latest.read_text())["path"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{latest} is corrupt ({e}); pass a step_* directory") from e
+                return latest.parent / str(json.loads(latest.read_text())["path"])
+            except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{latest} is corrupt ({e}); pass a step_* directory "
+                                      "(d2a-train --resume falls back to the newest intact one)"
+                                      ) from e
     if p.is_file() and p.name in ("model.safetensors", "meta.json"):
         p = p.parent
     if (p / "meta.json").is_file():
@@ -176,30 +186,89 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 def read_checkpoint(path: str | os.PathLike, *, with_train_state: bool = False) -> dict:
     """Verified contents: ``meta``, ``weights`` (name -> tensor) and, if asked, ``state`` tensors
     and ``state_json``. Raises ``CheckpointError`` on any mismatch."""
-    d = resolve_checkpoint(path)
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {d}: meta.json unreadable ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {d}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    names = ["model.safetensors"] + (["train_state.safetensors"] if with_train_state else [])
-    for f in names:
-        if not (d / f).is_file():
-            raise CheckpointError(f"checkpoint {d}: {f} is missing")
-        if file_sha256(d / f) != meta["sha256"][f]:
-            raise CheckpointError(f"checkpoint {d}: {f} is corrupt (sha256 mismatch); "
-                                  f"use an earlier step_* directory")
+    d, meta = verify_checkpoint(path, with_train_state)
     try:
         out = {"dir": d, "meta": meta, "weights": load_file(str(d / "model.safetensors"))}
         if with_train_state:
             from safetensors import safe_open
             with safe_open(str(d / "train_state.safetensors"), "pt") as f:
                 out["state_json"] = json.loads(f.metadata()["json"])
+            lacking = [k for k in TRAIN_STATE_KEYS if k not in out["state_json"]]
+            if lacking:
+                raise KeyError(f"the train state lacks {lacking}")
             out["state"] = load_file(str(d / "train_state.safetensors"))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {d}: cannot be read ({e})") from e
     return out
+
+
+def verify_checkpoint(path: str | os.PathLike, with_train_state: bool = False
+                      ) -> tuple[Path, dict]:
+    """(directory, meta) of the checkpoint at ``path`` after checking that meta.json is whole
+    and every file matches its sha256; ``CheckpointError`` naming what is wrong."""
+    d = resolve_checkpoint(path)
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint {d}: meta.json unreadable ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"checkpoint {d}: format {got!r}, expected {FORMAT!r}")
+    names = ["model.safetensors"] + (["train_state.safetensors"] if with_train_state else [])
+    if with_train_state and meta.get("weights_only"):
+        raise CheckpointError(f"checkpoint {d}: train_state.safetensors is missing (a "
+                              "weights-only checkpoint: start a run from it with --init)")
+    hashes = meta.get("sha256")
+    if not isinstance(hashes, dict) or not all(isinstance(hashes.get(f), str) for f in names):
+        raise CheckpointError(f"checkpoint {d}: meta.json lacks the sha256 of {names}")
+    for f in names:
+        if not (d / f).is_file():
+            raise CheckpointError(f"checkpoint {d}: {f} is missing")
+        if file_sha256(d / f) != hashes[f]:
+            raise CheckpointError(f"checkpoint {d}: {f} is corrupt (sha256 mismatch); "
+                                  f"use an earlier step_* directory")
+    return d, meta
+
+
+def _intact(d: Path, with_train_state: bool) -> bool:
+    """Whether ``d`` is a complete checkpoint whose files match its meta.json."""
+    try:
+        verify_checkpoint(d, with_train_state)
+        return True
+    except CheckpointError:
+        return False
+
+
+def latest_intact(run_dir: str | os.PathLike, with_train_state: bool = True
+                  ) -> tuple[Path | None, list[str]]:
+    """The checkpoint ``--resume`` continues from: the one ``latest.json`` names if it is
+    intact, else the newest intact ``step_*`` (a latest.json lost or garbled by a kill or a
+    disk fault, a damaged checkpoint). Returns (directory or None, why each newer one was
+    passed over)."""
+    root = Path(run_dir) / "checkpoints"
+    candidates, skipped = [], []
+    try:
+        candidates.append(resolve_checkpoint(run_dir))
+    except CheckpointError as e:
+        if (root / "latest.json").exists():
+            skipped.append(str(e))
+    candidates += sorted((p for p in root.glob("step_*") if p.is_dir()), reverse=True)
+    for d in dict.fromkeys(candidates):
+        try:
+            verify_checkpoint(d, with_train_state)
+            return d, skipped
+        except CheckpointError as e:
+            skipped.append(str(e))
+    return None, skipped
+
+
+def config_of(c: dict) -> dict:
+    """The training config a ``read_checkpoint`` result was written with (CheckpointError if its
+    meta.json has none)."""
+    cfg = c["meta"].get("config")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"checkpoint {c['dir']}: meta.json holds no training config")
+    return cfg
 
 
 def split_weights(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -235,7 +304,7 @@ def load_model_config(path: str | os.PathLike, device: str | torch.device = "cpu
         meta = {"step": 0, "config": config_to_dict(cfg), "recovered_from": report}
         return model.to(device).eval(), cfg, meta
     c = read_checkpoint(path)
-    cfg = config_from_dict(c["meta"]["config"])
+    cfg = config_from_dict(config_of(c))
     model = build_model(cfg.model, asset)
     weights = split_weights(c["weights"], "model")
     ema = split_weights(c["weights"], "ema")

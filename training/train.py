@@ -177,19 +177,33 @@ def freeze(model: D2AHMR, names: tuple[str, ...]) -> None:
         modules[name].requires_grad_(False)
 
 
-def resume_state(st: State, run_dir: Path, d: Dist, cfg: Config) -> dict:
-    """Restore ``st`` from ``run_dir``'s latest checkpoint (weights, optimizer, RNG, step);
-    returns the checkpoint's meta. A checkpoint of another model config is a ValueError."""
-    c = ckpt.read_checkpoint(run_dir, with_train_state=True)
-    if c["meta"]["config"].get("model") != config_to_dict(cfg)["model"]:
-        raise ValueError(f"{run_dir} was trained with config {c['meta']['config'].get('name')!r}, "
+RESUME_SETTINGS = (("train", "seed", "--seed"), ("train", "batch_size", "--batch-size"),
+                   ("optim", "lr", "--lr"))  # resume_state warns when these differ
+
+
+def resume_state(st: State, path: Path, d: Dist, cfg: Config) -> dict:
+    """Restore ``st`` from the checkpoint at ``path`` (weights, optimizer, RNG, step); returns
+    its meta. A checkpoint of another model config is a ValueError; another seed, batch size
+    or learning rate is a warning (the data order changes; the schedule stays the saved one)."""
+    c = ckpt.read_checkpoint(path, with_train_state=True)
+    saved_cfg = ckpt.config_of(c)
+    if saved_cfg.get("model") != config_to_dict(cfg)["model"]:
+        raise ValueError(f"{path} was trained with config {saved_cfg.get('name')!r}, "
                          f"whose model differs from {cfg.name!r}'s: resume with the same config")
-    saved = tuple(c["meta"]["config"].get("train", {}).get("freeze", ()))
+    now = config_to_dict(cfg)
+    changed = [f"{flag} {saved_cfg.get(sec, {}).get(key)} -> {now[sec][key]}"
+               for sec, key, flag in RESUME_SETTINGS
+               if saved_cfg.get(sec, {}).get(key) != now[sec][key]]
+    if changed and d.main:
+        print(f"--resume: warning: {', '.join(changed)} since the checkpoint; the data order "
+              "follows the new values, the learning-rate schedule stays the checkpoint's",
+              file=sys.stderr)
+    saved = tuple(saved_cfg.get("train", {}).get("freeze", ()))
     frozen = tuple(n for n, m in st.model.named_children()
                    if any(True for _ in m.parameters())
                    and not any(p.requires_grad for p in m.parameters()))
     if sorted(saved) != sorted(frozen):  # the optimizer state holds the other parameters
-        raise ValueError(f"{run_dir} was trained with train.freeze {list(saved)}, this run has "
+        raise ValueError(f"{path} was trained with train.freeze {list(saved)}, this run has "
                          f"{list(frozen)}: resume with the same --freeze")
     w = {k: v.to(d.device) for k, v in c["weights"].items()}
     st.model.load_state_dict(ckpt.split_weights(w, "model"))
@@ -427,9 +441,19 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "checkpoints" / "latest.json").is_file():
+    held = (run_dir / "checkpoints" / "latest.json").is_file() or \
+        any((run_dir / "checkpoints").glob("step_*"))
+    if not resume and held:
         raise ValueError(f"{run_dir} already holds a run's checkpoints; pass --resume to continue "
                          "it, or choose another --out")
+    start = None  # the checkpoint --resume continues from
+    if resume and held:
+        start, skipped = ckpt.latest_intact(run_dir)
+        if start is None:
+            raise ckpt.CheckpointError(f"--resume: no intact checkpoint in {run_dir}: "
+                                       + "; ".join(skipped))
+        for why in skipped:
+            print(f"--resume: passing over {why}", file=sys.stderr)
     d = setup_distributed(device)
     if cuda_graph and (d.device.type != "cuda" or d.world > 1 or compile):
         raise ValueError("--cuda-graph needs one CUDA process (not torchrun) and no --compile; "
@@ -442,10 +466,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     st = build_state(cfg, d, total, asset)
     if echo < 1:
         raise ValueError(f"echo must be >= 1, got {echo}")
-    if init and not (resume and (run_dir / "checkpoints" / "latest.json").is_file()):
+    if init and start is None:
         init_weights(st, init, d)
-    if resume and (run_dir / "checkpoints" / "latest.json").is_file():
-        meta = resume_state(st, run_dir, d, cfg)
+    if start is not None:
+        meta = resume_state(st, start, d, cfg)
         if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
             total = st.schedule.total = int(meta["schedule_total"])
     elif resume and d.main:
