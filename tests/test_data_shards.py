@@ -43,6 +43,14 @@ def test_layout_and_manifest(reference):
     assert not list(reference.glob("*.partial"))
 
 
+def test_a_damaged_manifest_is_a_clear_error(tmp_path):
+    from d2a_edge.training.data.shards import read_manifest
+    for text, match in (("[]", "corrupt \\(a list"), ("{ not json", "manifest.json is corrupt")):
+        (tmp_path / "manifest.json").write_text(text)  # was: AttributeError / a bare JSON error
+        with pytest.raises(ValueError, match=match):
+            read_manifest(tmp_path)
+
+
 def test_same_seed_gives_byte_identical_shards(reference, tmp_path):
     from d2a_edge.training.data.shards import generate
     generate(_cfg(tmp_path / "again"))

@@ -104,7 +104,12 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {root} a directory written by "
                                 "`d2a-data generate`?")
-    man = json.loads(path.read_text())
+    try:
+        man = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupt ({e})") from e
+    if not isinstance(man, dict):
+        raise ValueError(f"{path} is corrupt (a {type(man).__name__}, not a manifest)")
     if man.get("format") != FORMAT or man.get("version") != VERSION:
         raise ValueError(f"{path}: format {man.get('format')!r} v{man.get('version')}, expected "
                          f"{FORMAT!r} v{VERSION}")
