@@ -390,6 +390,9 @@ class MeshRecoverer:
         if person.score < min_score or inside.mean() < 0.5:
             return None
         lo, hi = uv[seen].min(0), uv[seen].max(0)
-        if not np.all(hi > lo):  # a mesh collapsed to a point or a line: no box
+        box = np.array([lo[0], lo[1], hi[0], hi[1]], np.float32)
+        try:  # a mesh collapsed to a point or a line, or reaching far out: no box
+            _boxes_array(box, W, H)
+        except InputError:
             return None
-        return np.array([lo[0], lo[1], hi[0], hi[1]], np.float32)
+        return box

@@ -50,6 +50,10 @@ def test_tracking_box_ignores_vertices_at_or_behind_the_camera():
     got = box(near)
     assert got is not None and np.all(np.isfinite(got)) and np.all(got[2:] > got[:2])
     assert box(verts * np.float32([1, 1, -1])) is None  # behind the camera
+    # a mesh that projects to under 2 px (a person hundreds of metres away) is lost too: the
+    # next frame's call would reject that box and end the stream
+    far = verts * np.float32([1, 1, 1000])
+    assert box(far) is None
 
 
 def test_score_is_relative_to_the_models_typical_sigma():
