@@ -186,11 +186,10 @@ def resume_state(st: State, path: Path, d: Dist, cfg: Config) -> dict:
     its meta. A checkpoint of another model config is a ValueError; another seed, batch size
     or learning rate is a warning (the data order changes; the schedule stays the saved one)."""
     c = ckpt.read_checkpoint(path, with_train_state=True)
-    saved_cfg = ckpt.config_of(c)
-    if saved_cfg.get("model") != config_to_dict(cfg)["model"]:
+    saved_cfg, now = ckpt.config_of(c), config_to_dict(cfg)
+    if saved_cfg.get("model") != now["model"]:
         raise ValueError(f"{path} was trained with config {saved_cfg.get('name')!r}, "
                          f"whose model differs from {cfg.name!r}'s: resume with the same config")
-    now = config_to_dict(cfg)
     changed = [f"{flag} {saved_cfg.get(sec, {}).get(key)} -> {now[sec][key]}"
                for sec, key, flag in RESUME_SETTINGS
                if saved_cfg.get(sec, {}).get(key) != now[sec][key]]
