@@ -106,6 +106,35 @@ def test_corrupt_and_foreign_npz(tmp_path, rng):
         load_body_asset(tmp_path / "inconsistent.npz")
     with pytest.raises(BodyAssetError, match="not found"):
         load_body_asset(tmp_path / "missing.npz")
+    # damage that loaded and then gave a garbage mesh, or a raw numpy error
+    breaks = {"negative keypoint source": (lambda d: d["kp17_src"].__setitem__(0, -1),
+                                           "keypoint source out of range"),
+              "negative coarse index": (lambda d: d["coarse_index"].__setitem__(0, -5),
+                                        "coarse_index out of range"),
+              "coarse faces not triangles": (lambda d: d.update(coarse_faces=np.zeros((3, 4),
+                                                                                 np.int32)),
+                                             "coarse_faces must be"),
+              "negative weights summing to 1": (lambda d: d["skin_weights"].__setitem__(
+                  (0, slice(0, 2)), (2.0, -1.0)), "must not be negative"),
+              "parents one too long": (lambda d: d.update(parents=np.append(d["parents"], 0)),
+                                       "parents must be"),
+              "empty keypoint set": (lambda d: d.update(kp17_src=np.zeros(0, np.int32)),
+                                     "keypoint sets"),
+              "meta not an object": (lambda d: d.update(meta_json=np.array("[1, 2]")),
+                                     "meta_json must be a JSON object"),
+              "meta not JSON": (lambda d: d.update(meta_json=np.array("{not json")),
+                                "meta_json is not JSON")}
+    for name, (break_it, match) in breaks.items():
+        d = toy_asset(rng).to_npz_dict()
+        d["skin_weights"] = d["skin_weights"].copy()
+        break_it(d)
+        np.savez(tmp_path / "broken.npz", **d)
+        with pytest.raises(BodyAssetError, match=match):
+            load_body_asset(tmp_path / "broken.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    with pytest.raises(BodyAssetError, match="not a readable .npz"):  # was a TypeError
+        load_body_asset(tmp_path / "array.npz")
     with pytest.raises(ValueError, match="unknown body 'mano'"):
         load_body("mano")
 

@@ -125,6 +125,32 @@ def test_missing_smpl_file_is_clear(tmp_path):
         load_body("smpl")
 
 
+def test_a_damaged_smpl_file_is_a_body_asset_error(smpl_pkl, tmp_path):
+    """The conversion validates what it builds like a loaded asset: parents out of order (every
+    joint came out at the origin), faces past the mesh, NaN weights and wrongly shaped arrays
+    were accepted or gave raw numpy errors; a truncated .npz gave a BadZipFile."""
+    import pickle as pk
+    with open(smpl_pkl[1], "rb") as f:
+        good = pk.load(f)
+    V = len(good["v_template"])
+    cases = {"kintree_table": (np.array([[4294967295] + [23] * 23, list(range(24))]),
+                               "topologically sorted"),
+             "f": (np.full((10, 3), V + 5, np.uint32), "faces must be"),
+             "weights": (np.zeros_like(good["weights"]), "NaN|sum to 1"),  # a NaN mesh
+             "J_regressor": (np.zeros((24, 5)), "not a consistent smpl model file")}
+    for key, (value, match) in cases.items():
+        path = tmp_path / f"bad_{key}.pkl"
+        with open(path, "wb") as f:
+            pk.dump(dict(good, **{key: value}), f, protocol=2)
+        with pytest.raises(BodyAssetError, match=match):
+            convert_smpl(path)
+    trunc = tmp_path / "SMPL.npz"
+    np.savez(trunc, **{k: np.asarray(v) for k, v in good.items() if k != "J_regressor"})
+    trunc.write_bytes(trunc.read_bytes()[:200])
+    with pytest.raises(BodyAssetError, match="not a readable .npz"):
+        convert_smpl(trunc)
+
+
 def test_foreign_pickle_is_clear(tmp_path):
     path = tmp_path / "other.pkl"
     path.write_bytes(pickle.dumps({"weights": np.zeros(3)}))

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -207,9 +208,12 @@ def load_body_asset(path: str | os.PathLike) -> BodyAsset:
     if not path.is_file():
         raise BodyAssetError(f"body asset not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy renamed
+            raise ValueError("an .npy array, not an .npz archive")
+        with z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
         raise BodyAssetError(f"{path} is not a readable .npz body asset ({e})") from e
     _validate(arrays, str(path))
     return BodyAsset(
@@ -247,36 +251,51 @@ def _validate(a: dict[str, np.ndarray], where: str) -> None:
                              f"reads version {FORMAT_VERSION}; rebuild it with `d2a-body build`")
     V, J = a["v_template"].shape[0], a["j_template"].shape[0]
     S = a["shapedirs"].shape[2]
-    checks = [
-        (a["v_template"].shape == (V, 3), "v_template must be (V, 3)"),
-        (a["shapedirs"].shape[:2] == (V, 3), "shapedirs must be (V, 3, S)"),
-        (a["j_template"].shape == (J, 3), "j_template must be (J, 3)"),
-        (a["j_shapedirs"].shape == (J, 3, S), "j_shapedirs must be (J, 3, S)"),
-        (a["parents"].shape == (J,), "parents must be (J,)"),
-        (J > 0 and a["parents"][0] == -1, "parents[0] must be -1 (root first)"),
-        (bool(np.all(a["parents"][1:] < np.arange(1, J))) and bool(np.all(a["parents"][1:] >= 0)),
+    kp, coarse, cfaces = np.concatenate([a["kp17_src"], a["kp14_src"]]), a["coarse_index"], \
+        a["coarse_faces"]
+    checks = [  # in order, each evaluated only after the ones before it held
+        (lambda: a["v_template"].shape == (V, 3), "v_template must be (V, 3)"),
+        (lambda: a["shapedirs"].shape[:2] == (V, 3), "shapedirs must be (V, 3, S)"),
+        (lambda: a["j_template"].shape == (J, 3), "j_template must be (J, 3)"),
+        (lambda: a["j_shapedirs"].shape == (J, 3, S), "j_shapedirs must be (J, 3, S)"),
+        (lambda: a["parents"].shape == (J,), "parents must be (J,)"),
+        (lambda: J > 0 and a["parents"][0] == -1, "parents[0] must be -1 (root first)"),
+        (lambda: bool(np.all(a["parents"][1:] < np.arange(1, J)))
+         and bool(np.all(a["parents"][1:] >= 0)),
          "parents must be topologically sorted (0 <= parent < child)"),
-        (a["skin_indices"].shape == (V, NUM_INFLUENCES) == a["skin_weights"].shape,
+        (lambda: a["skin_indices"].shape == (V, NUM_INFLUENCES) == a["skin_weights"].shape,
          f"skin_indices / skin_weights must be (V, {NUM_INFLUENCES})"),
-        (a["skin_indices"].size == 0 or (a["skin_indices"].min() >= 0
-                                         and a["skin_indices"].max() < J),
+        (lambda: a["skin_indices"].size == 0 or (a["skin_indices"].min() >= 0
+                                                 and a["skin_indices"].max() < J),
          "skin_indices out of range"),
-        (np.allclose(a["skin_weights"].sum(1), 1.0, atol=1e-4), "skin_weights rows must sum to 1"),
-        (a["faces"].shape[1] == 3 and a["faces"].size > 0 and a["faces"].min() >= 0
-         and a["faces"].max() < V,
-         "faces must be (F, 3) indices < V"),
-        (a["joint_names"].shape == (J,), "joint_names must have J entries"),
-        (a["kp17_src"].shape == (17,) and a["kp14_src"].shape == (14,), "keypoint sets 17/14"),
-        (max(a["kp17_src"].max(), a["kp14_src"].max()) < J + V, "keypoint source out of range"),
-        (a["coarse_index"].size > 0 and a["coarse_index"].max() < V
-         and (a["coarse_faces"].size == 0 or a["coarse_faces"].max() < len(a["coarse_index"])),
-         "coarse sub-mesh out of range"),
-        ("posedirs" not in a or a["posedirs"].shape == (9 * (J - 1), 3 * V),
-         "posedirs must be (9 (J-1), 3 V)"),
+        (lambda: not np.any(a["skin_weights"] < 0), "skin_weights must not be negative"),
+        (lambda: np.allclose(a["skin_weights"].sum(1), 1.0, atol=1e-4),
+         "skin_weights rows must sum to 1"),
+        (lambda: a["faces"].shape[1] == 3 and a["faces"].size > 0 and a["faces"].min() >= 0
+         and a["faces"].max() < V, "faces must be (F, 3) indices < V"),
+        (lambda: a["joint_names"].shape == (J,), "joint_names must have J entries"),
+        (lambda: a["kp17_src"].shape == (17,) and a["kp14_src"].shape == (14,),
+         "keypoint sets 17/14"),
+        (lambda: kp.min() >= 0 and kp.max() < J + V, "keypoint source out of range"),
+        (lambda: coarse.size > 0 and coarse.min() >= 0 and coarse.max() < V,
+         "coarse_index out of range"),
+        (lambda: cfaces.ndim == 2 and cfaces.shape[1] == 3 and (
+            cfaces.size == 0 or (cfaces.min() >= 0 and cfaces.max() < len(coarse))),
+         "coarse_faces must be (F, 3) indices into coarse_index"),
+        (lambda: "posedirs" not in a or (a["posedirs"].shape == (9 * (J - 1), 3 * V)
+                                         and a["posedirs"].dtype.kind == "f"),
+         "posedirs must be float (9 (J-1), 3 V)"),
     ]
     for ok, msg in checks:
-        if not ok:
+        if not ok():
             raise BodyAssetError(f"{where}: inconsistent body asset: {msg}")
-    for key in ("v_template", "shapedirs", "j_template", "j_shapedirs", "skin_weights"):
-        if not np.all(np.isfinite(a[key])):
+    for key in ("v_template", "shapedirs", "j_template", "j_shapedirs", "skin_weights",
+                "posedirs"):
+        if key in a and not np.all(np.isfinite(a[key])):
             raise BodyAssetError(f"{where}: key {key!r} holds NaN or inf")
+    try:
+        meta = json.loads(str(a["meta_json"]))
+    except json.JSONDecodeError as e:
+        raise BodyAssetError(f"{where}: meta_json is not JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise BodyAssetError(f"{where}: meta_json must be a JSON object")

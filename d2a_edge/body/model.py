@@ -24,8 +24,8 @@ def load_body(body: str | os.PathLike = "anny", path: str | os.PathLike | None =
     ``path`` is the user's SMPL/SMPL-X model file (required for those bodies, never bundled).
     ``build_options`` go to the Anny converter (``topology``, ``num_betas``, ``all_ages``).
     """
-    if str(body).endswith(".npz") or Path(body).is_file():
-        return load_body_asset(body)
+    if body not in BODY_CHOICES and (str(body).endswith(".npz") or Path(body).is_file()):
+        return load_body_asset(body)  # the names first: a file called "anny" is not the body
     if body == "anny":
         from d2a_edge.body.anny_convert import cached_anny_asset
         return cached_anny_asset(**build_options)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from d2a_edge.body.asset import NUM_INFLUENCES, BodyAsset, BodyAssetError
+from d2a_edge.body.asset import NUM_INFLUENCES, BodyAsset, BodyAssetError, _validate
 from d2a_edge.body.keypoints import farthest_points, vertex_keypoints
 
 # SMPL (Y up, faces +Z) -> optical frame (x right, y down, z forward).
@@ -119,6 +121,8 @@ def read_smpl_file(path: str | os.PathLike) -> dict:
                 return {k: z[k] for k in z.files}
         except ValueError as e:
             raise BodyAssetError(f"{path}: this .npz needs pickle; use the .pkl file") from e
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+            raise BodyAssetError(f"{path} is not a readable .npz model file ({e})") from e
     return safe_load_pickle(path)
 
 
@@ -132,7 +136,19 @@ def _rotate_posedirs(posedirs: np.ndarray, M: np.ndarray) -> np.ndarray:
 
 
 def convert_smpl(path: str | os.PathLike, kind: str = "smpl", num_betas: int = 10) -> BodyAsset:
-    """Convert a user's SMPL (24 joints) or SMPL-X (55 joints) file into a ``BodyAsset``."""
+    """Convert a user's SMPL (24 joints) or SMPL-X (55 joints) file into a ``BodyAsset``,
+    validated like a loaded asset; a damaged file is a ``BodyAssetError``."""
+    try:
+        asset = _convert(path, kind, num_betas)
+        _validate(asset.to_npz_dict(), str(path))
+    except (ValueError, IndexError, TypeError) as e:
+        if isinstance(e, BodyAssetError):
+            raise
+        raise BodyAssetError(f"{path}: not a consistent {kind} model file ({e})") from e
+    return asset
+
+
+def _convert(path, kind: str, num_betas: int) -> BodyAsset:
     d = read_smpl_file(path)
     need = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
     missing = [k for k in need if k not in d]
@@ -153,7 +169,8 @@ def convert_smpl(path: str | os.PathLike, kind: str = "smpl", num_betas: int = 1
         v_template=v_cam, faces=np.asarray(d["f"], np.int32),
         shapedirs=np.einsum("ab,vbs->vas", M, sd), j_template=(jr @ v) @ M.T,
         j_shapedirs=np.einsum("ab,jv,vbs->jas", M, jr, sd), parents=parents,
-        skin_indices=idx, skin_weights=sw / sw.sum(1, keepdims=True),
+        skin_indices=idx, skin_weights=sw / np.where(sw.sum(1, keepdims=True) > 0,
+                                                     sw.sum(1, keepdims=True), np.nan),
         joint_names=names[:len(parents)],
         kp17_src=vertex_keypoints(KP17_SMPL, list(names), v_cam),
         kp14_src=vertex_keypoints(KP14_SMPL, list(names), v_cam),
