@@ -88,6 +88,21 @@ def test_wrong_pose_shape_is_clear(anny_asset):
         model(np.tile(np.eye(3), (1, 25, 1, 1)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="floating point"):
         model(np.zeros((1, 25, 3, 3), np.int64))
+    # not rotations, or not finite: they gave a 107 m wide mesh, a point, or NaN, silently
+    eye = np.tile(np.eye(3), (1, 25, 1, 1))
+    reflect = eye.copy()
+    reflect[0, 3] = np.diag([-1.0, 1.0, 1.0])
+    for bad in (2 * eye, 0 * eye, np.random.default_rng(0).normal(size=(1, 25, 3, 3)), reflect):
+        with pytest.raises(ValueError, match="rotmats must be rotations"):
+            model(bad)
+    with pytest.raises(ValueError, match="betas holds NaN"):
+        model(eye, np.full((1, anny_asset.num_betas), np.nan))
+    with pytest.raises(ValueError, match="transl holds NaN or inf"):
+        model(eye, None, np.array([[0.0, np.inf, 0.0]]))
+    with pytest.raises(ValueError, match="real numbers"):
+        model(eye, np.zeros((1, anny_asset.num_betas), complex))
+    noisy = eye + np.random.default_rng(1).normal(0, 1e-3, eye.shape)  # an FP16 engine's
+    assert np.isfinite(model(noisy)[0]).all()
 
 
 def test_corrupt_and_foreign_npz(tmp_path, rng):

@@ -10,6 +10,7 @@ from d2a_edge.body import lbs_numpy
 from d2a_edge.body.asset import BodyAsset, load_body_asset
 
 BODY_CHOICES = ("anny", "smpl", "smplx")
+ROTATION_TOL = 1e-2  # BodyModel: |R^T R - I| allowed (an FP16 engine's rotations are ~1e-3 off)
 
 
 def cache_dir() -> Path:
@@ -66,8 +67,21 @@ class BodyModel:
         B, dt = rotmats.shape[0], rotmats.dtype
         if dt.kind != "f":
             raise ValueError(f"rotmats must be floating point, got dtype {dt}")
+        if any(np.iscomplexobj(x) for x in (betas, transl) if x is not None):
+            raise ValueError("betas and transl must be real numbers")
         betas = np.zeros((B, self.asset.num_betas), dt) if betas is None else np.asarray(betas, dt)
         transl = np.zeros((B, 3), dt) if transl is None else np.asarray(transl, dt)
+        if rotmats.shape[1:] != (self.asset.num_joints, 3, 3):  # lbs names the shape problem
+            return lbs_numpy.lbs(rotmats, betas, transl, **self._arrays)
+        for name, x in (("rotmats", rotmats), ("betas", betas), ("transl", transl)):
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"{name} holds NaN or inf")
+        if rotmats.size:
+            R = rotmats.reshape(-1, 3, 3).astype(np.float64)
+            off = np.abs(R.transpose(0, 2, 1) @ R - np.eye(3)).max()
+            if off > ROTATION_TOL or np.linalg.det(R).min() <= 0:
+                raise ValueError(f"rotmats must be rotations (R^T R = I within {ROTATION_TOL}, "
+                                 f"det > 0); the worst is off by {off:.3g}")
         return lbs_numpy.lbs(rotmats, betas, transl, **self._arrays)
 
     def rest(self, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
