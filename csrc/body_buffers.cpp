@@ -233,7 +233,8 @@ void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uint
                                                  " (max_batch of these BodyBuffers)");
   require(skin == "auto" || skin == "simt" || skin == "tc",
           "skin must be 'auto', 'simt' or 'tc', got '" + skin + "'");
-  require(tiles_per_block >= 0, range_text("tiles_per_block", tiles_per_block, 0, 1 << 15));
+  require(tiles_per_block >= 0 && tiles_per_block <= (1 << 15),
+          range_text("tiles_per_block", tiles_per_block, 0, 1 << 15));
   const int max_warps = tc_max_warps(view_.num_betas);
   require(warps == 0 || warps == 2 || warps == 4 || warps == 8 || (warps == 16 && max_warps == 16),
           "warps must be 0 (default), 2, 4, 8" + std::string(max_warps == 16 ? " or 16" : "") +
@@ -248,6 +249,13 @@ void BodyBuffers::lbs(uintptr_t rotmats, uintptr_t betas, uintptr_t transl, uint
     require(view_.num_betas <= kTcMaxBetas,
             "skin='tc' handles at most " + std::to_string(kTcMaxBetas) + " betas, this body has " +
                 std::to_string(view_.num_betas) + "; use skin='simt'");
+    // Its shared memory must fit the 48 KiB a kernel gets without opting in (16 warps and
+    // about 60 joints would not).
+    const size_t smem = tc_shared_bytes(view_.num_joints, view_.num_betas, warps);
+    require(smem <= 48 * 1024, "skin='tc' with " + std::to_string(warps) + " warps needs " +
+                                   std::to_string(smem) + " bytes of shared memory for " +
+                                   std::to_string(view_.num_joints) +
+                                   " joints, over 48 KiB; use fewer warps");
     config.skin = SkinVariant::kTensorCore;
   }
   if (batch == 0) return;

@@ -83,6 +83,11 @@ void launch_skin(const DeviceBody& body, const float* betas, const float* transf
 
 }  // namespace
 
+size_t tc_shared_bytes(int num_joints, int num_betas, int warps) {
+  return sizeof(float) * tc_smem_floats(num_joints, (num_betas + 7) / 8,
+                                        warps > 0 ? warps : kTcDefaultWarps);
+}
+
 void launch_lbs(const DeviceBody& body, const float* rotmats, const float* betas,
                 const float* transl, float* verts, float* joints, float* transforms, int batch,
                 cudaStream_t stream, const LaunchConfig& config) {

@@ -43,6 +43,10 @@ constexpr int tc_max_warps(int num_betas) {
   return num_betas <= 16 ? kTcMaxWarps : kTcMaxWarps / 2;
 }
 
+// kTensorCore's shared memory per block (bytes) for a body of J joints and S betas at `warps`
+// warps a block (0 = kTcDefaultWarps); BodyBuffers::lbs keeps it within 48 KiB.
+size_t tc_shared_bytes(int num_joints, int num_betas, int warps);
+
 struct LaunchConfig {
   SkinVariant skin = SkinVariant::kSimt;
   int num_sms = 0;          // the device's multiprocessors (kTensorCore sizes its grid with it)

@@ -13,6 +13,10 @@ Raw-pointer use (TensorRT buffers, cuda-python)::
 Pointers are ints to fp32 C-contiguous device memory on ``buf.device``: rotmats (B, J, 3, 3),
 betas (B, S), transl (B, 3) in; verts (B, V, 3), joints (B, J, 3) out; ``stream`` is a
 ``cudaStream_t`` as int (0 = default stream). The call only enqueues work on that stream.
+The binding checks each pointer (not null, aligned, device memory on ``buf.device``) but cannot
+see how large the allocation behind it is: buffers smaller than those shapes for ``batch``
+(verts sized for the coarse mesh on a full-mesh ``buf``, say) are read or written out of
+bounds. ``lbs_torch_cuda`` checks the shapes of torch tensors for you.
 """
 from __future__ import annotations
 
@@ -132,6 +136,9 @@ class CudaSkinner:
 
     def __call__(self, rotmats, betas, transl) -> tuple[np.ndarray, np.ndarray]:
         t, n, step = self.torch, len(rotmats), self.buffers.max_batch
+        if n == 0:  # nobody: empty arrays, as BodyModel gives
+            return (np.zeros((0, self.buffers.num_vertices, 3), np.float32),
+                    np.zeros((0, self.buffers.num_joints, 3), np.float32))
         up = [t.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device)
               for a in (rotmats, betas, transl)]
         verts, joints = [], []
