@@ -58,3 +58,28 @@ def test_bad_anny_options():
         make_anny("tiny")
     with pytest.raises(ValueError, match="num_betas must be in 1..16"):
         build_anny_asset(num_betas=40)
+
+
+def test_cache_problems_are_clear_before_a_build(tmp_path, monkeypatch):
+    """An unwritable cache fails before the build of several minutes (it failed after it, with
+    a raw NotADirectoryError, and rebuilt on every call); a corrupt cached asset says to delete
+    it; a cached asset with other options than asked for is not returned."""
+    import shutil
+    from pathlib import Path
+
+    from d2a_edge.body import BodyAssetError
+    from d2a_edge.body import anny_convert as A
+    monkeypatch.setattr(A, "build_anny_asset", lambda *a, **k: pytest.fail("built"))
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("D2A_EDGE_CACHE", str(tmp_path / "a_file"))
+    with pytest.raises(BodyAssetError, match="cannot write the body asset cache"):
+        A.cached_anny_asset()
+    monkeypatch.setenv("D2A_EDGE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "cache" / "body" / A.asset_filename("full", "369", 10, False)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(BodyAssetError, match="delete the cached file"):
+        A.cached_anny_asset(num_betas=10)
+    shutil.copy(Path(__file__).parents[1] / "d2a_edge/models/edge-s/body.npz", path)  # S = 16
+    with pytest.raises(BodyAssetError, match="has 16 betas, not the 10 asked for"):
+        A.cached_anny_asset(num_betas=10)

@@ -15,12 +15,14 @@ Needs ``anny`` and torch (``pip install d2a-edge[train]``); the first build take
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 
 import numpy as np
 
-from d2a_edge.body.asset import NUM_INFLUENCES, BodyAsset, load_body_asset, save_body_asset
+from d2a_edge.body.asset import (NUM_INFLUENCES, BodyAsset, BodyAssetError, load_body_asset,
+                                 save_body_asset)
 from d2a_edge.body.keypoints import vertex_keypoints
 
 # Anny (Z up, faces -Y) -> optical frame (x right, y down, z forward; the body faces -z).
@@ -195,7 +197,23 @@ def cached_anny_asset(topology: str = "full", coarse: str = "369", num_betas: in
 
     path = cache_dir() / "body" / asset_filename(topology, coarse, num_betas, all_ages)
     if path.is_file() and not rebuild:
-        return load_body_asset(path)
+        try:
+            asset = load_body_asset(path)
+        except BodyAssetError as e:
+            raise BodyAssetError(f"{e}; delete the cached file (it is rebuilt on the next use) "
+                                 "or pass rebuild=True") from e
+        if asset.num_betas != num_betas:
+            raise BodyAssetError(f"cached {path} has {asset.num_betas} betas, not the "
+                                 f"{num_betas} asked for: delete it or pass rebuild=True")
+        return asset
+    try:  # before the build of a few minutes, not after it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise BodyAssetError(f"cannot write the body asset cache {path.parent} ({e.strerror or e});"
+                             " set $D2A_EDGE_CACHE to a writable folder") from e
     asset = build_anny_asset(topology, coarse, num_betas, all_ages=all_ages,
                              progress=lambda m: print(m, file=sys.stderr, flush=True))
     save_body_asset(asset, path)
