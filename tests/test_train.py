@@ -795,3 +795,38 @@ def test_freeze_keeps_the_named_modules_fixed_and_resumes_only_alike(tmp_path, a
     with pytest.raises(ValueError, match="no module 'backbon'.*'backbone'"):
         T.build_state(tiny_config(train={"freeze": ["backbon"]}), T.Dist(), total_steps=3,
                       asset=anny_asset)
+
+
+def test_ablation_checks_its_data_first_and_merges_its_results(tmp_path, monkeypatch, capsys):
+    """d2a-ablation: a bad --eval-data fails before any training (it failed after the first
+    config had trained); --steps 0 is a usage error; a rerun of some configs keeps the other
+    rows and adds up a config's train time; the table goes to OUT/ablation.md unless --doc says
+    otherwise (it defaulted to ./docs/ablation.md, overwriting the committed one from the
+    repository root)."""
+    from d2a_edge.training import ablation
+    from d2a_edge.training.data.shards import FORMAT, VERSION
+    data = tmp_path / "shards"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"format": FORMAT, "version": VERSION}))
+    calls = []
+
+    def fake(config, args):  # stands in for d2a-train + d2a-eval
+        calls.append(config)
+        m = {"mpjpe": 1.0, "pa_mpjpe": 1.0, "pve": 1.0, "trans_err_cm": 1.0, "pck3d_150": 0.5}
+        return {"config": config, "train_seconds": 60.0, "splits": {"id": m}}
+
+    monkeypatch.setattr(ablation, "train_and_eval", fake)
+    base = ["--data", str(data), "--eval-data", str(data), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="manifest.json not found"):
+        ablation.main([*base[:2], "--eval-data", str(tmp_path / "nope"), *base[4:],
+                       "--steps", "1"])
+    assert calls == []
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*base, "--steps", "0"])
+    assert e.value.code == 2 and "--steps: must be >= 1" in capsys.readouterr().err
+    ablation.main([*base, "--steps", "1", "--configs", "edge-s", "edge-s-rle"])
+    ablation.main([*base, "--steps", "1", "--configs", "edge-s"])
+    rows = {r["config"]: r for r in json.loads((tmp_path / "o" / "ablation.json").read_text())}
+    assert set(rows) == {"edge-s", "edge-s-rle"}
+    assert rows["edge-s"]["train_seconds"] == 120.0 and rows["edge-s-rle"]["train_seconds"] == 60
+    assert "| edge-s-rle |" in (tmp_path / "o" / "ablation.md").read_text()

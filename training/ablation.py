@@ -5,7 +5,10 @@
 
 Each config is trained by ``d2a-train`` (a subprocess; same seed, steps and batch size; rerunning
 the command resumes unfinished runs) into ``OUT/<config>/`` and evaluated by ``d2a-eval`` into
-``OUT/<config>/eval/``; the Markdown table (one row per config and split) goes to ``--doc``.
+``OUT/<config>/eval/``. The results go to ``OUT/ablation.json``, merged with those already there
+(a rerun of some configs keeps the others' rows; a config's train time adds up over the calls
+that trained it), and the Markdown table (one row per config and split) to ``--doc`` (default
+``OUT/ablation.md``).
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 
 from tqdm import tqdm
+
+from d2a_edge._cli import at_least
 
 ABLATIONS = {  # config -> what it removes
     "edge-s": "nothing (full model)",
@@ -74,24 +79,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="training shards (d2a-data generate)")
     p.add_argument("--eval-data", action="append", required=True, help="evaluation shards")
     p.add_argument("--out", required=True, help="directory for the four runs")
-    p.add_argument("--steps", type=int, required=True, help="training steps per config")
+    p.add_argument("--steps", type=at_least(1), required=True, help="training steps per config")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=at_least(1), default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--configs", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
-    p.add_argument("--doc", default="docs/ablation.md", help="Markdown table to write")
+    p.add_argument("--doc", default=None, help="Markdown table to write (default OUT/ablation.md)")
     args = p.parse_args(argv)
-    results = []
+    from d2a_edge.training.data.shards import read_manifest
+    for d in [args.data, *args.eval_data]:  # all of them before any training
+        try:
+            read_manifest(d)
+        except (OSError, ValueError) as e:
+            sys.exit(f"d2a-ablation: error: {e}")
+    record = Path(args.out) / "ablation.json"
+    earlier = {r["config"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
     try:
         for config in tqdm(args.configs, desc="ablation", unit="config"):
-            results.append(train_and_eval(config, args))
+            r = train_and_eval(config, args)
+            if config in earlier:  # resumed: the time of the calls before counts too
+                r["train_seconds"] += earlier[config]["train_seconds"]
+            earlier[config] = r
     except subprocess.CalledProcessError as e:
         sys.exit(f"d2a-ablation: error: {' '.join(e.cmd[:2])} failed with exit code "
                  f"{e.returncode}")
-    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.doc).write_text(markdown(results, args))
-    (Path(args.out) / "ablation.json").write_text(json.dumps(results, indent=1))
-    print(Path(args.doc).read_text())
+    results = [earlier[c] for c in ABLATIONS if c in earlier]
+    doc = Path(args.doc) if args.doc else Path(args.out) / "ablation.md"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(markdown(results, args))
+    record.write_text(json.dumps(results, indent=1))
+    print(doc.read_text())
 
 
 if __name__ == "__main__":
