@@ -80,6 +80,20 @@ def test_spin_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", **{k: v for k, v in data.items() if k != "S"})
     with pytest.raises(ValueError, match=r"missing keys \['S'\]"):
         SpinNpz(tmp_path / "bad.npz", tmp_path)
+    # wrong row shapes and NaN name the key (69 pose values gave 23 rotations silently; a
+    # short S gave a bare IndexError; NaN flowed into the crop box and the labels)
+    for key, value, match in (("pose", np.zeros((2, 69), np.float32), "'pose' has rows"),
+                              ("S", np.zeros((2, 17, 4), np.float32), "'S' has rows"),
+                              ("center", np.zeros((2, 3), np.float32), "'center' has rows"),
+                              ("center", np.array([[160, np.nan], [1, 1]], np.float32),
+                               "'center' holds NaN or inf \\(first in row 0"),
+                              ("S", np.where(np.arange(4) == 0, np.nan, data["S"]),
+                               "'S' holds NaN")):
+        np.savez(tmp_path / "bad.npz", **dict(data, **{key: value}))
+        with pytest.raises(ValueError, match=match):
+            SpinNpz(tmp_path / "bad.npz", tmp_path)
+    np.savez(tmp_path / "bytes.npz", **dict(data, imgname=data["imgname"].astype(bytes)))
+    assert SpinNpz(tmp_path / "bytes.npz", tmp_path).sample(0)["image"].shape == (192, 192, 3)
     (tmp_path / "imgs" / "im0.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="im0.jpg"):
         SpinNpz(npz, tmp_path).sample(0)

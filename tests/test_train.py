@@ -719,6 +719,9 @@ def test_cli_rejects_counts_out_of_range(capsys):
     with pytest.raises(SystemExit) as e:  # was: a FileNotFoundError traceback
         main(["edge-s", "--data", "/no/such/dataset", "--out", "unused"])
     assert "d2a-train: error:" in str(e.value.code) and "/no/such/dataset" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # a SPIN npz is read by SpinNpzDataset, not trained on
+        main(["edge-s", "--data", "/some/train.npz", "--out", "unused"])
+    assert "SpinNpzDataset" in str(e.value.code) and "not trained on" in str(e.value.code)
 
 
 @requires_anny

@@ -41,6 +41,11 @@ def build_dataset(args, cfg: Config):
     the compact form (``to_device`` expands its batches)."""
     from d2a_edge.training.data.dataset import ConcatOnTheFly, OnTheFlyDataset, ShardDataset
     if args.data:
+        npz = [d for d in args.data if str(d).endswith(".npz")]
+        if npz:
+            raise ValueError(f"--data {npz[0]}: d2a-train takes folders written by d2a-data "
+                             "generate; an .npz in the SPIN/HMR2 format can be read with "
+                             "SpinNpzDataset (training/data/realdata.py), not trained on")
         parts = [ShardDataset(d, compact=True) for d in args.data]
         for d, ds in zip(args.data, parts):
             size = int(ds[0]["image"].shape[-1])

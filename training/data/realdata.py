@@ -7,6 +7,10 @@ box centre in pixels; ``scale`` (N,) box side / 200 px; ``pose`` (N, 72) SMPL ax
 SPIN's 24-joint order; optional ``part`` (N, 24, 3) 2D joints + visibility, and optional
 ``cam_int`` (N, 3, 3) intrinsics (otherwise f = sqrt(W^2 + H^2), the CLIFF default).
 
+It is a reader for evaluation and inspection: ``d2a-train --data`` takes shard folders from
+``d2a-data generate``, and training on these samples would need an SMPL-body config and losses
+masked by their validity flags, which are not built.
+
 Samples come in d2a-edge's conventions: the crop box and crop intrinsics of ``d2a_edge.camera``,
 ``rotmats`` for a body asset converted with ``load_body("smpl", path=...)`` (root rotation in
 the camera frame, joints re-expressed in the optical frame: ``R0 M`` and ``M R M`` with
@@ -29,6 +33,8 @@ SMPL_TO_CAM = np.diag([1.0, -1.0, -1.0])
 # l_shoulder, l_elbow, l_wrist, r_shoulder, r_elbow, r_wrist
 J24_TO_KP17 = np.array([14, 2, 1, 0, 3, 4, 5, 16, 12, 17, 18, 9, 10, 11, 8, 7, 6])
 REQUIRED = ("imgname", "center", "scale", "pose", "S")
+ROW_SHAPES = {"center": (2,), "scale": (), "pose": (72,), "betas": (10,), "S": (24, 4),
+              "part": (24, 3), "cam_int": (3, 3)}  # per sample; betas may have more than 10
 
 
 def smpl_pose_to_rotmats(pose: np.ndarray) -> np.ndarray:
@@ -61,12 +67,24 @@ class SpinNpz:
         bad = [k for k in self.data if len(np.atleast_1d(self.data[k])) != n]
         if bad:
             raise ValueError(f"{npz_path}: keys {bad} do not have {n} rows like imgname")
+        for key, row in ROW_SHAPES.items():  # 69 pose values gave 23 rotations, silently
+            if key in self.data:
+                arr = self.data[key]
+                shape = arr.shape[1:]
+                if shape != row and not (key == "betas" and len(shape) == 1 and shape[0] >= 10):
+                    raise ValueError(f"{npz_path}: key {key!r} has rows of shape {shape}, "
+                                     f"expected {row}")
+                finite = np.isfinite(arr.reshape(n, -1).astype(np.float64)).all(1)
+                if not finite.all():
+                    raise ValueError(f"{npz_path}: key {key!r} holds NaN or inf (first in row "
+                                     f"{int(np.argmin(finite))})")
 
     def __len__(self) -> int:
         return len(self.data["imgname"])
 
     def _image(self, i: int) -> np.ndarray:
-        path = self.img_dir / str(self.data["imgname"][i])
+        name = self.data["imgname"][i]
+        path = self.img_dir / (name.decode() if isinstance(name, bytes) else str(name))
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
             raise FileNotFoundError(f"image {path} (sample {i} of {self.npz_path}) is missing "
