@@ -151,6 +151,7 @@ def test_resume_survives_a_lost_latest_json_a_damaged_checkpoint_and_a_kill_whil
         run(cfg, ds, tmp_path / "lost", steps=6, **kw)
     err, step = resumed_from("lost", steps=8)
     assert "resumed from" in err and "step_00000006 at step 6" in err and step == 8
+    assert "schedule ran to 6 steps; --steps 8 re-fits" in err  # said, not silent
     shutil.copytree(tmp_path / "ref", tmp_path / "garbled")
     (tmp_path / "garbled" / "checkpoints" / "latest.json").write_text("[]")
     with pytest.raises(ckpt.CheckpointError, match="latest.json is corrupt"):

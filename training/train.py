@@ -471,6 +471,10 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         meta = resume_state(st, start, d, cfg)
         if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
             total = st.schedule.total = int(meta["schedule_total"])
+        elif int(meta.get("schedule_total", total)) != total and d.main:
+            print(f"--resume: the checkpoint's schedule ran to {meta['schedule_total']} steps; "
+                  f"--steps {total} re-fits the learning-rate schedule to {total} from here",
+                  file=sys.stderr)
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
     warm = warm_up_fresh(st, cfg, init, warm_fresh, d)  # after resuming: st.step is known
