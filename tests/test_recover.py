@@ -280,9 +280,11 @@ def test_warm_fresh_trains_only_the_fresh_parts_first(exported, recovered, tmp_p
     # a checkpoint written by recover has the same fresh parts; a trained one has none
     R.save_recovered(*recovered, tmp_path / "ck")
     assert R.has_fresh_parts(tmp_path / "ck") and not R.has_fresh_parts(tmp_path / "r")
+    from d2a_edge.training import train as T
+    monkeypatch.setattr(T, "build_state", lambda *a, **k: pytest.fail("checked too late"))
     with pytest.raises(ValueError, match="--warm-fresh 1: needs .* --init BUNDLE"):
         run(cfg, ds, tmp_path / "x", steps=1, ckpt_every=0, asset=anny_asset, progress=False,
-            init=str(tmp_path / "r"), warm_fresh=1)
+            init=str(tmp_path / "r"), warm_fresh=1)  # before the model is built (or recovered)
 
 
 def test_training_extras_give_back_the_exported_model_and_loss(exported_with_extras, tmp_path,

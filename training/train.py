@@ -257,16 +257,21 @@ def init_weights(st: State, path: str, d: Dist) -> None:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
 
 
+def check_warm_fresh(init: str | None, steps: int) -> None:
+    """ValueError unless ``--warm-fresh steps`` can apply: ``init`` leaves fresh parts."""
+    if steps < 0 or not (init and recover.has_fresh_parts(init)):
+        raise ValueError(f"--warm-fresh {steps}: needs steps >= 0 and --init BUNDLE or a "
+                         "checkpoint recovered from one (a trained checkpoint's weights, and a "
+                         "bundle with training extras, leave no fresh parts to warm up)")
+
+
 def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int, d: Dist) -> int:
     """Freeze what a bundle ``init`` (or a checkpoint recovered from one) provided for the
     first ``steps`` steps (``run``'s ``warm_fresh``); returns the steps. Set again on
     ``--resume`` (same arguments)."""
     if steps == 0:
         return 0
-    if steps < 0 or not (init and recover.has_fresh_parts(init)):
-        raise ValueError(f"--warm-fresh {steps}: needs steps >= 0 and --init BUNDLE or a "
-                         "checkpoint recovered from one (a trained checkpoint's weights, and a "
-                         "bundle with training extras, leave no fresh parts to warm up)")
+    check_warm_fresh(init, steps)
     if st.step < steps:
         graph = recover.graph_parameters(st.model, cfg.model.image_size)
         st.frozen = tuple(p for n, p in st.model.named_parameters() if n in graph)
@@ -440,6 +445,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
+    if warm_fresh:  # before the model is built and a bundle recovered (~20 s)
+        check_warm_fresh(init, warm_fresh)
     held = (run_dir / "checkpoints" / "latest.json").is_file() or \
         any((run_dir / "checkpoints").glob("step_*"))
     if not resume and held:
