@@ -82,7 +82,8 @@ def run(args) -> int:
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
         ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
     try:
-        n = _loop(args, rec, results, drawer, parents, save, show)
+        n = _loop(args, rec, results, drawer, parents, save, show,
+                  folder=Path(str(args.source)).is_dir())
     except KeyboardInterrupt:  # Ctrl-C ends a camera demo; what was saved stays
         print("d2a-demo: interrupted", file=sys.stderr)
         n = None
@@ -91,24 +92,28 @@ def run(args) -> int:
     return 0
 
 
-def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool) -> int:
-    """Overlays for each frame of ``results``: shown and/or saved; returns the frame count."""
+def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
+          folder: bool = False) -> int:
+    """Overlays for each frame of ``results``: shown and/or saved; returns the frame count.
+    Saved files are numbered by frame, or for an image ``folder`` by the image's place in it
+    (its timestamp), so that an unreadable image leaves a gap instead of shifting the rest."""
     import cv2
 
     from d2a_edge.overlay import write_obj
     fps, last, n = None, time.perf_counter(), 0
-    for _, frame, people in results:
+    for t, frame, people in results:
+        k = int(t) if folder else n
         now = time.perf_counter()
         fps = 1.0 / max(now - last, 1e-6) if fps is None else 0.9 * fps + 0.1 / max(now - last, 1e-6)
         last = now
         K = rec.camera(frame.shape[1], frame.shape[0])
         vis = render(frame, people, K, parents, fps, drawer, 2 * rec.bundle.sigma_reference)
         if save:
-            path = save / f"frame_{n:05d}.png"
+            path = save / f"frame_{k:05d}.png"
             if not cv2.imwrite(str(path), vis):
                 raise OSError(f"could not write {path} (disk full or not writable?)")
-            if people and n % args.obj_every == 0:
-                write_obj(save / f"mesh_{n:05d}.obj", people[0].vertices, people[0].faces)
+            if people and k % args.obj_every == 0:
+                write_obj(save / f"mesh_{k:05d}.obj", people[0].vertices, people[0].faces)
         if show:
             cv2.imshow("d2a-demo", vis)
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):

@@ -34,6 +34,16 @@ def test_main_job_writes_overlays(tmp_path):
                       "--no-display", "--max-frames", "2", "--overlay", "cv"]) == 0
     assert len(list(tmp_path.glob("frame_*.png"))) == 2
     assert len(list(tmp_path.glob("mesh_*.obj"))) == 2
+    # an unreadable image in a folder leaves a gap in the numbering (the rest shifted)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a.jpg", "c.jpg"):
+        (folder / name).write_bytes((ROOT / "samples" / "id_0.jpg").read_bytes())
+    (folder / "b.jpg").write_bytes(b"not an image")
+    assert demo_main(["--source", str(folder), "--save", str(tmp_path / "o2"), "--no-display",
+                      "--overlay", "cv"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o2").glob("frame_*.png")) == [
+        "frame_00000.png", "frame_00002.png"]
 
 
 def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
