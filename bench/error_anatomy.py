@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from d2a_edge.body.asset import KP17_NAMES
+from d2a_edge.camera import crop_intrinsics, project
 from d2a_edge.training import metrics as M
 from d2a_edge.training.checkpoint import load_model_config
 from d2a_edge.training.data.dataset import ShardDataset
@@ -51,10 +52,7 @@ def run(model, data: ShardDataset, num: int, batch: int = 64) -> dict[str, np.nd
 
 def to_crop_px(points: np.ndarray, K: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """Camera-frame points (B, N, 3) projected into crop pixels (B, N, 2)."""
-    uv = np.einsum("bij,bnj->bni", K, points)
-    uv = uv[..., :2] / uv[..., 2:]
-    scale = size / (box[:, 2] - box[:, 0])
-    return (uv - box[:, None, :2]) * scale[:, None, None]
+    return np.stack([project(p, crop_intrinsics(k, b, size)) for p, k, b in zip(points, K, box)])
 
 
 def rest_keypoints(body, rotmats: np.ndarray, betas: np.ndarray) -> np.ndarray:

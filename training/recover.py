@@ -373,6 +373,12 @@ def fp32_graph(b) -> Path | None:
         raise RecoveryError(str(e)) from e
 
 
+def graph_sha256(b, onnx_path: Path) -> str:
+    """The sha256 of ``fp32_graph(b)``: the manifest's, which ``artifact`` has checked the file
+    against, or (an older manifest without one) the file's own."""
+    return b.manifest["artifacts"]["fp32"].get("sha256") or file_sha256(onnx_path)
+
+
 def read_extras(b) -> dict | None:
     """Bundle ``b``'s training extras (``training_extras``), or None when it has none (a
     bundle exported before them, or one whose extras file was deleted to save space). Raises
@@ -385,7 +391,7 @@ def read_extras(b) -> dict | None:
         return None
     onnx_path = fp32_graph(b)
     if file_sha256(path) != entry["sha256"] or (
-            onnx_path is not None and file_sha256(onnx_path) != entry["graph_sha256"]):
+            onnx_path is not None and graph_sha256(b, onnx_path) != entry["graph_sha256"]):
         raise RecoveryError(f"{path} does not match {b.root / 'manifest.json'} or its fp32 "
                             "graph (a file from another export?); delete it and its manifest "
                             "entry to recover without it")
@@ -470,7 +476,7 @@ def recover(bundle_dir, samples: int = 128, seed: int = 55_001, progress=print):
     fresh = sorted(n for n, _ in model.named_parameters()
                    if n not in copied | bn_names | unfolded | restored)
     report = {"bundle": str(b.root), "model": b.name, "onnx": onnx_path.name,
-              "onnx_sha256": file_sha256(onnx_path), "parameters_copied": len(copied),
+              "onnx_sha256": graph_sha256(b, onnx_path), "parameters_copied": len(copied),
               "batchnorms_refitted": 0 if extras else len(folded),
               "training_extras": len(restored) if extras else None,
               "loss_in_extras": any(k.startswith("loss.") for k in extras or {}),

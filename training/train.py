@@ -265,13 +265,13 @@ def check_warm_fresh(init: str | None, steps: int) -> None:
                          "bundle with training extras, leave no fresh parts to warm up)")
 
 
-def warm_up_fresh(st: State, cfg: Config, init: str | None, steps: int, d: Dist) -> int:
+def warm_up_fresh(st: State, cfg: Config, steps: int, d: Dist) -> int:
     """Freeze what a bundle ``init`` (or a checkpoint recovered from one) provided for the
-    first ``steps`` steps (``run``'s ``warm_fresh``); returns the steps. Set again on
-    ``--resume`` (same arguments)."""
+    first ``steps`` steps (``run``'s ``warm_fresh``, which ``check_warm_fresh`` has checked
+    before building the model); returns the steps. Set again on ``--resume`` (same
+    arguments)."""
     if steps == 0:
         return 0
-    check_warm_fresh(init, steps)
     if st.step < steps:
         graph = recover.graph_parameters(st.model, cfg.model.image_size)
         st.frozen = tuple(p for n, p in st.model.named_parameters() if n in graph)
@@ -484,7 +484,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
                   file=sys.stderr)
     elif resume and d.main:
         print(f"--resume: no checkpoint in {run_dir}, starting at step 0", file=sys.stderr)
-    warm = warm_up_fresh(st, cfg, init, warm_fresh, d)  # after resuming: st.step is known
+    warm = warm_up_fresh(st, cfg, warm_fresh, d)  # after resuming: st.step is known
     amp, _ = autocast_for(d.device, cfg.optim)
     eager, first = st.module, st.step
     if compile:
