@@ -137,6 +137,27 @@ def _boxes_array(boxes, width: int, height: int) -> np.ndarray:
     return b
 
 
+def box_centre(box) -> np.ndarray:
+    return (np.asarray(box[:2], np.float64) + np.asarray(box[2:], np.float64)) / 2
+
+
+def predict_box(box, velocity, dt: float, shape) -> np.ndarray:
+    """``box`` moved on by ``velocity`` (px/s of its centre, or None) for ``dt`` seconds, the
+    shift capped at half the box's size; the box unmoved when the shift would take it out of
+    the frame or the time does not advance."""
+    box = np.asarray(box, np.float32)
+    if velocity is None or not dt > 0:
+        return box
+    size = box[2:] - box[:2]
+    shift = np.clip(np.asarray(velocity) * dt, -size / 2, size / 2)
+    moved = box + np.tile(shift, 2).astype(np.float32)
+    try:
+        _boxes_array(moved, shape[1], shape[0])
+    except InputError:
+        return box
+    return moved
+
+
 def box_for_crop(crop_box) -> list[float]:
     """The person box (x0, y0, x1, y1) whose SDK crop (``make_crops``) is the square
     ``crop_box``: same centre, side / ``CROP_SCALE`` (for labelled renders, whose crop is known)."""
@@ -175,6 +196,7 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
 LOST_SCORE = 0.25  # below this, stream() treats the person as lost and runs locate() again
+VELOCITY_BLEND = 0.5  # track(): weight of the newest frame in the box's running velocity
 WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
 
@@ -349,22 +371,35 @@ class MeshRecoverer:
                beta: float = 0.05) -> Iterator[list[HumanMesh]]:
         """Meshes per frame from a camera index, video file or image folder (one person).
 
-        The previous frame's mesh gives the next crop; when the person is lost (mesh off-screen
-        or score < ``LOST_SCORE``) the next frame starts again from ``boxes="auto"``
-        (``locate``). One-Euro smoothing of vertices,
-        joints and translation unless ``smoothing=False``.
+        The previous frame's mesh, moved on by its velocity, gives the next crop (``track``);
+        when the person is lost (mesh off-screen or score < ``LOST_SCORE``) the next frame
+        starts again from ``boxes="auto"`` (``locate``). One-Euro smoothing of vertices, joints
+        and translation unless ``smoothing=False``.
         """
         for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta):
             yield people
 
     def track(self, frames, smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 0.05):
-        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people)."""
+        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people).
+
+        Each crop is the previous frame's box (that of the unsmoothed mesh, so that smoothing
+        adds no lag to the crop) moved on by the box's velocity: a running mean over the
+        tracked frames (``VELOCITY_BLEND``, ``predict_box``)."""
         filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
-        box = None
+        box = velocity = t_box = None
         for t, frame in frames:
             K = self.camera(frame.shape[1], frame.shape[0])
-            people = self(frame, boxes="auto" if box is None else box[None])
-            p = people[0]
+            guess = None if box is None else predict_box(box, velocity, t - t_box, frame.shape)
+            people = self(frame, boxes="auto" if guess is None else guess[None])
+            p = dataclasses.replace(people[0], track_id=0)
+            seen = self._track_box(p, frame.shape, K)
+            if seen is None or box is None or not t > t_box:
+                velocity = None
+            else:
+                newest = (box_centre(seen) - box_centre(box)) / (t - t_box)
+                velocity = newest if velocity is None else \
+                    VELOCITY_BLEND * newest + (1 - VELOCITY_BLEND) * velocity
+            box, t_box = seen, t
             if smoothing:
                 v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
                                                                      p.translation)))
@@ -372,8 +407,6 @@ class MeshRecoverer:
                                         joints3d=j.astype(np.float32),
                                         translation=tr.astype(np.float32),
                                         joints2d=project(j, K).astype(np.float32))
-            p = dataclasses.replace(p, track_id=0)
-            box = self._track_box(p, frame.shape, K)
             if box is None:
                 for f in filters:
                     f.reset()
