@@ -23,7 +23,7 @@ from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, 
                              square_box)
 from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.imageio import InputError, as_bgr8, open_source
-from d2a_edge.smoothing import OneEuroFilter
+from d2a_edge.smoothing import BETA, MIN_CUTOFF, BoxFilter, OneEuroFilter
 from d2a_edge.types import HumanMesh
 
 log = logging.getLogger("d2a_edge")
@@ -137,27 +137,6 @@ def _boxes_array(boxes, width: int, height: int) -> np.ndarray:
     return b
 
 
-def box_centre(box) -> np.ndarray:
-    return (np.asarray(box[:2], np.float64) + np.asarray(box[2:], np.float64)) / 2
-
-
-def predict_box(box, velocity, dt: float, shape) -> np.ndarray:
-    """``box`` moved on by ``velocity`` (px/s of its centre, or None) for ``dt`` seconds, the
-    shift capped at half the box's size; the box unmoved when the shift would take it out of
-    the frame or the time does not advance."""
-    box = np.asarray(box, np.float32)
-    if velocity is None or not dt > 0:
-        return box
-    size = box[2:] - box[:2]
-    shift = np.clip(np.asarray(velocity) * dt, -size / 2, size / 2)
-    moved = box + np.tile(shift, 2).astype(np.float32)
-    try:
-        _boxes_array(moved, shape[1], shape[0])
-    except InputError:
-        return box
-    return moved
-
-
 def box_for_crop(crop_box) -> list[float]:
     """The person box (x0, y0, x1, y1) whose SDK crop (``make_crops``) is the square
     ``crop_box``: same centre, side / ``CROP_SCALE`` (for labelled renders, whose crop is known)."""
@@ -196,7 +175,6 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
 LOST_SCORE = 0.25  # below this, stream() treats the person as lost and runs locate() again
-VELOCITY_BLEND = 0.5  # track(): weight of the newest frame in the box's running velocity
 WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
 
@@ -367,11 +345,11 @@ class MeshRecoverer:
                 score=person_score(sigma[i], self.bundle.sigma_reference)))
         return people
 
-    def stream(self, source, smoothing: bool = True, min_cutoff: float = 1.0,
-               beta: float = 0.05) -> Iterator[list[HumanMesh]]:
+    def stream(self, source, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
+               beta: float = BETA) -> Iterator[list[HumanMesh]]:
         """Meshes per frame from a camera index, video file or image folder (one person).
 
-        The previous frame's mesh, moved on by its velocity, gives the next crop (``track``);
+        The earlier frames' meshes give the next crop (``track``, ``BoxFilter``);
         when the person is lost (mesh off-screen or score < ``LOST_SCORE``) the next frame
         starts again from ``boxes="auto"`` (``locate``). One-Euro smoothing of vertices, joints
         and translation unless ``smoothing=False``.
@@ -379,27 +357,28 @@ class MeshRecoverer:
         for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta):
             yield people
 
-    def track(self, frames, smoothing: bool = True, min_cutoff: float = 1.0, beta: float = 0.05):
+    def track(self, frames, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
+              beta: float = BETA):
         """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people).
 
-        Each crop is the previous frame's box (that of the unsmoothed mesh, so that smoothing
-        adds no lag to the crop) moved on by the box's velocity: a running mean over the
-        tracked frames (``VELOCITY_BLEND``, ``predict_box``)."""
+        Each crop comes from the boxes of the earlier frames' unsmoothed meshes, filtered with
+        a constant velocity (``BoxFilter``), so that smoothing adds no lag to the crop and the
+        crop neither trails a moving person nor wobbles around a still one."""
         filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
-        box = velocity = t_box = None
+        boxes = BoxFilter()
         for t, frame in frames:
             K = self.camera(frame.shape[1], frame.shape[0])
-            guess = None if box is None else predict_box(box, velocity, t - t_box, frame.shape)
+            guess = boxes.next_box(t)
+            if guess is not None and self._in_frame(guess, frame.shape) is None:
+                guess = None  # the person is leaving the frame: look again
+                boxes.reset()
             people = self(frame, boxes="auto" if guess is None else guess[None])
             p = dataclasses.replace(people[0], track_id=0)
             seen = self._track_box(p, frame.shape, K)
-            if seen is None or box is None or not t > t_box:
-                velocity = None
+            if seen is None:
+                boxes.reset()
             else:
-                newest = (box_centre(seen) - box_centre(box)) / (t - t_box)
-                velocity = newest if velocity is None else \
-                    VELOCITY_BLEND * newest + (1 - VELOCITY_BLEND) * velocity
-            box, t_box = seen, t
+                boxes.update(seen, t)
             if smoothing:
                 v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
                                                                      p.translation)))
@@ -407,10 +386,18 @@ class MeshRecoverer:
                                         joints3d=j.astype(np.float32),
                                         translation=tr.astype(np.float32),
                                         joints2d=project(j, K).astype(np.float32))
-            if box is None:
+            if seen is None:
                 for f in filters:
                     f.reset()
             yield t, frame, [p]
+
+    @staticmethod
+    def _in_frame(box, shape) -> np.ndarray | None:
+        """``box`` if ``__call__`` accepts it for a frame of ``shape``, else None."""
+        try:
+            return _boxes_array(box, shape[1], shape[0])[0]
+        except InputError:
+            return None
 
     @staticmethod
     def _track_box(person: HumanMesh, shape, K: np.ndarray,
