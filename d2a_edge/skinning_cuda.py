@@ -40,12 +40,13 @@ def load_extension() -> ModuleType:
 
 
 def is_available() -> bool:
-    """True if the extension imports and sees at least one CUDA device."""
+    """True if the extension imports and sees at least one CUDA device; False also when the
+    CUDA runtime fails to count them (a driver that does not match, devices busy), so that
+    ``skinning="auto"`` falls back to numpy."""
     try:
-        ext = load_extension()
-    except ImportError:
+        return load_extension().device_count() > 0
+    except (ImportError, RuntimeError):
         return False
-    return ext.device_count() > 0
 
 
 def refuse_pose_correctives(asset) -> None:

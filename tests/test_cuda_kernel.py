@@ -158,6 +158,17 @@ def test_missing_extension_import_error_says_how_to_build(monkeypatch):
     assert skinning_cuda.is_available() is False
 
 
+def test_a_failing_cuda_runtime_means_not_available(monkeypatch):
+    """device_count() raises RuntimeError for CUDA errors other than "no device" (a driver
+    that does not match the runtime, devices busy); skinning="auto" must then fall back."""
+    class Broken:
+        @staticmethod
+        def device_count():
+            raise RuntimeError("CUDA call failed: cudaErrorSystemDriverMismatch")
+    monkeypatch.setattr(skinning_cuda, "load_extension", lambda: Broken)
+    assert skinning_cuda.is_available() is False
+
+
 def test_wrapper_import_is_torch_free():
     code = "import sys, d2a_edge.skinning_cuda; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -352,6 +363,54 @@ def test_matches_torch_oracle(ext, body_cases, body, batch, skin):
     assert verts.shape == ref_verts.shape and joints.shape == ref_joints.shape
     assert np.abs(joints - ref_joints).max() <= TOL_M
     assert np.abs(verts - ref_verts).max() <= TOL_M
+
+
+TC_WARPS = (2, 4, 8, 16)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@requires_torch
+@pytest.mark.parametrize("case", sorted(EMULATED))
+def test_every_launch_shape_matches_oracle(ext, case):
+    """The emulated bodies on the GPU (J up to 64: fk's two-warp path; S up to 32: tc's
+    heaviest kernels; tails of vertices, bodies and betas) at their batch and at 256, through
+    the raw-pointer entry with outputs filled with NaN, so a vertex or joint the kernel never
+    writes fails. simt, and tc at every warps count the body allows and at tiles_per_block 0
+    (auto), 1 and 3; only a warps count whose shared memory would pass 48 KiB may be
+    refused."""
+    import torch
+    make, batch, _, _ = EMULATED[case]
+    arrays = make()
+    J, S, V = len(arrays["parents"]), arrays["shapedirs"].shape[2], arrays["shapedirs"].shape[0]
+    configs = [("simt", 0, 0)]
+    if _compute_capability() >= (8, 0):
+        configs += [("tc", tiles, warps) for warps in TC_WARPS for tiles in (0, 1, 3)
+                    if warps < 16 or S <= 16]  # 16 warps: S <= 16 only (launch bounds)
+    stream = torch.cuda.current_stream().cuda_stream
+    with ext.BodyBuffers(**arrays, max_batch=256) as buffers:
+        for B in (batch, 256):
+            rot, betas, transl = random_inputs(np.random.default_rng(B + J), B, J, S)
+            ref_verts, ref_joints = _oracle(arrays, rot.astype(np.float32),
+                                            betas.astype(np.float32), transl.astype(np.float32),
+                                            "cuda")
+            x = [torch.as_tensor(a, dtype=torch.float32, device="cuda").contiguous()
+                 for a in (rot, betas, transl)]
+            for skin, tiles, warps in configs:
+                verts = torch.full((B, V, 3), float("nan"), device="cuda")
+                joints = torch.full((B, J, 3), float("nan"), device="cuda")
+                try:
+                    buffers.lbs(*(a.data_ptr() for a in x), verts.data_ptr(),
+                                joints.data_ptr(), B, stream, skin=skin,
+                                tiles_per_block=tiles, warps=warps)
+                except ValueError as e:
+                    assert "over 48 KiB" in str(e), (B, skin, tiles, warps, e)
+                    continue
+                torch.cuda.synchronize()
+                err_v = np.nan_to_num(np.abs(verts.cpu().numpy() - ref_verts), nan=np.inf)
+                err_j = np.nan_to_num(np.abs(joints.cpu().numpy() - ref_joints), nan=np.inf)
+                assert err_v.max() <= TOL_M and err_j.max() <= TOL_M, \
+                    (B, skin, tiles, warps, err_v.max(), err_j.max())
 
 
 @pytest.mark.gpu
