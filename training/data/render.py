@@ -114,7 +114,7 @@ def create_egl_context():
             f"could not create a headless EGL OpenGL context ({type(e).__name__}: {e}). On CPU "
             "machines install Mesa EGL (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri); on NVIDIA "
             "GPUs install the GL vendor libraries and set __EGL_VENDOR_LIBRARY_FILENAMES to "
-            "10_nvidia.json (see DESIGN.md section 8)") from e
+            "10_nvidia.json (README, \"GPU training\")") from e
 
 
 TILE_COLS = 8  # a batch renders into an atlas of up to TILE_COLS x TILE_COLS crops per pass
