@@ -25,6 +25,18 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here (missing package, file or device)."""
 
 
+def fixed_batch_chunks(image: np.ndarray, bbox_info: np.ndarray, batch: int):
+    """``(image, bbox_info, rows)`` chunks of exactly ``batch`` crops for a graph with a fixed
+    batch, the last padded with zero crops; ``rows`` is how many of the chunk's are real."""
+    for i in range(0, len(image), batch):
+        x, b = image[i:i + batch], bbox_info[i:i + batch]
+        rows = len(x)
+        if rows < batch:
+            x = np.concatenate([x, np.zeros((batch - rows, *x.shape[1:]), x.dtype)])
+            b = np.concatenate([b, np.zeros((batch - rows, *b.shape[1:]), b.dtype)])
+        yield x, b, rows
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -61,14 +73,15 @@ class OnnxRuntimeBackend:
         self.fixed_batch = b if isinstance(b, int) else None  # run larger batches in chunks
 
     def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
-        step = self.fixed_batch or len(image)
-        if len(image) % step:
-            raise ValueError(f"batch {len(image)} is not a multiple of the model's fixed "
-                             f"batch {step}; export with --dynamic")
-        parts = [self.session.run(self.outputs, {"image": image[i:i + step],
-                                                 "bbox_info": bbox_info[i:i + step]})
-                 for i in range(0, len(image), step)]
-        return {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.outputs)}
+        """Outputs for any number of crops; a graph with a fixed batch runs them in chunks of
+        that batch, the last padded."""
+        if self.fixed_batch is None:
+            out = self.session.run(self.outputs, {"image": image, "bbox_info": bbox_info})
+            return dict(zip(self.outputs, out))
+        parts = [(self.session.run(self.outputs, {"image": x, "bbox_info": b}), rows)
+                 for x, b, rows in fixed_batch_chunks(image, bbox_info, self.fixed_batch)]
+        return {name: np.concatenate([p[k][:rows] for p, rows in parts])
+                for k, name in enumerate(self.outputs)}
 
 
 class TorchBackend:

@@ -5,12 +5,14 @@ model_<precision>.plan with --format trt (and model_int8_sym.onnx, the zero-poin
 TensorRT takes, with --int8 --format trt), body.npz (the body asset the model was trained with),
 training_extras.safetensors (what training needs to go on from the bundle exactly; the SDK does
 not read it) and manifest.json (I/O, normalisation, output shapes, body hash, joint names,
-parity, versions). Graphs and plans of an earlier export in --out that this one does not write
-are removed. Then prints the parity report (ONNX Runtime vs PyTorch on labelled synthetic
+parity, versions). Graphs and plans of an earlier export in --out (those its manifest lists)
+that this one does not write are removed. Then prints the parity report (ONNX Runtime vs PyTorch on labelled synthetic
 crops: max abs error per output, max and mean vertex error, MPJPE / PA-MPJPE and their deltas)
 and how to use the bundle.
 A failed export leaves no file that looks valid; with --format trt and no TensorRT the verified
-ONNX bundle stays and the command exits 3.
+ONNX bundle stays, its report is printed and the command exits 3 (1 when TensorRT could not
+build a plan). --out must be a new folder, an earlier bundle, or a folder without a
+manifest.json; only the files an earlier bundle's manifest lists are replaced or removed.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ def _report(manifest: dict, out: Path) -> str:
             continue
         nan = float("nan")  # fields absent in older manifests
         per_output = ", ".join(f"{k} {v:.2g}" for k, v in p.get("max_abs_error", {}).items())
-        lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with'][:40]} | "
+        lines.append(f"| {name} | {a['bytes'] / 1e6:.1f} | {p['measured_with']} | "
                      f"{per_output} | {p['max_vertex_error_mm']:.4f} | "
                      f"{p.get('mean_vertex_error_mm', nan):.4f} | {p['mpjpe_mm']:.1f} | "
                      f"{p.get('mpjpe_delta_mm', nan):+.2f} | {p['pa_mpjpe_mm']:.1f} | "
@@ -45,10 +47,10 @@ def _report(manifest: dict, out: Path) -> str:
     onnx = [k for k, a in manifest["artifacts"].items()
             if a.get("format") == "onnx" and k in ("fp32", "fp16", "int8")]
     others = " / ".join(repr(k) for k in onnx if k != "fp32")
-    lines += ["", "use it:", "    from d2a_edge import MeshRecoverer",
-              f"    rec = MeshRecoverer({str(out)!r}, precision='fp32')"
+    lines += ["", "use it:", "    import cv2", "    from d2a_edge import MeshRecoverer",
+              f"    rec = MeshRecoverer({str(out.resolve())!r}, precision='fp32')"
               + (f"  # or {others}" if others else ""),
-              "    people = rec(frame_bgr)"]
+              "    people = rec(cv2.imread('photo.jpg'))  # any BGR frame"]
     return "\n".join(lines)
 
 
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(f"d2a-export: error: needs the [export] and [train] extras ({e})", file=sys.stderr)
         return 2
-    from d2a_edge.export.tensorrt_build import TensorRTUnavailable
+    from d2a_edge.export.tensorrt_build import (TensorRTBuildError, TensorRTUnavailable,
+                                                import_tensorrt)
     req = ExportRequest(out=Path(args.out), fmt=args.format, fp16=args.fp16, int8=args.int8,
                         calib=args.calib, batch=None if args.dynamic else args.batch,
                         opset=args.opset, val_samples=args.val_samples)
@@ -90,6 +93,12 @@ def main(argv=None) -> int:
         req.precisions()
         if args.format == "torch-trt" and _torch_trt_unavailable():
             return 3
+        if args.format == "trt":
+            try:
+                import_tensorrt()
+            except TensorRTUnavailable:
+                print("d2a-export: warning: TensorRT is not installed here: the ONNX bundle "
+                      "is written and verified, then d2a-export exits 3", file=sys.stderr)
         model, cfg, meta = load_model_config(args.checkpoint)
         from d2a_edge.body import load_body
         asset = load_body(cfg.model.body)
@@ -104,9 +113,11 @@ def main(argv=None) -> int:
                                  loss_state=loss_state(args.checkpoint),
                                  untrained=meta.get("recovered_from", {}).get("fresh_parameters",
                                                                               ()))
-    except TensorRTUnavailable as e:
+    except TensorRTUnavailable as e:  # the verified ONNX bundle is in place: report it
+        if e.manifest is not None:
+            print(_report(e.manifest, Path(args.out)))
         print(f"d2a-export: error: {e}", file=sys.stderr)
-        return 3
+        return 1 if isinstance(e, TensorRTBuildError) else 3
     except (ValueError, CheckpointError, OSError) as e:  # OSError: e.g. --out not writable
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ folder, so nothing is left that looks valid. One function per format (STYLE: no 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class ExportRequest:
         if self.int8 and not str(self.calib).isdigit() and not Path(self.calib).exists():
             raise ValueError(f"--calib {self.calib}: neither a number of synthetic crops nor "
                              "an existing folder or video of your images")
+        if self.int8 and str(self.calib).isdigit() and Path(self.calib).exists():
+            raise ValueError(f"--calib {self.calib}: both a number of synthetic crops and a "
+                             f"folder here; write ./{self.calib} for the folder")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be >= 1 (or --dynamic), got {self.batch}")
         if self.val_samples < 1:
@@ -62,20 +66,29 @@ class ExportRequest:
         return p
 
 
-def calibration_batches(calib: str, asset, size: int):
-    """(image (1,3,s,s), bbox_info (1,3)) pairs: N synthetic crops or a folder of images."""
+def calibration_batches(calib: str, asset, size: int, batch: int | None = 1):
+    """(image (b,3,s,s), bbox_info (b,3)) pairs from N synthetic crops or a folder (or video)
+    of images, whole frames as crops; b is the graph's fixed batch (1 for a dynamic one), and
+    the last batch is filled up with the first crops again."""
     if str(calib).isdigit():
         images, info, _ = verify.validation_set(asset, int(calib), size, seed=77_003)
-        return [(images[i:i + 1], info[i:i + 1]) for i in range(len(images))]
-    from d2a_edge.imageio import open_source
-    from d2a_edge.recoverer import default_intrinsics, make_crops
-    out = []
-    for _, frame in open_source(calib):
-        H, W = frame.shape[:2]
-        crops, _, info = make_crops(frame, np.array([[0, 0, W, H]], np.float32),
-                                    default_intrinsics(W, H), size)
-        out.append((crops, info))
-    return out
+    else:
+        from d2a_edge.imageio import open_source
+        from d2a_edge.recoverer import default_intrinsics, make_crops
+        crops = []
+        for _, frame in open_source(calib):
+            H, W = frame.shape[:2]
+            crops.append(make_crops(frame, np.array([[0, 0, W, H]], np.float32),
+                                    default_intrinsics(W, H), size))
+        if not crops:
+            raise ValueError(f"--calib {calib}: no readable image in it")
+        images = np.concatenate([c[0] for c in crops])
+        info = np.concatenate([c[2] for c in crops])
+    b = batch or 1
+    fill = -len(images) % b
+    images = np.concatenate([images, np.resize(images, (fill, *images.shape[1:]))])
+    info = np.concatenate([info, np.resize(info, (fill, *info.shape[1:]))])
+    return [(images[i:i + b], info[i:i + b]) for i in range(0, len(images), b)]
 
 
 def export_fp32(graph, stage: Path, size: int, req: ExportRequest) -> Path:
@@ -97,8 +110,8 @@ def export_int8(fp32: Path, stage: Path, calibration: list, symmetric: bool) -> 
 
 def export_trt(onnx_path: Path, stage: Path, precision: str, size: int, req) -> Path:
     from d2a_edge.export.tensorrt_build import build_engine
-    b = req.batch or 1
-    rng = (1, b, b) if req.batch else (1, 8, 64)
+    # a fixed batch is a static dimension: TensorRT needs min = opt = max for it
+    rng = (req.batch,) * 3 if req.batch else (1, 8, 64)
     return build_engine(onnx_path, stage / f"model_{precision}.plan", precision, size, rng,
                         timing_cache=stage / "timing.cache")
 
@@ -117,7 +130,24 @@ def measure(graph, asset, path: Path, precision: str, data) -> dict:
     return {**verify.compare(asset, OUTPUT_NAMES, ref, got, labels), "measured_with": where}
 
 
-STALE = ("model_*.onnx", "model_*.plan")  # export_bundle removes these from --out unless written
+def previous_export(out: Path) -> set[str]:
+    """The files that an earlier export listed in ``out/manifest.json`` (export_bundle removes
+    those it does not write again); a ValueError when ``out`` holds a training run or a
+    manifest.json that is not a bundle's, which the export would overwrite."""
+    if (out / "checkpoints").is_dir() or (out / "meta.json").is_file():
+        raise ValueError(f"--out {out} holds a training run or checkpoint; export into another "
+                         "folder")
+    path = out / "manifest.json"
+    if not path.exists():
+        return set()
+    try:
+        old = json.loads(path.read_text())
+        files = {a["file"] for a in old["artifacts"].values()}
+        old["manifest_version"], old["outputs"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"--out {out} holds a manifest.json that is not a d2a-edge bundle's "
+                         f"({type(e).__name__}: {e}); export into another folder") from None
+    return {f for f in files if isinstance(f, str) and Path(f).name == f}
 
 
 def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
@@ -135,6 +165,7 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
     size = model.cfg.image_size
     out = Path(req.out)
     created = not out.exists()
+    earlier = set() if created else previous_export(out)
     out.mkdir(parents=True, exist_ok=True)
     stage = out / ".d2a-export-staging"
     shutil.rmtree(stage, ignore_errors=True)
@@ -146,17 +177,16 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
         names = {f.name for f in written}
         for f in written[:-1]:
             f.replace(out / f.name)
-        for pattern in STALE:  # an earlier export's graphs and plans that this one did not make
-            for old in out.glob(pattern):
-                if old.name not in names:
-                    old.unlink()
+        for old in earlier - names:  # an earlier export's graphs and plans this one did not make
+            (out / old).unlink(missing_ok=True)
         written[-1].replace(out / written[-1].name)  # manifest.json last
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not any(out.iterdir()):  # a failed export leaves no empty --out behind
             out.rmdir()
     if trt_error is not None:
-        raise trt_error  # the verified ONNX bundle stays in place
+        trt_error.manifest = report  # the verified ONNX bundle stays in place
+        raise trt_error
     return report
 
 
@@ -183,6 +213,10 @@ def sigma_calibration(graph, asset, size, req, id_data, progress) -> dict:
 
 def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, progress,
                  loss_state=None, untrained=()) -> dict:
+    calibration = None
+    if "int8" in precisions:  # first, so that unusable calibration data fails before the work
+        progress(f"[1/4] INT8 calibration crops from {req.calib}")
+        calibration = calibration_batches(req.calib, asset, size, req.batch)
     progress(f"[1/4] rendering {req.val_samples} labelled validation crops")
     images, info, labels = verify.validation_set(asset, req.val_samples, size,
                                                  seed=VALIDATION_SEEDS["id"])
@@ -195,7 +229,6 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         files["fp16"] = export_fp16(files["fp32"], stage)
     if "int8" in precisions:
         progress(f"[2/4] int8 Q/DQ ONNX, calibrated on {req.calib}")
-        calibration = calibration_batches(req.calib, asset, size)
         files["int8"] = export_int8(files["fp32"], stage, calibration, symmetric=False)
         if req.fmt == "trt":
             files["int8-sym"] = export_int8(files["fp32"], stage, calibration, symmetric=True)

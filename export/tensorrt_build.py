@@ -19,7 +19,14 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class TensorRTUnavailable(RuntimeError):
-    """``tensorrt`` does not import on this machine."""
+    """``tensorrt`` does not import on this machine. ``export_bundle`` sets ``manifest`` to
+    the verified ONNX bundle it wrote before the TensorRT step."""
+
+    manifest: dict | None = None
+
+
+class TensorRTBuildError(TensorRTUnavailable):
+    """TensorRT imports but could not parse the graph or build the plan."""
 
 
 def import_tensorrt():
@@ -69,7 +76,7 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, pre
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise TensorRTBuildError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     for name in plan["flags"]:
@@ -84,7 +91,8 @@ def build_engine(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, pre
     cache = _load_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"TensorRT failed to build a {precision} engine from {onnx_path}")
+        raise TensorRTBuildError(f"TensorRT failed to build a {precision} engine from "
+                                 f"{onnx_path}")
     plan_path = Path(plan_path)
     tmp = plan_path.with_name(f".{plan_path.name}.partial")
     tmp.write_bytes(bytes(serialized))

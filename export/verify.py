@@ -66,11 +66,14 @@ def cpu_description() -> str:
 
 
 def run_onnx(session, images: np.ndarray, info: np.ndarray, names, batch: int = 32):
-    """Outputs of an ONNX Runtime session; uses batch 1 when the graph has a fixed batch."""
+    """Outputs of an ONNX Runtime session, ``batch`` crops a run; a graph with a fixed batch
+    takes chunks of its batch, the last padded (``fixed_batch_chunks``)."""
+    from d2a_edge.backends import fixed_batch_chunks
+
     fixed = session.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) else batch
-    outs = [session.run(list(names), {"image": images[i:i + step], "bbox_info": info[i:i + step]})
-            for i in range(0, len(images), step)]
+    outs = [[o[:rows] for o in session.run(list(names), {"image": x, "bbox_info": b})]
+            for x, b, rows in fixed_batch_chunks(images, info, step)]
     return [np.concatenate(parts) for parts in zip(*outs)]
 
 

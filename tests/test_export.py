@@ -94,6 +94,50 @@ def test_bad_requests(tmp_path, fresh_model, anny_asset):
         export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path / "new", opset=9,
                                                               val_samples=2))
     assert not (tmp_path / "new").exists()  # nor an empty --out folder it made itself
+    with pytest.raises(ValueError, match="opset 13 is not supported"):  # no attention op in 13
+        export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path / "new", opset=13,
+                                                              val_samples=2))
+
+
+def test_fixed_batch_graph_runs_any_number_of_crops(tmp_path, fresh_model, anny_asset):
+    """--batch 3: INT8 calibration comes in batches of 3 (5 crops, the last batch filled up),
+    the parity check takes 4 crops, and the SDK's ONNX Runtime backend runs 1, 2 and 4 crops
+    on the fixed-batch graph, padding the last chunk. All three crashed: the calibration fed
+    batch 1, and both runners refused a count that is not a multiple of 3."""
+    from d2a_edge.backends import OnnxRuntimeBackend
+    from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    from d2a_edge.export.verify import run_torch, validation_set
+    from d2a_edge.training.inference import OUTPUT_NAMES, FusedGraph
+    manifest = export_bundle(fresh_model, anny_asset, ExportRequest(
+        out=tmp_path, int8=True, calib="5", batch=3, val_samples=4))
+    assert manifest["inputs"]["image"]["shape"][0] == 3
+    size = fresh_model.cfg.image_size
+    images, info, _ = validation_set(anny_asset, 4, size)
+    ref = dict(zip(OUTPUT_NAMES, run_torch(FusedGraph(fresh_model), images, info)))
+    fp32 = OnnxRuntimeBackend(tmp_path / "model_fp32.onnx", OUTPUT_NAMES)
+    assert fp32.fixed_batch == 3
+    for n in (1, 2, 4):
+        got = fp32.run(images[:n], info[:n])
+        for name in ("pose", "translation"):
+            assert got[name].shape == ref[name][:n].shape
+            np.testing.assert_allclose(got[name], ref[name][:n], atol=1e-4)
+    int8 = OnnxRuntimeBackend(tmp_path / "model_int8.onnx", OUTPUT_NAMES).run(images[:2],
+                                                                              info[:2])
+    assert int8["pose"].shape[0] == 2 and np.isfinite(int8["pose"]).all()
+
+
+def test_calibration_batches_fill_the_last_batch_and_read_folders(tmp_path, anny_asset):
+    import cv2
+    from d2a_edge.export.pipeline import calibration_batches
+    batches = calibration_batches("5", anny_asset, 64, batch=3)
+    assert [len(x) for x, _ in batches] == [3, 3]
+    np.testing.assert_array_equal(batches[1][0][2], batches[0][0][0])  # filled with crop 0
+    (tmp_path / "a.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="no readable image"):
+        calibration_batches(str(tmp_path), anny_asset, 64)
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((80, 60, 3), 128, np.uint8))
+    (x, info), = calibration_batches(str(tmp_path), anny_asset, 64, batch=None)
+    assert x.shape == (1, 3, 64, 64) and info.shape == (1, 3)
 
 
 def _activation_zero_points(path) -> list[np.ndarray]:
@@ -228,15 +272,74 @@ def test_trt_missing_is_clear(tmp_path, fresh_model, anny_asset):
     # an earlier export into the same folder left graphs and a plan this one does not make
     for stale in ("model_int8.onnx", "model_fp16.plan"):
         (tmp_path / stale).write_bytes(b"from an earlier export")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "manifest_version": 1, "outputs": {}, "artifacts": {
+            "int8": {"file": "model_int8.onnx"}, "fp16-trt": {"file": "model_fp16.plan"}}}))
     (tmp_path / "notes.txt").write_text("the user's own file")
+    (tmp_path / "model_detector.onnx").write_text("the user's own graph, in no manifest")
     with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
         export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path, fmt="trt",
                                                               val_samples=2))
     # the verified ONNX bundle remains, without any plan, and without the stale files (an
     # int8 graph beside a manifest without int8 looked like a model that would not load)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["body.npz", "manifest.json",
+                                                         "model_detector.onnx",
                                                          "model_fp32.onnx", "notes.txt",
                                                          "training_extras.safetensors"]
+
+
+@pytest.mark.parametrize("case", ["foreign manifest", "run folder", "checkpoint"])
+def test_out_that_is_not_a_bundle_is_refused_untouched(tmp_path, case):
+    """An --out holding another program's manifest.json, a training run or a checkpoint is
+    refused before anything is written (the export overwrote the manifest, and a run folder
+    then read as a bundle)."""
+    from d2a_edge.export.pipeline import previous_export
+    made = {"foreign manifest": "manifest.json", "run folder": "checkpoints/latest.json",
+            "checkpoint": "meta.json"}[case]
+    (tmp_path / made).parent.mkdir(exist_ok=True)
+    (tmp_path / made).write_text('{"name": "someone else\'s"}')
+    with pytest.raises(ValueError, match="another folder"):
+        previous_export(tmp_path)
+    assert (tmp_path / made).read_text() == '{"name": "someone else\'s"}'
+
+
+def test_previous_export_lists_only_the_earlier_bundles_files(tmp_path):
+    from d2a_edge.export.pipeline import previous_export
+    assert previous_export(tmp_path) == set()
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "manifest_version": 1, "outputs": {}, "artifacts": {
+            "fp32": {"file": "model_fp32.onnx"}, "odd": {"file": "../outside.onnx"}}}))
+    assert previous_export(tmp_path) == {"model_fp32.onnx"}
+
+
+def test_cli_prints_the_onnx_report_when_tensorrt_is_missing(bundle, tmp_path, monkeypatch,
+                                                              capsys):
+    """--format trt without TensorRT: a warning up front, then the verified ONNX bundle's
+    report (it printed only the error), exit 3; a failed TensorRT build exits 1."""
+    import d2a_edge.body
+    import d2a_edge.export.pipeline as pipeline
+    import d2a_edge.training.checkpoint as checkpoint
+    import d2a_edge.training.recover as recover
+    from d2a_edge.export import tensorrt_build
+    from d2a_edge.export.cli import main
+
+    class Cfg:
+        name, model = "fake", type("M", (), {"body": "anny"})
+
+    monkeypatch.setattr(checkpoint, "load_model_config", lambda path: (None, Cfg, {}))
+    monkeypatch.setattr(d2a_edge.body, "load_body", lambda name: None)
+    monkeypatch.setattr(recover, "loss_state", lambda path: None)
+    for error, code in ((tensorrt_build.TensorRTUnavailable("TensorRT is not installed"), 3),
+                        (tensorrt_build.TensorRTBuildError("TensorRT failed to build"), 1)):
+        def fake_export(*args, error=error, **kwargs):
+            error.manifest = bundle[1]
+            raise error
+        monkeypatch.setattr(pipeline, "export_bundle", fake_export)
+        assert main(["run", "--out", str(tmp_path / "o"), "--format", "trt"]) == code
+        out, err = capsys.readouterr()
+        assert "| fp32 |" in out and "MeshRecoverer(" in out and str(error) in err
+        if not has_module("tensorrt"):
+            assert "TensorRT is not installed here" in err
 
 
 def test_trt_version_gate():
