@@ -40,7 +40,8 @@ def fixed_batch_chunks(image: np.ndarray, bbox_info: np.ndarray, batch: int):
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, outputs: list[str], device: str = "auto"):
+    def __init__(self, path: Path, outputs: list[str], device: str = "auto",
+                 image_size: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -67,9 +68,14 @@ class OnnxRuntimeBackend:
         if not set(outputs) <= names or inputs != {"image", "bbox_info"}:
             raise BundleError(f"{path}: graph I/O {sorted(inputs)} -> {sorted(names)} does not "
                               f"match the manifest ({outputs}): from another model version?")
+        shape = self.session.get_inputs()[0].shape  # (batch, 3, s, s)
+        if image_size is not None and list(shape[1:]) != [3, image_size, image_size]:
+            raise BundleError(f"{path} takes images of shape {shape[1:]}, the manifest says "
+                              f"[3, {image_size}, {image_size}]: graph and manifest are from "
+                              "different exports")
         self.outputs = outputs
         self.device = "cuda" if providers[0].startswith("CUDA") else "cpu"
-        b = self.session.get_inputs()[0].shape[0]
+        b = shape[0]
         self.fixed_batch = b if isinstance(b, int) else None  # run larger batches in chunks
 
     def run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
@@ -149,7 +155,7 @@ def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, prec
         if path is None:
             have = sorted(bundle.manifest["artifacts"])
             raise BackendUnavailable(f"no {precision} ONNX model in {bundle.root} (has {have})")
-        return OnnxRuntimeBackend(path, outputs, device)
+        return OnnxRuntimeBackend(path, outputs, device, bundle.image_size)
     ckpt = bundle.checkpoint()
     if ckpt is None:
         raise BackendUnavailable(f"no PyTorch checkpoint in {bundle.root}")

@@ -29,6 +29,11 @@ def _import_cudart():
     return cudart
 
 
+
+class PlanNotLoadable(BundleError, BackendUnavailable):
+    """TensorRT could not deserialize the plan: corrupt, or built for another GPU or TensorRT
+    version (plans are not portable). ``backend="auto"`` goes on to ONNX Runtime."""
+
 class CudaError(RuntimeError):
     """A CUDA runtime call failed (no usable GPU or driver, out of memory, ...)."""
 
@@ -145,8 +150,9 @@ class TensorRTBackend:
         self.runtime = trt.Runtime(self.logger)  # kept: a runtime must outlive its engines
         self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
-            raise BundleError(f"{plan} is not a TensorRT plan for this TensorRT version and GPU "
-                              "(corrupt, or built elsewhere): rebuild it with d2a-export --format trt")
+            raise PlanNotLoadable(f"{plan} is not a TensorRT plan for this TensorRT version and "
+                                  "GPU (corrupt, or built elsewhere): rebuild it with d2a-export "
+                                  "--format trt")
         self.context = self.engine.create_execution_context()
         try:
             self._allocate(plan)

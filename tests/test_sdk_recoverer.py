@@ -64,6 +64,22 @@ def test_torch_backend_on_cuda_without_a_gpu_is_unavailable(tmp_path):
         TorchBackend(tmp_path / "run", ["pose"], device="cuda")
 
 
+def test_a_manifest_that_does_not_match_its_graph_is_refused(tmp_path):
+    """The manifest says 224-px crops, the graph takes 192: a BundleError when the model
+    loads (it was ONNX Runtime's raw InvalidArgument at the first frame)."""
+    import shutil
+
+    from d2a_edge.bundle import DEFAULT_MODEL
+    from d2a_edge.recoverer import MeshRecoverer
+    root = tmp_path / "b"
+    shutil.copytree(DEFAULT_MODEL, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m["inputs"]["image"]["shape"][2:] = [224, 224]
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="different exports"):
+        MeshRecoverer(root, backend="onnxruntime")
+
+
 def test_bad_bundles(tmp_path, fresh_bundle):
     import shutil
 

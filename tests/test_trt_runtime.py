@@ -219,6 +219,29 @@ def test_unusable_cuda_makes_tensorrt_unavailable_and_auto_falls_back(fake_trt, 
     assert make_backend(bundle, "auto").name == "onnxruntime"
 
 
+def test_a_plan_from_another_gpu_falls_back_to_onnx_runtime(fake_trt, tmp_path):
+    """A plan that TensorRT cannot deserialize (copied from another GPU or TensorRT version,
+    with the manifest's sha256 intact): backend="tensorrt" names it, backend="auto" uses ONNX
+    Runtime (it raised BundleError)."""
+    from d2a_edge.backends import make_backend
+    from d2a_edge.body import file_sha256
+    from d2a_edge.bundle import DEFAULT_MODEL, BundleError, load_bundle
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_MODEL, root)
+    plan = root / "model_fp32.plan"
+    plan.write_bytes(b"\x00garbage")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["artifacts"]["fp32-trt"] = {"file": plan.name, "format": "trt",
+                                         "bytes": plan.stat().st_size,
+                                         "sha256": file_sha256(plan)}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    bundle = load_bundle(root)
+    with pytest.raises(BundleError, match="not a TensorRT plan"):
+        make_backend(bundle, "tensorrt")
+    assert make_backend(bundle, "auto").name == "onnxruntime"
+    assert fake_trt.mem == {}
+
+
 def test_cuda_python_errors_are_decoded():
     """CudaRT over a cudart whose calls return an error code (cuda-python returns tuples)."""
     from d2a_edge.trt_runtime import CudaError, CudaRT
