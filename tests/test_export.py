@@ -572,3 +572,39 @@ def test_printed_report_has_the_parity_the_issue_asks_for():
     assert "# or 'int8'" in text and "'fp16'" not in text
     del manifest["artifacts"]["int8"]
     assert "# or" not in _report(manifest, Path("b"))
+
+
+def _outs(asset, n, transl):
+    J, S = asset.num_joints, asset.num_betas
+    pose = np.broadcast_to(np.eye(3, dtype=np.float32), (n, J, 3, 3)).copy()
+    return [pose, np.zeros((n, S), np.float32), np.asarray(transl, np.float32),
+            np.full((n, J, 3), 0.01, np.float32)]
+
+
+def test_parity_report_max_and_deltas_against_known_differences(anny_asset):
+    """``verify.compare``: the graph under test moves one of four meshes by 10 mm and bends one
+    joint of another. The worst vertex error is 10 mm (the mean far less); the accuracy deltas
+    are got - ref, positive when the exported graph is worse."""
+    from d2a_edge.body.rotations import rodrigues
+    from d2a_edge.export import verify
+    ref = _outs(anny_asset, 4, [[0.0, 0.0, 3.0]] * 4)
+    v, j = verify.mesh_from_outputs(anny_asset, ref)
+    labels = {"kp3d": anny_asset.keypoints(j, v, 17)}  # the reference is perfect
+    got = [a.copy() for a in ref]
+    got[2][0, 0] += 0.01  # 10 mm sideways: no vertex moves more, and only in sample 0
+    knee = list(anny_asset.joint_names).index("LeftLeg")
+    got[0][1, knee] = rodrigues(np.array([1.2, 0.0, 0.0]))
+    r = verify.compare(anny_asset, ["pose", "shape", "translation", "joint_sigma"], ref, got,
+                       labels)
+    assert r["max_abs_error"]["translation"] == pytest.approx(0.01, abs=1e-6)
+    assert r["max_abs_error"]["shape"] == 0.0
+    assert r["max_vertex_error_mm"] > 10.0  # the bent knee moves the foot by far more
+    assert r["mean_vertex_error_mm"] < r["max_vertex_error_mm"] / 2
+    assert r["mpjpe_delta_mm"] > 1.0 and r["pa_mpjpe_delta_mm"] > 1.0  # worse is positive
+    assert r["mpjpe_delta_mm"] == pytest.approx(r["mpjpe_mm"], abs=1e-6)  # the ref is exact
+    same = verify.compare(anny_asset, ["pose", "shape", "translation", "joint_sigma"], ref,
+                          _outs(anny_asset, 4, [[0.0, 0.0, 3.0]] * 3 + [[0.0, 0.0, 3.02]]),
+                          labels)
+    assert same["max_vertex_error_mm"] == pytest.approx(20.0, abs=1e-3)
+    assert same["mean_vertex_error_mm"] == pytest.approx(5.0, abs=1e-3)
+    assert abs(same["mpjpe_delta_mm"]) < 1e-6  # root-aligned: a translation is no error

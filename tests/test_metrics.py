@@ -77,3 +77,40 @@ def test_calibration_bins_sorted_by_sigma():
     assert [b["count"] for b in bins] == [25] * 4
     assert [b["sigma"] for b in bins] == sorted(b["sigma"] for b in bins)
     np.testing.assert_allclose([b["error"] for b in bins], [2 * b["sigma"] for b in bins])
+
+
+def test_procrustes_scale_is_optimal_when_the_best_rotation_needs_the_reflection_guard(rng):
+    """A mirrored prediction: the best proper rotation has det(U V^T) = -1, so the Umeyama scale
+    must use s1 + s2 - s3. At the optimum, scaling the aligned points about the gt centroid by
+    1 +- 1% cannot lower the squared error."""
+    gt = rng.normal(size=(4, 17, 3))
+    pred = gt * np.array([-1.0, 1.0, 1.0]) + rng.normal(0, 0.05, gt.shape)
+    al = M.procrustes_align(pred, gt)
+    mg = gt.mean(1, keepdims=True)
+    sse = lambda k: (((k * (al - mg) + mg) - gt) ** 2).sum((1, 2))  # noqa: E731
+    assert np.all(sse(0.99) >= sse(1.0) - 1e-12) and np.all(sse(1.01) >= sse(1.0) - 1e-12)
+
+
+def test_calibration_bins_group_by_sigma_not_by_error():
+    """Bins are sigma quantiles: with error falling as sigma rises, the low-sigma bin holds the
+    large errors (a bin sorted by error would pair them the other way round)."""
+    bins = M.calibration_bins(np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0, 0.0]), 2)
+    assert [b["sigma"] for b in bins] == [0.5, 2.5]
+    assert [b["error"] for b in bins] == [2.5, 0.5]
+
+
+def test_point_metrics_reject_non_3d_points():
+    with pytest.raises(ValueError, match="equal shape"):
+        M.mpjpe(np.zeros((1, 4, 2)), np.zeros((1, 4, 2)))
+    with pytest.raises(ValueError, match="equal shape"):
+        M.pa_mpjpe(np.zeros((4, 3)), np.zeros((4, 3)))
+
+
+def test_spearman_is_a_rank_correlation():
+    from d2a_edge.training.evaluate import _spearman
+    a = np.array([1.0, 10.0, 100.0, 1000.0, 5.0])
+    assert _spearman(a, a ** 3) == pytest.approx(1.0)   # any monotone map: 1
+    assert _spearman(a, -a) == pytest.approx(-1.0)
+    assert _spearman(np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0])) == pytest.approx(1.0)
+    assert _spearman(np.ones(5), a) == 0.0  # ranked by position, a constant gave 0.4
+    assert _spearman(np.array([1.0, 1.0, 2.0]), np.array([5.0, 5.0, 9.0])) == pytest.approx(1.0)

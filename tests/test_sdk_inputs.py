@@ -86,3 +86,29 @@ def test_one_euro_smooths_noise_and_follows_motion():
     assert np.abs(out[-1] - ramp[-1]).max() < 0.1  # little lag on fast motion
     with pytest.raises(ValueError, match="min_cutoff > 0"):
         OneEuroFilter(min_cutoff=0)
+
+
+def test_uint16_keeps_the_high_byte():
+    """A 16-bit frame (PNG16, machine-vision cameras) maps 0..65535 to 0..255: 0x1234 -> 0x12.
+    Taking the low byte instead turns a smooth 16-bit image into noise."""
+    img = np.full((32, 32, 3), 0x1234, np.uint16)
+    assert as_bgr8(img)[0, 0].tolist() == [0x12] * 3
+    assert as_bgr8(np.full((32, 32), 0x00FF, np.uint16)).max() == 0  # dark stays dark
+
+
+def test_thin_images_are_rejected():
+    with pytest.raises(InputError, match="smaller than"):
+        as_bgr8(np.zeros((8, 640, 3), np.uint8))
+
+
+def test_one_euro_reset_and_shape_change_start_afresh():
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
+    f.filter(np.zeros(3), 0.0)
+    assert f.filter(np.ones(3), 1 / 30)[0] < 0.5  # smoothed towards the old value
+    f.reset()
+    np.testing.assert_array_equal(f.filter(np.full(3, 7.0), 2 / 30), np.full(3, 7.0))
+    # a new shape (another mesh resolution) restarts rather than broadcasting the old state
+    np.testing.assert_array_equal(f.filter(np.full((2, 3), 5.0), 3 / 30), np.full((2, 3), 5.0))
+    for kw in ({"d_cutoff": 0.0}, {"beta": -1.0}):
+        with pytest.raises(ValueError, match="d_cutoff > 0, beta >= 0"):
+            OneEuroFilter(**kw)

@@ -1,13 +1,18 @@
 """MeshRecoverer end to end on rendered images: same numbers as PyTorch, bad files fail clearly."""
 import json
-import sys
+import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import requires_torch
 
-from d2a_edge.bundle import BundleError, load_bundle
+from d2a_edge import MeshRecoverer
+from d2a_edge.bundle import DEFAULT_MODEL, BundleError, load_bundle
+from d2a_edge.recoverer import default_intrinsics
+from d2a_edge.types import HumanMesh
 
 pytestmark = requires_torch
 
@@ -466,3 +471,100 @@ def test_box_filter_follows_a_constant_velocity_and_holds_small_jitter():
     assert g.next_box(2.0) is None
     with pytest.raises(ValueError):
         BoxFilter(g=0)
+
+
+def test_default_intrinsics_are_the_documented_cliff_camera():
+    """focal = sqrt(W^2 + H^2) px, principal point at the centre (pixel-centre convention):
+    with no intrinsics the SDK's metric translations rest on exactly this K."""
+    K = default_intrinsics(1920, 1080)
+    np.testing.assert_allclose(K, [[np.hypot(1920, 1080), 0, 959.5],
+                                   [0, np.hypot(1920, 1080), 539.5], [0, 0, 1]], rtol=1e-6)
+    rec = MeshRecoverer(backend="onnxruntime")
+    np.testing.assert_array_equal(rec.camera(640, 480), default_intrinsics(640, 480))
+
+
+def _flat_person(x, score, n=100):
+    """A flat 0.6 x 1.6 m 'mesh' at depth 3 m centred at x metres."""
+    xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
+    v = np.concatenate([xy.reshape(-1, 2) + [x, 0.0], np.full((n, 1), 3.0)], 1).astype(np.float32)
+    return HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25].copy(),
+                     joints2d=np.zeros((25, 2), np.float32), joint_sigma=np.full(25, 0.05, np.float32),
+                     pose=None, shape=None, translation=np.array([x, 0.0, 3.0], np.float32),
+                     box=None, score=score)
+
+
+def test_a_low_score_loses_the_track_even_when_the_mesh_is_on_screen():
+    K = default_intrinsics(640, 480)
+    assert MeshRecoverer._track_box(_flat_person(0.0, 0.9), (480, 640), K) is not None
+    assert MeshRecoverer._track_box(_flat_person(0.0, 0.1), (480, 640), K) is None
+
+
+def test_track_restarts_its_smoothing_after_the_person_is_lost():
+    """Frame 1 loses the person (score 0.1 < LOST_SCORE), so frame 2 starts from 'auto' with
+    fresh One-Euro filters: its output is the raw prediction, not one pulled towards the person
+    seen before the loss."""
+    people = iter([_flat_person(0.0, 0.9), _flat_person(0.0, 0.1), _flat_person(0.5, 0.9)])
+    calls = []
+
+    class Scripted(MeshRecoverer):
+        def __init__(self):
+            self.K = None
+
+        def __call__(self, image, boxes=None):
+            calls.append(boxes if isinstance(boxes, str) else "box")
+            return [next(people)]
+
+    frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(3)]
+    out = [p for _, _, (p,) in Scripted().track(iter(frames), smoothing=True)]
+    assert calls == ["auto", "box", "auto"]
+    np.testing.assert_allclose(out[2].translation, [0.5, 0.0, 3.0], atol=1e-6)
+    np.testing.assert_allclose(out[2].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
+
+
+def _copy_bundle(dst: Path) -> Path:
+    shutil.copytree(DEFAULT_MODEL, dst)
+    return dst
+
+
+def test_an_artifact_damaged_in_place_is_refused(tmp_path):
+    """Same size, one byte flipped (bit rot, a bad copy): the sha256 must catch it; the size
+    alone cannot."""
+    b = _copy_bundle(tmp_path / "b")
+    f = b / "model_fp32.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the manifest's size and sha256"):
+        load_bundle(b).artifact("fp32", "onnx")
+    assert load_bundle(b).artifact("int8", "onnx") is not None  # the others are fine
+
+
+def test_a_body_asset_from_another_export_is_refused(tmp_path):
+    """A valid body.npz that is not the one the manifest names (its template moved 1 cm) would
+    skin every mesh wrongly without a word."""
+    import dataclasses
+
+    from d2a_edge.body import load_body_asset
+    from d2a_edge.body.asset import save_body_asset
+    b = _copy_bundle(tmp_path / "b")
+    a = load_body_asset(b / "body.npz")
+    (b / "body.npz").unlink()
+    save_body_asset(dataclasses.replace(a, v_template=a.v_template + 0.01), b / "body.npz")
+    with pytest.raises(BundleError, match="does not match the manifest's sha256"):
+        load_bundle(b)
+
+
+def test_crops_are_rgb_in_0_1_and_mirror_inputs_negate_the_horizontal_offset():
+    """The engine takes RGB (manifest inputs.image.colour): a pure-blue BGR frame must give
+    R = 0, B = 1. The mirror image of a crop has its CLIFF x-offset negated, the rest kept."""
+    from d2a_edge.flip import mirror_inputs
+    from d2a_edge.recoverer import make_crops
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[..., 0] = 255  # BGR: blue
+    crops, sq, info = make_crops(frame, np.float32([[50, 20, 110, 80]]), default_intrinsics(200, 100), 32)
+    centre = crops[0, :, 16, 16]
+    np.testing.assert_allclose(centre, [0.0, 0.0, 1.0], atol=1e-6)
+    m_crops, m_info = mirror_inputs(crops, info)
+    np.testing.assert_array_equal(m_crops, crops[..., ::-1])
+    np.testing.assert_allclose(m_info, info * [-1.0, 1.0, 1.0])
+    assert info[0, 0] != 0  # the box is off-centre, so the sign matters

@@ -834,3 +834,73 @@ def test_ablation_checks_its_data_first_and_merges_its_results(tmp_path, monkeyp
     assert set(rows) == {"edge-s", "edge-s-rle"}
     assert rows["edge-s"]["train_seconds"] == 120.0 and rows["edge-s-rle"]["train_seconds"] == 60
     assert "| edge-s-rle |" in (tmp_path / "o" / "ablation.md").read_text()
+
+
+def test_time_budget_never_raises_the_step_count(monkeypatch):
+    """A budget far larger than the schedule needs: the fit keeps the total given."""
+    from d2a_edge.training import schedule as T
+    from d2a_edge.training.distributed import Dist
+    clock = {"now": 0.0}
+    monkeypatch.setattr(T.time, "perf_counter", lambda: clock["now"])
+    calib, d, total = T.Calibration(start=0, budget=1e6, t0=0.0), Dist(), 500
+    for step in range(1, 41):
+        clock["now"] = 0.1 * step
+        total, stop = calib.after_step(step, total, d)
+        assert not stop
+    assert total == 500
+
+
+def test_eval_metrics_of_a_perfect_and_a_displaced_prediction(anny_asset):
+    """``evaluate.predict`` with a stand-in model that returns the ground truth moved by 5 cm
+    and its root turned by 30 degrees in place of the truth: root-relative errors are 0
+    (MPJPE, PA-MPJPE, PVE), the translation error is 5 cm, the orientation error 30 degrees."""
+    from _batches import make_batch
+    from d2a_edge.body.lbs_torch import BodyLayer
+    from d2a_edge.body.rotations import rodrigues
+    from d2a_edge.training.evaluate import predict
+    b = make_batch(anny_asset, 3, 64, seed=5)
+    body = BodyLayer(anny_asset)
+    shift = torch.tensor([0.03, 0.0, 0.04])
+
+    class Stand:
+        def __init__(self):
+            self.body = body
+
+        def __call__(self, image, info):
+            verts, joints = body(b["rotmats"], b["betas"], b["transl"])
+            rot = b["rotmats"].clone()
+            rot[:, 0] = rot[:, 0] @ torch.as_tensor(rodrigues(np.array([0.0, np.radians(30), 0.0])),
+                                                   dtype=rot.dtype)
+            return {"joints3d": joints + shift, "vertices": verts + shift,
+                    "translation": b["transl"] + shift, "rotmats": rot,
+                    "joint_mu": b["joints3d"] - b["transl"][:, None],
+                    "joint_sigma": torch.full((3, anny_asset.num_joints, 3), 0.01)}
+
+    r = predict(Stand(), [b], "cpu", progress=False)
+    for k in ("mpjpe", "pa_mpjpe", "pve"):
+        np.testing.assert_allclose(r[k], 0.0, atol=1e-2, err_msg=k)
+    np.testing.assert_allclose(r["trans_err_cm"], 5.0, atol=1e-4)
+    np.testing.assert_allclose(r["root_rot_deg"], 30.0, atol=1e-2)
+    np.testing.assert_allclose(r["pck3d_150"], 1.0)
+    np.testing.assert_allclose(r["mu_err"], 0.0, atol=1e-3)
+
+
+def test_a_damaged_train_state_is_caught_before_resuming(tmp_path, anny_asset):
+    """--resume reads train_state.safetensors: a flipped byte in it (same size) must fail the
+    sha256 check, so latest_intact passes over that checkpoint instead of resuming from it."""
+    from _batches import tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training.train import Dist, build_state, save
+    cfg = tiny_config()
+    st = build_state(cfg, Dist(), 10, anny_asset)
+    st.step = 3
+    path = save(st, cfg, tmp_path, Dist())
+    f = path / "train_state.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01
+    f.write_bytes(bytes(data))
+    ckpt.read_checkpoint(tmp_path)  # the weights alone are fine
+    with pytest.raises(ckpt.CheckpointError, match="train_state.safetensors is corrupt"):
+        ckpt.verify_checkpoint(tmp_path, with_train_state=True)
+    found, skipped = ckpt.latest_intact(tmp_path)
+    assert found is None and "sha256 mismatch" in skipped[0]

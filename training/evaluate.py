@@ -84,7 +84,10 @@ def _safe(name: str) -> str:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    """Spearman's rank correlation, ties given their mean rank; 0 when either is constant (the
+    ranks by position gave a constant input a correlation)."""
+    from scipy.stats import rankdata
+    ra, rb = rankdata(a), rankdata(b)
     if ra.std() == 0 or rb.std() == 0:
         return 0.0
     return float(np.corrcoef(ra, rb)[0, 1])
