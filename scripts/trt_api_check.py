@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = (ROOT / "export" / "tensorrt_build.py", ROOT / "d2a_edge" / "trt_runtime.py")
 # the variables (as written in SOURCES) that hold the tensorrt module or TensorRT objects
-TRT_OBJECTS = {"trt", "self.trt", "builder", "network", "parser", "config", "profile", "tensor",
-               "cache", "self.engine", "self.context", "trt.Logger", "trt.MemoryPoolType",
-               "trt.TensorIOMode"}
+TRT_OBJECTS = {"trt", "self.trt", "self.runtime", "builder", "network", "parser", "config",
+               "profile", "tensor", "cache", "self.engine", "self.context", "trt.Logger",
+               "trt.MemoryPoolType", "trt.TensorIOMode"}
 
 
 def used_names(sources=SOURCES) -> dict[str, set[str]]:

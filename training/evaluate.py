@@ -173,6 +173,8 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
                              f"{cfg.name!r} expects {cfg.model.image_size}px")
     if flip:
         model = FlipAveraged(model, load_body(cfg.model.body).mirror_joints())
+    bundle = recover.is_bundle(checkpoint)  # its weights carry no step: name the bundle
+    label = f"{cfg.name}, bundle {checkpoint}" if bundle else f"{cfg.name}, step {meta['step']}"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -181,13 +183,13 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: dict[str, object], out
         results[split] = summarize(predict(model, loader, device, progress))
         results[split]["calibration_png"] = str(calibration_png(
             results[split]["calibration"], out_dir / f"calibration_{_safe(split)}.png",
-            f"{cfg.name} step {meta['step']} - {split}"))
-    source = checkpoint if recover.is_bundle(checkpoint) else ckpt.resolve_checkpoint(checkpoint)
+            f"{label} - {split}"))
+    source = checkpoint if bundle else ckpt.resolve_checkpoint(checkpoint)
     payload = {"checkpoint": str(source), "config": cfg.name,
                "step": meta["step"], "flip": flip, "splits": results}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1))
     (out_dir / "metrics.md").write_text(markdown_table(
-        results, f"d2a-eval: {cfg.name}, step {meta['step']}" + (", flip" if flip else "")))
+        results, f"d2a-eval: {label}" + (", flip" if flip else "")))
     return results
 
 
