@@ -58,6 +58,9 @@ class ExportRequest:
         if self.int8 and str(self.calib).isdigit() and Path(self.calib).exists():
             raise ValueError(f"--calib {self.calib}: both a number of synthetic crops and a "
                              f"folder here; write ./{self.calib} for the folder")
+        if self.fmt == "torch-trt" and self.batch is None:  # export_torch_trt traces one batch
+            raise ValueError("--format torch-trt compiles a fixed batch: use --batch N, not "
+                             "--dynamic")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch must be >= 1 (or --dynamic), got {self.batch}")
         if self.val_samples < 1:

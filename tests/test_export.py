@@ -86,6 +86,8 @@ def test_bad_requests(tmp_path, fresh_model, anny_asset):
         ExportRequest(out=tmp_path, int8=True).precisions()
     with pytest.raises(ValueError, match="cannot produce"):
         ExportRequest(out=tmp_path, fmt="torch-trt", int8=True, calib="4").precisions()
+    with pytest.raises(ValueError, match="compiles a fixed batch"):  # --dynamic was ignored
+        ExportRequest(out=tmp_path, fmt="torch-trt", batch=None).precisions()
     with pytest.raises(ValueError, match="opset 9 is not supported"):
         export_bundle(fresh_model, anny_asset, ExportRequest(out=tmp_path, opset=9,
                                                               val_samples=2))
