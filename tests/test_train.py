@@ -307,8 +307,10 @@ first = T.train_step(st, b, cfg, contextlib.nullcontext)
 unchanged = all(torch.equal(v.detach(), before[k]) for k, v in st.model.named_parameters())
 skipped = st.nonfinite
 second = T.train_step(st, make_batch(asset, 2, 64, seed=10 + rank), cfg, contextlib.nullcontext)
-print(json.dumps({{"rank": rank, "total": first["total"], "unchanged": unchanged,
-                  "skipped": skipped, "second": second["total"], "after": st.nonfinite}}))
+sys.stdout.write(json.dumps({{"rank": rank, "total": first["total"], "unchanged": unchanged,
+                             "skipped": skipped, "second": second["total"],
+                             "after": st.nonfinite}}) + "\\n")  # one write: lines stay whole
+sys.stdout.flush()
 dist.destroy_process_group()
 """
 
@@ -324,7 +326,8 @@ def test_ddp_ranks_skip_a_non_finite_step_together(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
-    ranks = {r["rank"]: r for r in map(json.loads, re.findall(r"^\{.*\}$", p.stdout, re.M))}
+    # each rank's object, even if the two ranks' lines came out joined on one line
+    ranks = {r["rank"]: r for r in map(json.loads, re.findall(r"\{[^{}]*\}", p.stdout))}
     assert sorted(ranks) == [0, 1], p.stdout
     assert np.isfinite(ranks[0]["total"]) and not np.isfinite(ranks[1]["total"])
     for r in ranks.values():
