@@ -175,6 +175,7 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
 LOST_SCORE = 0.25  # below this, stream() treats the person as lost and runs locate() again
+SEARCH_EVERY = 5  # stream(): while nobody is tracked, locate() runs on every 5th frame
 WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
 
@@ -285,14 +286,17 @@ class MeshRecoverer:
 
     def __call__(self, image, boxes=None) -> list[HumanMesh]:
         """Meshes for the people in ``boxes`` ((N, 4) x0, y0, x1, y1 px); ``None``: the whole
-        frame is one person; ``"auto"``: the built-in single-person locator (``locate``)."""
+        frame is one person; ``"auto"``: the built-in single-person locator (``locate``), and
+        ``[]`` when it finds nobody."""
         image = as_bgr8(image)
         H, W = image.shape[:2]
         if isinstance(boxes, str):
             if boxes != "auto":
                 raise InputError(f'boxes must be an (N, 4) array, None or "auto", got {boxes!r}')
             box = self.locate(image)
-            boxes = None if box is None else box[None]
+            if box is None:
+                return []
+            boxes = box[None]
         b = _boxes_array(boxes, W, H) if boxes is not None else \
             np.array([[0, 0, W, H]], np.float32)
         if len(b) == 0:
@@ -309,7 +313,8 @@ class MeshRecoverer:
 
         The model runs on the full frame and on overlapping windows (``search_windows``, one
         batch). The window whose mesh has the lowest predicted σ wins, and the box of that mesh
-        projected into the frame is returned. The result is None when that mesh lies mostly
+        projected into the frame is returned. The result is None when that mesh is no
+        confident person (``score`` < ``LOST_SCORE``, e.g. an empty scene) or lies mostly
         outside the frame. One person only: for several, pass boxes from a detector. Cost:
         22 crops for a 16:9 frame.
         """
@@ -317,7 +322,7 @@ class MeshRecoverer:
         H, W = image.shape[:2]
         people = self(image, boxes=search_windows(W, H))
         best = min(people, key=lambda p: float(p.joint_sigma.mean()))
-        return self._track_box(best, image.shape, self.camera(W, H), min_score=0.0)
+        return self._track_box(best, image.shape, self.camera(W, H))
 
     def infer(self, crops: np.ndarray, info: np.ndarray) -> dict[str, np.ndarray]:
         """The engine's outputs for ``crops``; with ``flip``, averaged with its outputs for
@@ -347,33 +352,56 @@ class MeshRecoverer:
         return people
 
     def stream(self, source, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
-               beta: float = BETA) -> Iterator[list[HumanMesh]]:
+               beta: float = BETA, search_every: int = SEARCH_EVERY
+               ) -> Iterator[list[HumanMesh]]:
         """Meshes per frame from a camera index, video file or image folder (one person).
 
-        The earlier frames' meshes give the next crop (``track``, ``BoxFilter``);
-        when the person is lost (mesh off-screen or score < ``LOST_SCORE``) the next frame
-        starts again from ``boxes="auto"`` (``locate``). One-Euro smoothing of vertices, joints
-        and translation unless ``smoothing=False``.
+        The earlier frames' meshes give the next crop (``track``, ``BoxFilter``). When the
+        person is lost (mesh off-screen or score < ``LOST_SCORE``) the locator
+        (``boxes="auto"``, ``locate``: about 22 crops) looks for them again on every
+        ``search_every``-th frame, and the frames while nobody is found give ``[]``, so an
+        empty scene neither stalls the loop nor reports a person. One-Euro smoothing of
+        vertices, joints and translation unless ``smoothing=False``.
         """
-        for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta):
+        for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta,
+                                       search_every):
             yield people
 
     def track(self, frames, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
-              beta: float = BETA):
-        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people).
+              beta: float = BETA, search_every: int = SEARCH_EVERY):
+        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people),
+        ``people`` one ``HumanMesh`` (``track_id`` 0) or ``[]`` while nobody is found.
 
         Each crop comes from the boxes of the earlier frames' unsmoothed meshes, filtered with
         a constant velocity (``BoxFilter``), so that smoothing adds no lag to the crop and the
         crop neither trails a moving person nor wobbles around a still one."""
+        if not isinstance(search_every, int) or search_every < 1:
+            raise ValueError(f"search_every must be an int >= 1, got {search_every!r}")
         filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
         boxes = BoxFilter()
+        waited = search_every  # frames since the last search while nobody is tracked
         for t, frame in frames:
             K = self.camera(frame.shape[1], frame.shape[0])
             guess = boxes.next_box(t)
             if guess is not None and self._in_frame(guess, frame.shape) is None:
                 guess = None  # the person is leaving the frame: look again
                 boxes.reset()
-            people = self(frame, boxes="auto" if guess is None else guess[None])
+            if guess is None:
+                if waited < search_every:
+                    waited += 1
+                    yield t, frame, []
+                    continue
+                waited = 1
+                people = self(frame, boxes="auto")
+            else:
+                people = self(frame, boxes=guess[None])
+            if not people or people[0].score < LOST_SCORE:  # nobody (any more)
+                for f in filters:
+                    f.reset()
+                boxes.reset()
+                yield t, frame, []
+                continue
+            waited = search_every
             p = dataclasses.replace(people[0], track_id=0)
             seen = self._track_box(p, frame.shape, K)
             if seen is None:

@@ -500,9 +500,9 @@ def test_a_low_score_loses_the_track_even_when_the_mesh_is_on_screen():
 
 
 def test_track_restarts_its_smoothing_after_the_person_is_lost():
-    """Frame 1 loses the person (score 0.1 < LOST_SCORE), so frame 2 starts from 'auto' with
-    fresh One-Euro filters: its output is the raw prediction, not one pulled towards the person
-    seen before the loss."""
+    """Frame 1 loses the person (score 0.1 < LOST_SCORE: it gives []), so frame 2 starts from
+    'auto' with fresh One-Euro filters: its output is the raw prediction, not one pulled
+    towards the person seen before the loss."""
     people = iter([_flat_person(0.0, 0.9), _flat_person(0.0, 0.1), _flat_person(0.5, 0.9)])
     calls = []
 
@@ -515,8 +515,9 @@ def test_track_restarts_its_smoothing_after_the_person_is_lost():
             return [next(people)]
 
     frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(3)]
-    out = [p for _, _, (p,) in Scripted().track(iter(frames), smoothing=True)]
-    assert calls == ["auto", "box", "auto"]
+    out = [people for _, _, people in Scripted().track(iter(frames), smoothing=True)]
+    assert calls == ["auto", "box", "auto"] and out[1] == []
+    out = [people[0] if people else None for people in out]
     np.testing.assert_allclose(out[2].translation, [0.5, 0.0, 3.0], atol=1e-6)
     np.testing.assert_allclose(out[2].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
 
@@ -568,3 +569,31 @@ def test_crops_are_rgb_in_0_1_and_mirror_inputs_negate_the_horizontal_offset():
     np.testing.assert_array_equal(m_crops, crops[..., ::-1])
     np.testing.assert_allclose(m_info, info * [-1.0, 1.0, 1.0])
     assert info[0, 0] != 0  # the box is off-centre, so the sign matters
+
+
+def test_stream_reports_nobody_in_an_empty_scene_and_searches_every_few_frames():
+    """A person for 3 frames, an empty scene for 12, the person again for 6: the empty frames
+    give [] (they gave a made-up person at score 0 from a whole-frame search on every frame,
+    about 1 s a frame on 2 cores), the locator runs on every 5th frame while nobody is there,
+    and the person is found again at the first search after coming back."""
+    import cv2
+    crop = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
+    rng = np.random.default_rng(0)
+
+    def frame(person: bool) -> np.ndarray:
+        f = np.full((480, 640, 3), 90, np.float32) + rng.normal(0, 4, (480, 640, 3))
+        if person:
+            f[50:50 + crop.shape[0], 100:100 + crop.shape[1]] = crop
+        return np.clip(f, 0, 255).astype(np.uint8)
+
+    frames = [(k / 30, frame(k < 3 or k >= 15)) for k in range(21)]
+    rec = MeshRecoverer(backend="onnxruntime")
+    searches = []
+    locate = rec.locate
+    rec.locate = lambda image: (searches.append(1), locate(image))[1]
+    found = [len(people) for _, _, people in rec.track(iter(frames))]
+    assert found == [1] * 3 + [0] * 16 + [1] * 2, found
+    assert len(searches) == 5  # frame 0, then frames 4, 9, 14 and 19
+    assert rec(frames[5][1], boxes="auto") == []
+    with pytest.raises(ValueError, match="search_every"):
+        next(rec.track(iter(frames), search_every=0))
