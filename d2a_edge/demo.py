@@ -1,7 +1,9 @@
 """``d2a-demo``: meshes on a camera, a video or an image folder; overlays on screen or saved.
 
-Headless use: ``--save DIR`` writes one overlay PNG per frame (``frame_00000.png``) plus the
-first person's mesh as OBJ every ``--obj-every`` frames; no screen is needed.
+Headless use: ``--save DIR`` writes one overlay PNG per frame (``frame_000000.png``) plus the
+first person's mesh as OBJ every ``--obj-every`` frames; no screen is needed. A later run into
+the same folder replaces them; a folder with such files that d2a-demo did not write, or the
+source folder itself, is refused.
 """
 from __future__ import annotations
 
@@ -46,7 +48,30 @@ def _can_show() -> bool:
         return False
 
 
-OUTPUTS = ("frame_*.png", "mesh_*.obj")  # what --save writes (and clears from an earlier run)
+OUTPUTS = ("frame_*.png", "mesh_*.obj", "mesh_*.obj.partial")  # what --save writes
+MARKER = ".d2a-demo"  # in a --save folder: its OUTPUTS are a d2a-demo run's, to be replaced
+
+
+def prepare_save(save: Path, source) -> str | None:
+    """Make ``save`` ready for a run, removing an earlier run's outputs; the reason it cannot
+    be used (nothing removed) or None. Only files that a d2a-demo run wrote are removed: the
+    folder must carry ``MARKER``, and must not be the source folder."""
+    if Path(str(source)).is_dir() and save.exists() and \
+            save.resolve() == Path(str(source)).resolve():
+        return f"--save {save} is the source folder; choose another"
+    earlier = [f for pattern in OUTPUTS for f in save.glob(pattern)] if save.exists() else []
+    if earlier and not (save / MARKER).exists():
+        return (f"--save {save} holds {len(earlier)} frame_*/mesh_* files that no d2a-demo run "
+                "wrote; choose another folder (nothing was removed)")
+    save.mkdir(parents=True, exist_ok=True)
+    for f in earlier:
+        f.unlink()
+    if earlier:
+        print(f"d2a-demo: removed {len(earlier)} overlays and meshes of an earlier run from "
+              f"{save}", file=sys.stderr)
+    (save / MARKER).write_text("d2a-demo writes its overlays and meshes here; the next run "
+                               "into this folder replaces them\n")
+    return None
 
 
 def run(args) -> int:
@@ -69,13 +94,10 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     if save:
-        save.mkdir(parents=True, exist_ok=True)
-        stale = [f for pattern in OUTPUTS for f in save.glob(pattern)]
-        for f in stale:
-            f.unlink()
-        if stale:
-            print(f"d2a-demo: removed {len(stale)} overlays and meshes of an earlier run from "
-                  f"{save}", file=sys.stderr)
+        problem = prepare_save(save, args.source)
+        if problem:
+            print(f"d2a-demo: error: {problem}", file=sys.stderr)
+            return 2
     parents = rec.bundle.asset.parents
     from d2a_edge.overlay_gl import make_mesh_drawer
     drawer = make_mesh_drawer(args.overlay)
@@ -89,7 +111,7 @@ def run(args) -> int:
         n = None
     print("d2a-demo: " + (f"{n} frames, " if n is not None else "")
           + f"backend {rec.backend.name}" + (f", overlays in {save}" if save else ""))
-    return 0
+    return 0 if n is not None else 130
 
 
 def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
@@ -109,11 +131,11 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
         K = rec.camera(frame.shape[1], frame.shape[0])
         vis = render(frame, people, K, parents, fps, drawer, 2 * rec.bundle.sigma_reference)
         if save:
-            path = save / f"frame_{k:05d}.png"
+            path = save / f"frame_{k:06d}.png"
             if not cv2.imwrite(str(path), vis):
                 raise OSError(f"could not write {path} (disk full or not writable?)")
             if people and k % args.obj_every == 0:
-                write_obj(save / f"mesh_{k:05d}.obj", people[0].vertices, people[0].faces)
+                write_obj(save / f"mesh_{k:06d}.obj", people[0].vertices, people[0].faces)
         if show:
             cv2.imshow("d2a-demo", vis)
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):
@@ -136,7 +158,7 @@ def main(argv=None) -> int:
     p.add_argument("--flip", action="store_true", help="also run the model on each crop's "
                    "mirror image and average (a little more accurate, twice the engine time)")
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder "
-                   "(those of an earlier run there are removed first)")
+                   "(those of an earlier d2a-demo run there are removed first)")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing; it locates the person itself (first "
@@ -159,6 +181,9 @@ def main(argv=None) -> int:
     except (InputError, BundleError, BackendUnavailable, RuntimeError, OSError) as e:
         print(f"d2a-demo: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # e.g. while the model loads
+        print("d2a-demo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

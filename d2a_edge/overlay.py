@@ -78,3 +78,6 @@ def write_obj(path, verts: np.ndarray, faces: np.ndarray) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(f"could not write {path}: {e.strerror or e}") from e
+    except BaseException:  # Ctrl-C mid-write: no partial file stays behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -43,7 +43,45 @@ def test_main_job_writes_overlays(tmp_path):
     assert demo_main(["--source", str(folder), "--save", str(tmp_path / "o2"), "--no-display",
                       "--overlay", "cv"]) == 0
     assert sorted(p.name for p in (tmp_path / "o2").glob("frame_*.png")) == [
-        "frame_00000.png", "frame_00002.png"]
+        "frame_000000.png", "frame_000002.png"]
+
+
+def test_demo_save_removes_only_what_a_demo_run_wrote(tmp_path, capsys):
+    """--save into a folder of the user's own frame_*.png (no d2a-demo marker), or into the
+    source folder itself, is refused with nothing removed (both deleted the user's images);
+    a folder a demo run wrote is cleared, its interrupted .partial meshes too."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "frame_000001.png").write_bytes((ROOT / "samples" / "id_0.jpg").read_bytes())
+    for save, message in ((theirs, "no d2a-demo run wrote"), (ROOT / "samples", None)):
+        args = ["--source", str(ROOT / "samples"), "--save", str(save), "--no-display"]
+        if message is None:  # the source folder
+            args = ["--source", str(theirs), "--save", str(theirs), "--no-display"]
+            message = "is the source folder"
+        assert demo_main(args) == 2
+        assert message in capsys.readouterr().err
+    assert [p.name for p in theirs.iterdir()] == ["frame_000001.png"]
+    ours = tmp_path / "ours"
+    assert demo_main(["--source", str(ROOT / "samples"), "--save", str(ours), "--no-display",
+                      "--max-frames", "1", "--overlay", "cv"]) == 0
+    (ours / "mesh_000007.obj.partial").write_text("v 0 0 0")  # a run killed mid-write
+    assert demo_main(["--source", str(ROOT / "samples"), "--save", str(ours), "--no-display",
+                      "--max-frames", "1", "--overlay", "cv"]) == 0
+    assert sorted(p.name for p in ours.iterdir()) == [".d2a-demo", "frame_000000.png",
+                                                      "mesh_000000.obj"]
+
+
+def test_write_obj_leaves_no_partial_file_when_interrupted(tmp_path, monkeypatch):
+    import pytest
+
+    from d2a_edge import overlay
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(overlay.np, "savetxt", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        overlay.write_obj(tmp_path / "m.obj", np.zeros((3, 3)), np.zeros((1, 3), int))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
