@@ -15,8 +15,17 @@ MIN_SIDE = 16
 FLOAT_UNIT_MAX = 2.0  # as_bgr8: a float image up to this is 0..1 (a 0..255 one would be black)
 
 
+CAMERA_GRACE_S = 2.0  # a camera may deliver no frame this long (it is reopened once) ...
+VIDEO_MAX_SKIPS = 25  # ... and a video file may have this many unreadable frames in a row
+
+
 class InputError(ValueError):
     """An image or source the SDK cannot use; the message says what was wrong."""
+
+
+class SourceLost(InputError):
+    """A camera delivered no frame for ``CAMERA_GRACE_S`` seconds, even after reopening it
+    (unplugged, or its driver stopped)."""
 
 
 def as_bgr8(image) -> np.ndarray:
@@ -74,8 +83,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     """Frames ``(timestamp_s, bgr)`` from a camera index, a video file or an image folder.
 
-    A camera that cannot be opened raises ``InputError``; a video that ends or a camera that
-    disconnects ends the iteration (logged), never hangs.
+    A camera that cannot be opened raises ``InputError``. A camera's dropped frames are
+    retried, and it is reopened once, for up to ``CAMERA_GRACE_S`` seconds; after that the
+    iteration raises ``SourceLost``. A video file's unreadable frames are skipped (logged;
+    ``VIDEO_MAX_SKIPS`` in a row end it) and its end ends the iteration (logged). Nothing
+    hangs.
     """
     if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
         raise InputError(f"source must be a camera index, a video file or a folder, got "
@@ -92,7 +104,7 @@ def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     raise InputError(f"source {source!r} is neither a camera index, a video file nor a folder")
 
 
-def _capture(target, is_camera: bool, max_failures: int = 5):
+def _capture(target, is_camera: bool):
     import cv2
 
     cap = cv2.VideoCapture(target)
@@ -103,23 +115,39 @@ def _capture(target, is_camera: bool, max_failures: int = 5):
                          "(corrupt, truncated, or a format this OpenCV cannot decode)")
 
     def frames():
+        nonlocal cap
         fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        failures, index, t0 = 0, 0, time.monotonic()
+        index, t0, skipped, lost_since, reopened = 0, time.monotonic(), 0, None, False
         try:
             while True:
                 ok, frame = cap.read()
-                if not ok or frame is None:
-                    failures += 1
-                    if not is_camera or failures >= max_failures:
-                        reason = "camera stopped delivering frames (disconnected?)" if is_camera \
-                            else "end of video"
-                        log.info("source %s: %s after %d frames", target, reason, index)
-                        return
+                if ok and frame is not None:
+                    skipped, lost_since, reopened = 0, None, False
+                    t = time.monotonic() - t0 if is_camera else index / fps
+                    index += 1
+                    yield t, frame
                     continue
-                failures = 0
-                t = time.monotonic() - t0 if is_camera else index / fps
-                index += 1
-                yield t, frame
+                if not is_camera:  # a damaged frame before the end: skip it, keep its time
+                    skipped += 1
+                    if cap.get(cv2.CAP_PROP_POS_FRAMES) < cap.get(cv2.CAP_PROP_FRAME_COUNT) \
+                            and skipped <= VIDEO_MAX_SKIPS:
+                        log.warning("video %s: frame %d unreadable, skipped", target, index)
+                        index += 1
+                        continue
+                    log.info("source %s: end of video after %d frames", target, index)
+                    return
+                now = time.monotonic()
+                lost_since = now if lost_since is None else lost_since
+                if now - lost_since > CAMERA_GRACE_S / 2 and not reopened:
+                    log.warning("camera %s: no frame for %.1f s, reopening it", target,
+                                now - lost_since)
+                    cap.release()
+                    cap, reopened = cv2.VideoCapture(target), True
+                elif now - lost_since > CAMERA_GRACE_S:
+                    raise SourceLost(f"camera {target} delivered no frame for "
+                                     f"{CAMERA_GRACE_S:g} s, even after reopening it "
+                                     f"(disconnected?), after {index} frames")
+                time.sleep(0.005)
         finally:
             cap.release()
     return frames()

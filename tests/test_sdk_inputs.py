@@ -73,6 +73,64 @@ def test_sources(tmp_path):
     assert len(frames) == 5 and frames[1][0] == pytest.approx(0.1)
 
 
+class _FakeCapture:
+    """cv2.VideoCapture stand-in: reads follow ``script`` (a frame, or None for a failed
+    read; past its end every read fails); ``count`` frames for a video file, 0 for a camera."""
+
+    def __init__(self, script, count=0, fps=10.0):
+        self.script, self.count, self.fps, self.pos, self.released = list(script), count, fps, \
+            0, False
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        item = self.script[self.pos] if self.pos < len(self.script) else None
+        self.pos += 1
+        return item is not None, item
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_POS_FRAMES: self.pos,
+                cv2.CAP_PROP_FRAME_COUNT: self.count}.get(prop, 0.0)
+
+    def release(self):
+        self.released = True
+
+
+def _fake_captures(monkeypatch, *captures):
+    made = list(captures)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: made.pop(0))
+    return captures
+
+
+def test_a_camera_survives_dropped_frames_and_a_lost_one_raises(monkeypatch):
+    """Dropped frames are retried and a silent camera is reopened once (5 failed reads ended
+    the stream silently after 50 ms); a camera that stays silent raises SourceLost, which a
+    control loop can tell from the end of a video."""
+    from d2a_edge import imageio
+    from d2a_edge.imageio import SourceLost
+    monkeypatch.setattr(imageio, "CAMERA_GRACE_S", 0.2)
+    f = np.zeros((32, 32, 3), np.uint8)
+    captures = _fake_captures(monkeypatch, _FakeCapture([f, None, None, None, f, f]),
+                              _FakeCapture([f, f]), _FakeCapture([]))
+    got = []
+    with pytest.raises(SourceLost, match="camera 0 delivered no frame"):
+        for _, frame in open_source(0):
+            got.append(frame)
+    # 3 from the first capture (3 dropped frames between), 2 after it fell silent and was
+    # reopened, none after the second silence and reopening
+    assert len(got) == 5
+    assert all(c.released for c in captures)
+
+
+def test_a_damaged_video_frame_is_skipped_not_the_end(monkeypatch):
+    """One unreadable frame in the middle of a file ended it there (149 of 300 frames)."""
+    f = np.zeros((32, 32, 3), np.uint8)
+    _fake_captures(monkeypatch, _FakeCapture([f, f, None, f, f], count=5, fps=10.0))
+    frames = list(open_source(__file__))  # any existing file: the capture is the fake
+    assert [round(t, 3) for t, _ in frames] == [0.0, 0.1, 0.3, 0.4]
+
+
 def test_one_euro_smooths_noise_and_follows_motion():
     rng = np.random.default_rng(0)
     f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
