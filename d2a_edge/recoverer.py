@@ -273,8 +273,8 @@ class MeshRecoverer:
             self.crop_pool = ThreadPoolExecutor(min(CROP_THREADS, os.cpu_count() or 1),
                                                 thread_name_prefix="d2a-crops")
         # TensorRT's and the CUDA skinner's device buffers are per instance: calls from several
-        # threads' calls run one at a time, in no fixed order (use one MeshRecoverer per
-        # thread to run them side by side)
+        # threads run one at a time, in no fixed order (use one MeshRecoverer per thread to
+        # run them side by side)
         self._lock = threading.Lock()
 
     @property
