@@ -192,3 +192,16 @@ def test_nearest_rotation_projects_onto_rotations(rng):
     np.testing.assert_allclose(Q @ np.swapaxes(Q, -1, -2), np.broadcast_to(np.eye(3), Q.shape),
                                atol=1e-12)
     np.testing.assert_allclose(np.linalg.det(Q), 1.0, atol=1e-12)
+
+
+def test_rodrigues_matches_scipy_and_the_right_hand_rule():
+    from scipy.spatial.transform import Rotation
+
+    from d2a_edge.body.rotations import rodrigues
+    rng = np.random.default_rng(0)
+    aa = rng.normal(size=(50, 3))
+    np.testing.assert_allclose(rodrigues(aa), Rotation.from_rotvec(aa).as_matrix(), atol=1e-12)
+    # +90 degrees about z takes x to y
+    np.testing.assert_allclose(rodrigues(np.array([0, 0, np.pi / 2])) @ [1.0, 0, 0], [0, 1.0, 0],
+                               atol=1e-12)
+    np.testing.assert_allclose(rodrigues(np.zeros(3)), np.eye(3), atol=0)

@@ -109,3 +109,32 @@ def test_spin_torch_dataset(tmp_path):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
     assert batch["image"].shape == (2, 3, 48, 48) and batch["rotmats"].shape == (2, 24, 3, 3)
     assert batch["bbox_info"].shape == (2, 3)
+
+
+SPIN_J24 = ("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
+            "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top", "pelvis",
+            "thorax", "spine", "jaw", "head", "nose", "l_eye", "r_eye", "l_ear", "r_ear")
+# KP17 name -> the SPIN J24 joint it is read from (thorax: LSP neck; H36M nose/head: jaw/head)
+EXPECT = {"thorax": "neck", "nose": "jaw", "head_top": "head"}
+
+
+def test_j24_to_kp17_reads_each_keypoint_from_its_own_side():
+    from d2a_edge.body.asset import KP17_NAMES
+    from d2a_edge.training.data.realdata import J24_TO_KP17
+    got = [SPIN_J24[i] for i in J24_TO_KP17]
+    assert got == [EXPECT.get(n, n) for n in KP17_NAMES]
+
+
+def test_global_orient_keeps_body_directions():
+    """A body direction d (SMPL frame: y up, z forward out of the chest) is d' = M d in
+    d2a-edge's body frame (y down); the camera must see it where SMPL's orientation puts it:
+    R0 @ (M d) == R_smpl @ d, for any global orientation (pi about x alone hides M R vs R M)."""
+    from d2a_edge.body.rotations import rodrigues
+    from d2a_edge.training.data.realdata import SMPL_TO_CAM, smpl_pose_to_rotmats
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pose = np.zeros(72)
+        pose[:3] = rng.normal(size=3)
+        R0 = smpl_pose_to_rotmats(pose)[0].astype(np.float64)
+        for d in np.eye(3):
+            np.testing.assert_allclose(R0 @ (SMPL_TO_CAM @ d), rodrigues(pose[:3]) @ d, atol=1e-5)

@@ -324,3 +324,75 @@ def test_compact_batches_expand_to_the_float_form(reference):
         assert expand(a)["image"] is a["image"]  # the float form passes through
         real = expand({"image": b["image"]})  # real-data batches have no mask
         assert set(real) == {"image"} and torch.equal(real["image"], a["image"])
+
+
+def test_to_tensors_keeps_rows_and_columns():
+    """to_tensors: the (s, s, 3) image becomes (3, s, s) with rows still rows (a transpose
+    keeps the shape of a square crop, so shape checks cannot see it)."""
+    import torch
+
+    from d2a_edge.camera import intrinsics
+    from d2a_edge.training.data.dataset import to_tensors
+    from d2a_edge.training.data.engine import SCHEMA_KEYS
+    s = 8
+    rng = np.random.default_rng(0)
+    sample = {k: np.zeros(1, np.float32) for k in SCHEMA_KEYS}
+    sample.update(image=rng.integers(0, 256, (s, s, 3), dtype=np.uint8),
+                  mask=np.zeros((s, s), np.uint8), depth=np.zeros((s, s), np.float32),
+                  crop_box=np.array([10, 20, 110, 120], np.float32),
+                  K=intrinsics(500.0, (640, 480)))
+    sample["mask"][1, 5] = 1  # row 1, column 5
+    for compact in (False, True):
+        out = to_tensors(sample, 0, compact)
+        img = out["image"].float() / (1 if not compact else 255)
+        for y, x in ((0, 7), (7, 0), (2, 5)):
+            torch.testing.assert_close(img[:, y, x], torch.tensor(sample["image"][y, x] / 255,
+                                                                  dtype=torch.float32))
+        assert out["mask"][1, 5] == 1 and out["mask"].sum() == 1
+
+
+def _fake_dataset(root, counts=(4, 4, 2), s=8, J=3):
+    from d2a_edge.training.data.engine import SCHEMA_KEYS
+    from d2a_edge.training.data.shards import FORMAT, VERSION, shard_name, write_manifest, \
+        write_shard
+    shapes = dict(image=((s, s, 3), np.uint8), depth=((s, s), np.float32),
+                  mask=((s, s), np.uint8), rotmats=((J, 3, 3), np.float32),
+                  betas=((2,), np.float32), transl=((3,), np.float32),
+                  joints3d=((J, 3), np.float32), kp3d=((17, 3), np.float32),
+                  joints2d=((J, 2), np.float32), kp2d=((17, 2), np.float32),
+                  verts_coarse=((5, 3), np.float32), K=((3, 3), np.float32),
+                  crop_box=((4,), np.float32), img_size=((2,), np.float32))
+    assert set(shapes) == set(SCHEMA_KEYS)
+    shards, start = [], 0
+    for k, n in enumerate(counts):
+        idx = np.arange(start, start + n)
+        arrays = {key: np.broadcast_to(idx.reshape(-1, *[1] * len(shp)), (n, *shp)).astype(dt)
+                  for key, (shp, dt) in shapes.items()}  # every value = the global index
+        write_shard(root, shard_name(k), arrays)
+        shards.append(dict(name=shard_name(k), start=start, count=n, complete=True))
+        start += n
+    schema = {k: dict(shape=list(shp), dtype=np.dtype(dt).name) for k, (shp, dt) in shapes.items()}
+    write_manifest(root, dict(format=FORMAT, version=VERSION, shards=shards, schema=schema,
+                              config=dict(split="id", num_samples=start)))
+    return schema
+
+
+def test_every_key_of_every_sample_comes_from_its_own_row(tmp_path):
+    from d2a_edge.training.data.shards import ShardReader
+    _fake_dataset(tmp_path)
+    r = ShardReader(tmp_path)
+    assert len(r) == 10
+    for i in range(10):
+        for key, arr in r.sample(i).items():
+            assert np.all(np.asarray(arr) == i), (i, key)
+
+
+def test_a_shard_with_the_wrong_row_count_or_dtype_is_not_ok(tmp_path):
+    from d2a_edge.training.data.shards import shard_ok
+    schema = _fake_dataset(tmp_path)
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    entry = man["shards"][0]
+    assert shard_ok(tmp_path, entry, schema)
+    assert not shard_ok(tmp_path, dict(entry, count=5), schema)
+    np.save(tmp_path / entry["name"] / "depth.npy", np.zeros((4, 8, 8), np.float64))
+    assert not shard_ok(tmp_path, entry, schema)

@@ -160,3 +160,54 @@ def test_d2a_loss_terms_zero_at_ground_truth(anny_asset):
     assert set(L) >= {"joint_mu", "total"}
     l1 = D2ALoss(LossConfig(rle=False), body)(out, b)
     assert float(l1["joint_mu"]) < 1e-6
+
+
+def _gt_out(b, body):
+    verts, joints = body(b["rotmats"], b["betas"], b["transl"])
+    return {"rotmats": b["rotmats"].clone(), "betas": b["betas"].clone(),
+            "translation": b["transl"].clone(), "vertices": verts, "joints3d": joints,
+            "verts_coarse": b["verts_coarse"].clone(),
+            "joint_mu": b["joints3d"] - b["transl"][:, None],
+            "joint_sigma": torch.full((len(b["transl"]), 25, 3), 0.01)}
+
+
+def test_root_relative_terms_ignore_a_common_shift_and_translation_does_not(anny_asset):
+    from _batches import make_batch
+    from d2a_edge.body.lbs_torch import BodyLayer
+    from d2a_edge.training.config import LossConfig
+    from d2a_edge.training.losses import D2ALoss
+    b = make_batch(anny_asset, 2, 64)
+    body = BodyLayer(anny_asset)
+    for rle in (True, False):
+        crit = D2ALoss(LossConfig(rle=rle), body)
+        out = _gt_out(b, body)
+        with torch.no_grad():
+            base = crit(out, b)
+        shift = torch.tensor([0.3, -0.2, 0.5])
+        moved = dict(out, translation=out["translation"] + shift,
+                     vertices=out["vertices"] + shift, joints3d=out["joints3d"] + shift,
+                     verts_coarse=out["verts_coarse"] + shift)
+        with torch.no_grad():
+            L = crit(moved, b)
+        for k in ("vertex", "joint3d", "coarse_vertex", "joint_mu"):
+            assert float(L[k]) == pytest.approx(float(base[k]), abs=1e-5), k
+        assert float(L["translation"]) > 0.3 and float(L["joint2d"]) > 1e-3
+
+
+def test_every_term_has_a_gradient_into_its_prediction(anny_asset):
+    from _batches import make_batch
+    from d2a_edge.body.lbs_torch import BodyLayer
+    from d2a_edge.training.config import LossConfig
+    from d2a_edge.training.losses import D2ALoss
+    b = make_batch(anny_asset, 2, 64)
+    body = BodyLayer(anny_asset)
+    out = _gt_out(b, body)
+    g = torch.Generator().manual_seed(0)
+    for k in ("vertices", "joints3d", "verts_coarse", "translation", "joint_mu"):  # off the GT
+        out[k] = (out[k] + 0.02 * torch.randn(out[k].shape, generator=g)).requires_grad_(True)
+    L = D2ALoss(LossConfig(), body)(out, b)
+    for term, key in (("vertex", "vertices"), ("joint3d", "joints3d"), ("joint2d", "joints3d"),
+                      ("coarse_vertex", "verts_coarse"), ("translation", "translation"),
+                      ("joint_mu", "joint_mu")):
+        (grad,) = torch.autograd.grad(L[term], out[key], retain_graph=True)
+        assert grad.abs().sum() > 0, (term, key)

@@ -154,3 +154,40 @@ def test_ablation_configs_build_the_right_parts(anny_asset):
     plain = build_model(tiny_config("edge-s-sil-mask").model, anny_asset)
     assert plain.silhouette is None and plain.cfg.mask_ratio == 0
     assert tiny_config("edge-s-rle").loss.rle is False
+
+
+def test_silhouette_logits_are_local_to_their_token(tiny_model):
+    """The bottom-right mask pixel depends on the bottom-right tokens, not the top-left one
+    (the decoder's receptive field is a few cells); a (B, N, D) -> (B, D, h, w) reshape without
+    the transpose spreads every token over the whole mask."""
+    m = tiny_model.train()
+    m.silhouette.eval()  # running BatchNorm statistics: no coupling through batch statistics
+    h, w = 4, 4
+    tokens = torch.randn(1, h * w, m.cfg.encoder.dim, requires_grad=True)
+    feats = {"tokens": tokens, "depth": None, "token_mask": None, "grid_hw": (h, w)}
+    logits = m.forward_head(feats, torch.tensor([[0.0, 0.0, 0.3]]))["silhouette_logits"]
+    (grad,) = torch.autograd.grad(logits[0, 0, -1, -1], tokens)
+    per_token = grad[0].abs().sum(-1)  # (h*w,), row-major
+    assert per_token[0] == 0 and per_token[-1] > 0
+    m.eval()
+
+
+def test_masked_token_fraction_is_mask_ratio(tiny_model):
+    m = tiny_model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        frac = torch.stack([m.forward_features(torch.rand(4, 3, 64, 64))["token_mask"].float()
+                            .mean() for _ in range(5)]).mean()
+    assert abs(float(frac) - m.cfg.mask_ratio) < 0.08, float(frac)
+    m.eval()
+
+
+def test_camera_head_uses_every_bbox_info_number():
+    from d2a_edge.training.model.heads import CameraHead
+    torch.manual_seed(0)
+    head = CameraHead(16)
+    torch.nn.init.normal_(head.mlp[2].weight)  # past the zero init
+    token = torch.randn(1, 16)
+    jac = torch.autograd.functional.jacobian(lambda bi: head(token, bi),
+                                             torch.tensor([[0.1, -0.2, 0.3]]))[0, :, 0]  # (3, 3)
+    assert (jac.abs().sum(0) > 1e-4).all(), jac

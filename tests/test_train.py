@@ -907,3 +907,58 @@ def test_a_damaged_train_state_is_caught_before_resuming(tmp_path, anny_asset):
         ckpt.verify_checkpoint(tmp_path, with_train_state=True)
     found, skipped = ckpt.latest_intact(tmp_path)
     assert found is None and "sha256 mismatch" in skipped[0]
+
+
+def test_gradients_are_clipped_and_the_ema_follows_the_updated_weights(anny_asset):
+    """train_step: the gradients the optimizer steps on are clipped to optim.grad_clip (all of
+    them, the RLE flow's too), and the EMA averages in the weights after this step's update."""
+    import contextlib
+
+    from _batches import make_batch, tiny_config
+    from d2a_edge.training import train as T
+    clip, decay = 1e-3, 0.5
+    cfg = tiny_config(optim={"grad_clip": clip, "ema_decay": decay, "warmup_steps": 0})
+    st = T.build_state(cfg, T.Dist(), total_steps=10, asset=anny_asset)
+    before = {k: v.detach().clone() for k, v in st.model.state_dict().items()}
+    out = T.train_step(st, make_batch(anny_asset, 2, 64, seed=5), cfg, contextlib.nullcontext)
+    assert out["grad_norm"] > 10 * clip  # the reported norm is the one before clipping
+    grads = [p.grad for g in st.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    assert any(p.grad is not None for p in st.loss.parameters())  # the flow is optimised too
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    assert float(total) <= clip * (1 + 1e-3)
+    after = st.model.state_dict()
+    moved = [k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(st.ema.state_dict()[k],
+                                   decay * before[k] + (1 - decay) * after[k])
+
+
+def test_init_starts_the_model_and_the_ema_from_the_ema_weights(tmp_path, anny_asset, monkeypatch):
+    """--init CHECKPOINT takes its EMA weights (not the raw ones) for the model and the EMA;
+    --init BUNDLE puts the recovered weights into the EMA too (left alone, the EMA would keep
+    averaging in the random initial weights it was built with)."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import recover
+    from d2a_edge.training import train as T
+    cfg = tiny_config(optim={"ema_decay": 0.5, "warmup_steps": 1})
+    T.run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path / "a", steps=2, ckpt_every=0,
+          asset=anny_asset, progress=False)
+    ema = ckpt.split_weights(ckpt.read_checkpoint(tmp_path / "a")["weights"], "ema")
+    cfg_b = tiny_config(optim={"ema_decay": 0.9}, train={"seed": 123})
+    st = T.build_state(cfg_b, T.Dist(), total_steps=5, asset=anny_asset)
+    T.init_weights(st, str(tmp_path / "a"), T.Dist())
+    for k, v in ema.items():
+        torch.testing.assert_close(st.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(st.ema.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+    src = T.build_state(cfg, T.Dist(), total_steps=5, asset=anny_asset).model  # seed 0 weights
+    st = T.build_state(cfg_b, T.Dist(), total_steps=5, asset=anny_asset)
+    monkeypatch.setattr(recover, "is_bundle", lambda path: True)
+    monkeypatch.setattr(recover, "recover", lambda path, progress=None: (src, None, {}))
+    monkeypatch.setattr(recover, "loss_state", lambda path: None)
+    monkeypatch.setattr(recover, "print_report", lambda *a, **k: None)
+    T.init_weights(st, "bundle", T.Dist())
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(st.ema.state_dict()[k], v, rtol=0, atol=0, msg=k)
