@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2a_edge.backends import BackendUnavailable
+from d2a_edge.backends import BackendUnavailable, fixed_batch_chunks
 from d2a_edge.bundle import BundleError
 
 
@@ -188,19 +188,19 @@ class TensorRTBackend:
         built for batch 1, the default of ``d2a-export --format trt``) runs in chunks, and a
         static-batch engine gets its last chunk padded."""
         step = self.buffers["image"][1].shape[0]
-        parts = [self._run(image[i:i + step], bbox_info[i:i + step])
-                 for i in range(0, len(image), step)]
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+        if self.static_batch:
+            chunks = fixed_batch_chunks(image, bbox_info, step)
+        else:
+            chunks = ((image[i:i + step], bbox_info[i:i + step], min(step, len(image) - i))
+                      for i in range(0, len(image), step))
+        parts = [(self._run(x, b), rows) for x, b, rows in chunks]
+        return {name: np.concatenate([p[name][:rows] for p, rows in parts])
+                for name in self.outputs}
 
     def _run(self, image: np.ndarray, bbox_info: np.ndarray) -> dict[str, np.ndarray]:
-        B = image.shape[0]
-        rows = self.static_batch or B
+        rows = image.shape[0]
         for name, arr in (("image", image), ("bbox_info", bbox_info)):
             ptr, host = self.buffers[name]
-            if rows > B:  # a static-batch engine: zero rows after the real ones
-                arr = np.concatenate([arr, np.zeros((rows - B, *arr.shape[1:]), arr.dtype)])
             self.context.set_input_shape(name, arr.shape)
             self.api.h2d(ptr, np.ascontiguousarray(arr, host.dtype), self.stream)
         if not self.context.execute_async_v3(self.api.handle(self.stream)):
@@ -212,7 +212,7 @@ class TensorRTBackend:
             self.api.d2h(view, ptr, self.stream)
             out[name] = view
         self.api.sync(self.stream)
-        return {k: v[:B].astype(np.float32, copy=True) for k, v in out.items()}
+        return {k: v.astype(np.float32, copy=True) for k, v in out.items()}
 
     def close(self) -> None:
         for ptr, _ in self.buffers.values():
