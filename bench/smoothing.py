@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-SETTINGS = ((1.0, 0.05), (1.0, 0.5), (1.0, 2.0), (1.0, 5.0), (0.5, 2.0), (0.5, 3.0), (0.5, 5.0), (0.3, 3.0), (0.3, 5.0))
+SETTINGS = ((1.0, 0.05), (1.0, 0.5), (1.0, 2.0), (1.0, 5.0), (0.5, 2.0), (0.5, 3.0), (0.5, 5.0),
+            (0.3, 3.0), (0.3, 5.0))  # (min_cutoff Hz, beta); the first: the old default
 
 
 def clip(image, n: int, speed_px: float, noise: float, fps: float, seed: int = 0):

@@ -59,10 +59,12 @@ class BoxFilter:
     centre by ``g`` of the miss and the velocity by ``h`` of the miss per second; the size
     follows a running mean with weight ``g_size`` for the newest box. ``next_box`` keeps the
     last crop while the filtered box stays within ``hold`` of its side from it, moving the
-    kept crop on with the velocity when that exceeds ``still_speed`` box sides a second. The model's depth depends on the crop (one percent larger can move a person
-    at 7.5 m by 10 cm), so a crop that followed every measured box fed that change back into
+    kept crop on with the velocity when that exceeds ``still_speed`` box sides a second.
+
+    Why: the model's depth depends on the crop (one percent larger moved a person at 7.5 m
+    by up to 13 cm), so a crop that followed every measured box fed that change back into
     the next frame: 70 mm of depth jitter per frame for a still person in identical frames.
-    ``python bench/smoothing.py`` measures it.
+    ``python bench/smoothing.py`` measures the jitter and the lag.
     """
 
     def __init__(self, g: float = 0.5, h: float = 0.2, g_size: float = 0.2,

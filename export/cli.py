@@ -6,9 +6,9 @@ TensorRT takes, with --int8 --format trt), body.npz (the body asset the model wa
 training_extras.safetensors (what training needs to go on from the bundle exactly; the SDK does
 not read it) and manifest.json (I/O, normalisation, output shapes, body hash, joint names,
 parity, versions). Graphs and plans of an earlier export in --out (those its manifest lists)
-that this one does not write are removed. Then prints the parity report (ONNX Runtime vs PyTorch on labelled synthetic
-crops: max abs error per output, max and mean vertex error, MPJPE / PA-MPJPE and their deltas)
-and how to use the bundle.
+that this one does not write are removed. Then prints the parity report (ONNX Runtime vs
+PyTorch on labelled synthetic crops: max abs error per output, max and mean vertex error,
+MPJPE / PA-MPJPE and their deltas) and how to use the bundle.
 A failed export leaves no file that looks valid; with --format trt and no TensorRT the verified
 ONNX bundle stays, its report is printed and the command exits 3 (1 when TensorRT could not
 build a plan). --out must be a new folder, an earlier bundle, or a folder without a

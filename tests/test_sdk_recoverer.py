@@ -488,7 +488,8 @@ def _flat_person(x, score, n=100):
     xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
     v = np.concatenate([xy.reshape(-1, 2) + [x, 0.0], np.full((n, 1), 3.0)], 1).astype(np.float32)
     return HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25].copy(),
-                     joints2d=np.zeros((25, 2), np.float32), joint_sigma=np.full(25, 0.05, np.float32),
+                     joints2d=np.zeros((25, 2), np.float32),
+                     joint_sigma=np.full(25, 0.05, np.float32),
                      pose=None, shape=None, translation=np.array([x, 0.0, 3.0], np.float32),
                      box=None, score=score)
 
@@ -562,7 +563,8 @@ def test_crops_are_rgb_in_0_1_and_mirror_inputs_negate_the_horizontal_offset():
     from d2a_edge.recoverer import make_crops
     frame = np.zeros((100, 200, 3), np.uint8)
     frame[..., 0] = 255  # BGR: blue
-    crops, sq, info = make_crops(frame, np.float32([[50, 20, 110, 80]]), default_intrinsics(200, 100), 32)
+    crops, sq, info = make_crops(frame, np.float32([[50, 20, 110, 80]]),
+                                 default_intrinsics(200, 100), 32)
     centre = crops[0, :, 16, 16]
     np.testing.assert_allclose(centre, [0.0, 0.0, 1.0], atol=1e-6)
     m_crops, m_info = mirror_inputs(crops, info)
