@@ -145,12 +145,13 @@ def previous_export(out: Path) -> set[str]:
         return set()
     try:
         old = json.loads(path.read_text())
+        if not {"manifest_version", "outputs", "artifacts"} <= set(old):
+            raise ValueError("it lacks manifest_version, outputs or artifacts")
         files = {a["file"] for a in old["artifacts"].values()}
-        old["manifest_version"], old["outputs"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"--out {out} holds a manifest.json that is not a d2a-edge bundle's "
-                         f"({type(e).__name__}: {e}); export into another folder") from None
-    return {f for f in files if isinstance(f, str) and Path(f).name == f}
+                         f"({e}); export into another folder") from None
+    return {f for f in files if isinstance(f, str) and Path(f).name == f}  # names, not paths
 
 
 def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
