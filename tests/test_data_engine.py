@@ -153,7 +153,10 @@ def test_joints_project_inside_silhouette_at_plausible_depth(generated):
     """Every skeleton joint (25) and the 15 interior H36M keypoints (all but the nose and head
     top, which are surface points) are inside the body: they project onto the silhouette and lie
     behind the visible surface; and mostly within 25 cm of it (not where another limb hides
-    them, or where a high/low OOD camera looks down the torso: measured 95% ID, 81% OOD)."""
+    them, or where a high/low OOD camera looks down the torso: measured 95% ID, 81% OOD).
+    "Behind" is judged against the nearest surface within a pixel of the joint's pixel: at 96
+    px a pixel spans centimetres, and a toe joint can round onto the sole behind it (2.4 cm
+    in front of that pixel's surface at seed 9, against 3.22 m for its neighbour)."""
     gen, out = generated
     min_within = 0.9 if gen.config.split == "id" else 0.75
     total, within, interior = 0, 0, np.setdiff1d(np.arange(17), [9, 10])
@@ -165,7 +168,10 @@ def test_joints_project_inside_silhouette_at_plausible_depth(generated):
             u, v = uv[keep, 0], uv[keep, 1]
             z, d = pts3d[keep, 2], out["depth"][i][v, u]
             assert np.all(out["mask"][i][v, u] > 0), f"sample {i}: a joint outside the silhouette"
-            assert np.all(d <= z + 0.02), f"sample {i}: a joint in front of the rendered surface"
+            depth = np.where(out["mask"][i] > 0, out["depth"][i], np.inf)
+            near = np.min([depth[np.clip(v + dv, 0, S - 1), np.clip(u + du, 0, S - 1)]
+                           for dv in (-1, 0, 1) for du in (-1, 0, 1)], axis=0)
+            assert np.all(near <= z + 0.02), f"sample {i}: a joint in front of the surface"
             total += keep.sum()
             within += (z <= d + 0.25).sum()
     assert total > 12 * 35  # most joints are in the crop
