@@ -121,10 +121,11 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
     (its timestamp), so that an unreadable image leaves a gap instead of shifting the rest."""
     import cv2
 
+    from d2a_edge.imageio import FOLDER_FPS
     from d2a_edge.overlay import write_obj
     fps, last, n = None, time.perf_counter(), 0
     for t, frame, people in results:
-        k = int(t) if folder else n
+        k = round(t * FOLDER_FPS) if folder else n  # a folder image's place in the folder
         now = time.perf_counter()
         fps = 1.0 / max(now - last, 1e-6) if fps is None else 0.9 * fps + 0.1 / max(now - last, 1e-6)
         last = now

@@ -17,6 +17,7 @@ FLOAT_UNIT_MAX = 2.0  # as_bgr8: a float image up to this is 0..1 (a 0..255 one 
 
 CAMERA_GRACE_S = 2.0  # a camera may deliver no frame this long (it is reopened once) ...
 VIDEO_MAX_SKIPS = 25  # ... and a video file may have this many unreadable frames in a row
+FOLDER_FPS = 30.0  # an image folder is a sequence at this rate (its timestamps: i / FOLDER_FPS)
 
 
 class InputError(ValueError):
@@ -86,8 +87,9 @@ def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     A camera that cannot be opened raises ``InputError``. A camera's dropped frames are
     retried, and it is reopened once, for up to ``CAMERA_GRACE_S`` seconds; after that the
     iteration raises ``SourceLost``. A video file's unreadable frames are skipped (logged;
-    ``VIDEO_MAX_SKIPS`` in a row end it) and its end ends the iteration (logged). Nothing
-    hangs.
+    ``VIDEO_MAX_SKIPS`` in a row end it) and its end ends the iteration (logged). An image
+    folder is a sequence at ``FOLDER_FPS`` (sorted by name; unreadable images skipped, their
+    time kept). Nothing hangs.
     """
     if isinstance(source, bool) or not isinstance(source, (int, str, os.PathLike)):
         raise InputError(f"source must be a camera index, a video file or a folder, got "
@@ -161,7 +163,7 @@ def _folder(path: Path):
     def frames():
         for i, f in enumerate(files):
             try:
-                yield float(i), read_image(f)
+                yield i / FOLDER_FPS, read_image(f)
             except InputError as e:
                 log.warning("skipping %s: %s", f.name, e)
     return frames()

@@ -64,6 +64,10 @@ def test_sources(tmp_path):
     cv2.imwrite(str(folder / "a.png"), np.zeros((32, 32, 3), np.uint8))
     (folder / "b.png").write_bytes(b"corrupt")
     assert len(list(open_source(folder))) == 1  # the corrupt one is skipped with a warning
+    cv2.imwrite(str(folder / "c.png"), np.zeros((32, 32, 3), np.uint8))
+    # a 30 fps sequence, the skipped image's time kept (frames 1 s apart left stream()'s
+    # smoothing nearly idle on a folder)
+    assert [t for t, _ in open_source(folder)] == pytest.approx([0.0, 2 / 30])
     video = tmp_path / "v.avi"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
     for i in range(5):
