@@ -129,6 +129,8 @@ def test_corrupt_and_foreign_npz(tmp_path, rng):
               "coarse faces not triangles": (lambda d: d.update(coarse_faces=np.zeros((3, 4),
                                                                                  np.int32)),
                                              "coarse_faces must be"),
+              "skin index one past the joints": (lambda d: d["skin_indices"].__setitem__(
+                  (0, 0), len(d["parents"])), "skin_indices out of range"),
               "negative weights summing to 1": (lambda d: d["skin_weights"].__setitem__(
                   (0, slice(0, 2)), (2.0, -1.0)), "must not be negative"),
               "parents one too long": (lambda d: d.update(parents=np.append(d["parents"], 0)),

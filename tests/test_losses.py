@@ -128,6 +128,33 @@ def test_silhouette_loss_low_for_right_mask_high_for_wrong():
     assert float(silhouette(-good, mask)) > 2.0
 
 
+def test_silhouette_and_depth_losses_do_not_grow_with_the_batch():
+    """Per-sample means: the same samples twice give the same loss (a Dice summed over the
+    batch, or a depth error averaged over every pixel or over empty crops, would not)."""
+    from d2a_edge.training.losses.terms import depth_ssi, silhouette
+    torch.manual_seed(0)
+    mask = torch.zeros(2, 16, 16)
+    mask[0, 4:12, 4:12], mask[1, 2:6, 3:9] = 1, 1
+    logits = torch.randn(2, 1, 8, 8)
+    twice = silhouette(torch.cat([logits, logits]), torch.cat([mask, mask]))
+    torch.testing.assert_close(twice, silhouette(logits, mask))
+    depth = (2 + torch.rand(2, 16, 16)) * mask  # 0 = background
+    pred = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(depth_ssi(torch.cat([pred, pred]), torch.cat([depth, depth])),
+                               depth_ssi(pred, depth))
+    empty = torch.zeros(1, 16, 16)  # a crop without the person adds nothing, not a zero
+    torch.testing.assert_close(depth_ssi(torch.cat([pred, pred[:1]]), torch.cat([depth, empty])),
+                               depth_ssi(pred, depth))
+    # the error is the mean over the person's pixels, not over the whole crop
+    single = depth_ssi(pred[:1], depth[:1])
+    p = torch.nn.functional.interpolate(pred[:1], size=(16, 16), mode="bilinear",
+                                        align_corners=False)[0, 0][mask[0] > 0]
+    d = depth[0][mask[0] > 0]
+    A = torch.stack([p, torch.ones_like(p)], 1)
+    ab = torch.linalg.lstsq(A, d[:, None]).solution[:, 0]
+    torch.testing.assert_close(single, (A @ ab - d).abs().mean(), rtol=1e-4, atol=1e-5)
+
+
 @requires_anny
 def test_reprojection_of_ground_truth_is_zero(anny_asset):
     from _batches import make_batch
