@@ -254,3 +254,27 @@ def test_bundled_samples_are_current_engine_renders(anny_asset):
     got = read_image(folder / "id_0.jpg")[..., ::-1].astype(np.float32)  # BGR
     assert got.shape == want.shape
     assert np.abs(got - want).mean() < 6.0  # JPEG (quality 92): 3.3; the v2 render: 14.6
+
+
+def test_ood_cameras_are_mostly_high(anny_asset):
+    """E4: the OOD split flips the camera below the person 30 % of the time and keeps it
+    above 70 % (elevation + = camera above: the body leans its head toward the camera).
+    Only the sample parameters are drawn; nothing is rendered."""
+    from d2a_edge.body import BodyModel
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+    ood = SampleGenerator(anny_asset, SceneConfig.for_split("ood", 64))
+    elev = np.array([ood.params(3, i).elevation for i in range(600)])
+    assert np.all((np.abs(elev) >= 35.0) & (np.abs(elev) <= 75.0))
+    assert 0.62 < (elev > 0).mean() < 0.78  # 600 draws: the 70 % is +-4 sd inside
+    idg = SampleGenerator(anny_asset, SceneConfig.for_split("id", 64))
+    e_id = np.array([idg.params(3, i).elevation for i in range(100)])
+    assert np.all((e_id >= -15.0) & (e_id <= 25.0))  # ID: no flip
+    # what "above" means: at elevation +60 the head comes toward the camera (z toward -)
+    J, head = anny_asset.num_joints, anny_asset.joint_names.index("Head")
+    skin = BodyModel(anny_asset)
+    for e, sign in ((60.0, -1), (-60.0, 1)):
+        R = np.tile(np.eye(3, dtype=np.float32), (4, J, 1, 1))
+        R[:, 0] = [ood.poser.root(np.random.default_rng(k), e) for k in range(4)]
+        _, joints = skin(R, np.zeros((4, anny_asset.num_betas), np.float32),
+                         np.zeros((4, 3), np.float32))
+        assert np.all(sign * (joints[:, head, 2] - joints[:, 0, 2]) > 0.2)

@@ -191,3 +191,123 @@ def test_camera_head_uses_every_bbox_info_number():
     jac = torch.autograd.functional.jacobian(lambda bi: head(token, bi),
                                              torch.tensor([[0.1, -0.2, 0.3]]))[0, :, 0]  # (3, 3)
     assert (jac.abs().sum(0) > 1e-4).all(), jac
+
+
+def test_sine_encoding_tells_every_position_apart():
+    """M6: half the channels encode y, half x; positions differing only in x (or only in y)
+    get different codes, and the x half of (y, x) is the y half of the transposed grid."""
+    from d2a_edge.training.model.transformer import sine_2d
+    h, w, dim = 3, 5, 16
+    pe = sine_2d(h, w, dim).view(h, w, dim)
+    assert not torch.allclose(pe[0, 0], pe[0, 1])  # same row, next column
+    assert not torch.allclose(pe[0, 0], pe[1, 0])  # same column, next row
+    flat = pe.reshape(h * w, dim)
+    assert (torch.cdist(flat, flat) + torch.eye(h * w) > 1e-3).all()  # all codes distinct
+    pt = sine_2d(w, h, dim).view(w, h, dim)
+    half = dim // 2
+    torch.testing.assert_close(pe[..., half:], pt.transpose(0, 1)[..., :half])
+    torch.testing.assert_close(pe[..., :half], pt.transpose(0, 1)[..., half:])
+
+
+@pytest.mark.parametrize("sigma_init", [0.02, 0.05, 0.2])
+def test_joint_head_starts_at_identity_rest_joints_and_sigma_init(sigma_init):
+    """M5: at initialisation sigma equals the configured sigma_init (the bias is
+    sigmoid^-1(sigma_init)), rotations are the identity and mu the rest joints."""
+    from d2a_edge.training.model.heads import IDENTITY_6D, JointHead
+    rest = torch.randn(5, 3)
+    rot6d, mu, sigma = JointHead(16, rest, sigma_init)(torch.randn(2, 5, 16))
+    torch.testing.assert_close(rot6d, torch.tensor(IDENTITY_6D).expand(2, 5, 6))
+    torch.testing.assert_close(mu, rest.expand(2, 5, 3))
+    torch.testing.assert_close(sigma, torch.full((2, 5, 3), sigma_init), atol=2e-4, rtol=0)
+
+
+@requires_anny
+def test_model_sigma_at_init_is_the_configured_sigma_init(tiny_model):
+    """M5 through the model: the initial joint_sigma is cfg.sigma_init."""
+    m = tiny_model.eval()
+    with torch.no_grad():
+        out = m.forward_head(m.forward_features(torch.rand(1, 3, 64, 64)),
+                             torch.tensor([[0.0, 0.0, 0.3]]))
+    s0 = m.cfg.sigma_init
+    torch.testing.assert_close(out["joint_sigma"], torch.full_like(out["joint_sigma"], s0),
+                               atol=2e-4, rtol=0)
+
+
+def test_depth_backbone_standardises_each_sample_on_its_own():
+    """M7: relative depth is standardised per sample, so (in eval mode) a sample's depth
+    tokens ignore the other samples of the batch and each sample's scale and shift."""
+    from d2a_edge.training.model.backbones import DepthBackbone
+    torch.manual_seed(0)
+    db = DepthBackbone((8, 8), 16, 32).eval()
+    d = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        ref = db(d)
+        other = d.clone()
+        other[1:] = other[1:] * 7.0 + 3.0  # only samples 1, 2 change (by scale and shift)
+        out = db(other)
+        torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)  # affine-invariant
+        torch.testing.assert_close(db(d[:1]), ref[:1], atol=1e-5, rtol=1e-5)  # batch of one
+
+
+@requires_anny
+def test_a_sample_output_ignores_the_rest_of_the_batch_in_eval(tiny_model):
+    """M7 end to end: in eval mode no sample leaks into another's features or outputs."""
+    m = tiny_model.eval()
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 64, 64)
+    x2 = x.clone()
+    x2[1:] = torch.rand(2, 3, 64, 64) * 0.5  # other samples change (different contrast)
+    with torch.no_grad():
+        a, b = m.forward_features(x), m.forward_features(x2)
+        one = m.forward_features(x[:1])
+    for f in (b, one):
+        torch.testing.assert_close(f["tokens"][0], a["tokens"][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(f["depth"][0], a["depth"][0], atol=1e-4, rtol=1e-4)
+
+
+@requires_anny
+def test_depth_tokens_carry_their_own_modality_embedding(tiny_model):
+    """M8: image tokens get modality embedding 0 and depth tokens embedding 1 (the fusion can
+    tell them apart): the features depend on both rows of the modality table."""
+    import copy
+    m = copy.deepcopy(tiny_model).eval()
+    assert m.depth_net is not None
+    torch.manual_seed(2)
+    x = torch.rand(2, 3, 64, 64)
+    calls = []
+    hook = m.pos.register_forward_pre_hook(lambda mod, args: calls.append(args[1]))
+    with torch.no_grad():
+        ref = m.forward_features(x)["tokens"]
+        hook.remove()
+        assert calls == [0, 1]  # image first, then depth
+        for row in (0, 1):
+            saved = m.pos.modality[row].clone()
+            m.pos.modality[row] += torch.randn_like(saved)  # (a constant shift: LayerNorm drops)
+            moved = m.forward_features(x)["tokens"]
+            m.pos.modality[row] = saved
+            assert (moved - ref).abs().max() > 1e-3, f"modality row {row} is unused"
+
+
+@requires_anny
+def test_each_query_feeds_exactly_its_own_head(tiny_model):
+    """M3: decoder query 0 -> camera, 1 -> shape, 2..2+J -> joints, the rest -> coarse
+    vertices: together the heads read every decoder output once, in that order."""
+    m = tiny_model.eval()
+    seen = {}
+    hooks = [getattr(m, name).register_forward_pre_hook(
+        lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+        for name in ("camera_head", "shape_head", "joint_head", "vertex_head")]
+    hooks.append(m.decoder.register_forward_hook(
+        lambda mod, args, out: seen.__setitem__("decoder", out)))
+    try:
+        with torch.no_grad():
+            m(torch.rand(2, 3, 64, 64), torch.tensor([[0.1, 0.0, 0.3], [0.0, 0.1, 0.25]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    J = m.num_joints
+    assert seen["joint_head"].shape[1] == J
+    read = torch.cat([seen["camera_head"][:, None], seen["shape_head"][:, None],
+                      seen["joint_head"], seen["vertex_head"]], dim=1)
+    assert torch.equal(read, seen["decoder"])
