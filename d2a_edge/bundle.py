@@ -139,6 +139,9 @@ def _check_manifest(m: dict, where: Path) -> None:
             ok = all(math.isfinite(float(cal[k])) and float(cal[k]) > 0 for k in ("a", "p"))
         except (TypeError, KeyError, ValueError):
             ok = False
+        ref = m.get("sigma_reference_m", 0.05)
+        ok = ok and isinstance(ref, (int, float)) and math.isfinite(ref) and ref > 0
         if not ok:
-            raise BundleError(f"{where}: sigma_calibration must hold positive numbers a and p, "
-                              f"got {cal!r}")
+            raise BundleError(f"{where}: sigma_calibration must hold positive numbers a and p "
+                              f"and sigma_reference_m a positive number (re-export the model), "
+                              f"got {cal!r} and {ref!r}")

@@ -49,7 +49,7 @@ def draw_joints(image: np.ndarray, joints2d: np.ndarray, parents=None,
     out = image.copy()
     if sigma is None:
         sigma = np.zeros(len(joints2d))
-    t = np.clip(np.asarray(sigma) / sigma_full, 0, 1)
+    t = np.nan_to_num(np.clip(np.asarray(sigma) / sigma_full, 0, 1), nan=1.0)  # NaN σ: red
     joints2d = np.asarray(joints2d, np.float64)
     ok = np.isfinite(joints2d).all(1) & (np.abs(joints2d) < FAR_PX).all(1)  # drawable
     if parents is not None:

@@ -181,8 +181,9 @@ WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the fram
 
 def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
     """0..1 from the mean joint σ relative to the model's typical σ: 2/3 at the typical σ,
-    0 at three times it (a crop without a well-framed person)."""
-    return float(np.clip(1.0 - float(np.mean(sigma)) / (3.0 * sigma_ref), 0.0, 1.0))
+    0 at three times it (a crop without a well-framed person) and for a σ that is not finite."""
+    score = 1.0 - float(np.mean(sigma)) / (3.0 * sigma_ref)
+    return float(np.clip(score, 0.0, 1.0)) if np.isfinite(score) else 0.0
 
 
 WINDOW_STEPS = 8  # search_windows: at most this many window positions along either axis

@@ -120,11 +120,15 @@ def joint_sigma_and_error(asset, outs, labels) -> tuple[np.ndarray, np.ndarray]:
     return sigma[:, 1:], err[:, 1:]
 
 
+CALIBRATION_P = (0.25, 4.0)  # fit_sigma_calibration keeps a fitted exponent in this range
+
+
 def fit_sigma_calibration(sigma: np.ndarray, error: np.ndarray, bins: int = 10) -> dict:
     """``{"a", "p"}`` with error ≈ a · σ^p (metres): a least-squares line in log-log space
     through the mean σ and mean error of each σ decile (``calibration_bins``). With fewer than
-    three usable deciles, or a fitted p <= 0, it is a plain scale: p = 1, a = mean error /
-    mean σ."""
+    three usable deciles, or a fitted p outside ``CALIBRATION_P``, it is a plain scale: p = 1,
+    a = mean error / mean σ. (A briefly trained model's σ barely varies, and the line through
+    its deciles gave 4.45e204 · σ^193.8, NaN once applied.)"""
     sigma, error = np.asarray(sigma, np.float64).ravel(), np.asarray(error, np.float64).ravel()
     b = calibration_bins(sigma, error, bins)
     s = np.array([r["sigma"] for r in b])
@@ -132,6 +136,6 @@ def fit_sigma_calibration(sigma: np.ndarray, error: np.ndarray, bins: int = 10) 
     ok = (s > 0) & (e > 0)
     if ok.sum() >= 3 and np.ptp(np.log(s[ok])) > 0:
         p, log_a = np.polyfit(np.log(s[ok]), np.log(e[ok]), 1)
-        if p > 0:
+        if CALIBRATION_P[0] <= p <= CALIBRATION_P[1]:
             return {"a": float(np.exp(log_a)), "p": float(p)}
     return {"a": float(error.mean() / max(sigma.mean(), 1e-12)), "p": 1.0}

@@ -50,6 +50,12 @@ def test_sigma_calibration_fit_recovers_a_power_law():
     assert cal["a"] == pytest.approx(1.7 * np.exp(0.3 ** 2 / 2), rel=0.08)
     # too few points for a slope: a plain scale, mean error / mean sigma
     assert fit_sigma_calibration([0.1, 0.2], [0.3, 0.6]) == {"a": pytest.approx(3.0), "p": 1.0}
+    # a briefly trained model: sigma barely varies, and the line through its deciles was
+    # 4.45e204 * sigma^193.8 (NaN in the bundle, a crashing demo); now a plain scale
+    flat = 0.05 + 1e-5 * rng.uniform(size=5000)
+    err = 0.2 + 1000 * (flat - 0.05)  # 0.20..0.21 m: a log-log slope of about 250
+    assert fit_sigma_calibration(flat, err) == {"a": pytest.approx(err.mean() / flat.mean()),
+                                                "p": 1.0}
 
 
 def test_bundle_has_a_sigma_calibration_that_the_sdk_applies(bundle):
@@ -75,6 +81,12 @@ def test_bad_sigma_calibration_is_a_bundle_error(bundle, tmp_path):
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="sigma_calibration must hold positive numbers"):
         load_bundle(out)
+    m["sigma_calibration"] = {"a": 1.4, "p": 1.0}
+    m["sigma_reference_m"] = float("nan")  # the NaN an unbounded fit once wrote
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="sigma_reference_m a positive number"):
+        load_bundle(out)
+    del m["sigma_reference_m"]
     del m["sigma_calibration"]  # older bundles: the identity
     (out / "manifest.json").write_text(json.dumps(m))
     np.testing.assert_array_equal(load_bundle(out).calibrate_sigma([0.2]), np.float32([0.2]))

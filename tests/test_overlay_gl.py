@@ -78,3 +78,6 @@ def test_painter_and_joints_survive_points_at_or_behind_the_camera():
     j2d = np.array([[100, 100], [np.inf, 5], [np.nan, 1], [3e12, 7], [200, 220]], np.float64)
     out = draw_joints(frame, j2d, parents=[-1, 0, 1, 2, 0], sigma=np.full(5, 0.02))
     assert out[100, 100].any() and out[220, 200].any() and out[160, 150].any()  # dots + bone 0-4
+    # a NaN sigma (a bundle with a broken calibration) is drawn red; it raised ValueError
+    red = draw_joints(frame, j2d, parents=[-1, 0, 1, 2, 0], sigma=np.full(5, np.nan))
+    assert red[100, 100, 2] > 0 and red[100, 100, 1] == 0

@@ -61,6 +61,7 @@ def test_score_is_relative_to_the_models_typical_sigma():
     assert person_score(np.full(25, 0.3), 0.1) == pytest.approx(0.0, abs=1e-9)
     assert person_score(np.full(25, 0.5), 0.1) == 0.0
     assert person_score(np.zeros(25), 0.1) == 1.0
+    assert person_score(np.full(25, np.nan), 0.1) == 0.0  # NaN passed every `< LOST_SCORE` test
 
 
 def test_bad_boxes_string_is_an_input_error():
