@@ -403,6 +403,31 @@ def test_sigterm_and_ctrl_c_stop_with_a_checkpoint_that_resumes(tmp_path, shards
 
 
 @requires_anny
+def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(tmp_path,
+                                                                                  shards):
+    """A scheduler (SLURM, `timeout`, systemd) signals the whole process group, loader workers
+    included: the workers ignore it and the training process stops as for its own SIGTERM
+    (it failed with "DataLoader worker ... is killed by signal: Terminated" and no
+    checkpoint)."""
+    from _batches import write_tiny_yaml
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
+    out = tmp_path / "group"
+    proc = subprocess.Popen(_train_cmd(cfg, shards, out, 500, "--ckpt-every", "1",
+                                       "--workers", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    first = out / "checkpoints" / "step_00000001"
+    deadline = time.time() + 240
+    while not first.is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM.value, err[-3000:]
+    stopped = int(re.search(r"SIGTERM: stopping at step (\d+) of 500", err).group(1))
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == stopped
+
+
+@requires_anny
 def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, anny_asset, capsys):
     """--stop-after (e.g. the end of one lent GPU call): a checkpoint before the schedule ends,
     and --resume (the next call) continues that schedule to the same weights as one run."""

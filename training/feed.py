@@ -3,7 +3,9 @@ batches (``StepSampler``), the DataLoader (spawned EGL rendering workers beside 
 echoing (``EchoBuffer``)."""
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 
 import torch
@@ -119,9 +121,22 @@ def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=nw, pin_memory=d.device.type == "cuda",
         persistent_workers=nw > 0, multiprocessing_context="spawn" if spawn else None,
-        worker_init_fn=leave_like_a_forked_worker if spawn else None,
+        worker_init_fn=functools.partial(init_worker, spawned=spawn) if nw > 0 else None,
         prefetch_factor=2 if nw > 0 else None,
         generator=torch.Generator().manual_seed(cfg.train.seed + start))
+
+
+def init_worker(worker_id: int, spawned: bool) -> None:
+    """``worker_init_fn`` of the loader's workers: they ignore SIGINT and SIGTERM, which the
+    training process handles (finish the step, checkpoint, exit 130 / 143). A Ctrl-C or a
+    scheduler's SIGTERM reaches the whole process group; a worker killed by it made the
+    training process fail ("DataLoader worker is killed by signal") with no checkpoint. The
+    loader still ends its workers when training ends, and a worker whose parent is gone exits
+    by itself. Spawned workers also ``leave_like_a_forked_worker``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if spawned:
+        leave_like_a_forked_worker(worker_id)
 
 
 def leave_like_a_forked_worker(worker_id: int) -> None:
