@@ -428,6 +428,32 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoint
 
 
 @requires_anny
+def test_resume_without_the_flags_keeps_the_stopped_runs_settings(tmp_path, shards):
+    """A run of --steps 6 --batch-size 2 --seed 5 --ckpt-every 2, stopped, then --resume alone:
+    it keeps that schedule, batch size, seed and interval (it warned "--batch-size 2 -> 4" and
+    re-fitted the schedule to the config's 20,000 steps: 13 hours in a walkthrough, past this
+    test's time limit here)."""
+    from _batches import write_tiny_yaml
+    cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
+    out = tmp_path / "run"
+    base = [str(BIN / "d2a-train"), str(cfg), "--data", str(shards), "--out", str(out),
+            "--threads", "1"]
+    first = subprocess.run(base + ["--steps", "6", "--batch-size", "2", "--seed", "5",
+                                   "--ckpt-every", "2", "--stop-after", "0.001"],
+                           capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stopped = json.loads((out / "checkpoints" / "latest.json").read_text())["step"]
+    assert stopped < 6
+    res = subprocess.run(base + ["--resume"], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warning" not in res.stderr and "re-fits" not in res.stderr, res.stderr[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps"] == 6 and run["ckpt_every"] == 2
+    assert run["config"]["train"]["batch_size"] == 2 and run["config"]["train"]["seed"] == 5
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 6
+
+
+@requires_anny
 def test_stop_after_then_resume_matches_uninterrupted_run(tmp_path, anny_asset, capsys):
     """--stop-after (e.g. the end of one lent GPU call): a checkpoint before the schedule ends,
     and --resume (the next call) continues that schedule to the same weights as one run."""

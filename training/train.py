@@ -476,7 +476,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         init_weights(st, init, d)
     if start is not None:
         meta = resume_state(st, start, d, cfg)
-        if time_budget and "schedule_total" in meta:  # the schedule the budget had fitted
+        if (time_budget or steps is None) and "schedule_total" in meta:  # the saved schedule
             total = st.schedule.total = int(meta["schedule_total"])
         elif int(meta.get("schedule_total", total)) != total and d.main:
             print(f"--resume: the checkpoint's schedule ran to {meta['schedule_total']} steps; "
@@ -495,8 +495,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "run.json").write_text(json.dumps(
             {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
-             "steps": total, "argv": sys.argv, "device": str(d.device), "init": init,
-             "echo": echo, "warm_fresh": warm}, indent=1))
+             "steps": total, "ckpt_every": every, "argv": sys.argv, "device": str(d.device),
+             "init": init, "echo": echo, "warm_fresh": warm}, indent=1))
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)
@@ -617,7 +617,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from RUN_DIR's latest checkpoint (same config and --freeze); "
                    "a RUN_DIR without one starts at step 0 with a warning, so a restart loop "
-                   "can always pass --resume")
+                   "can always pass --resume. It keeps the stopped run's schedule, seed, batch "
+                   "size, learning rate and checkpoint interval unless those flags are given")
     p.add_argument("--batch-size", type=at_least(1), default=None, help="per-process batch size")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr (peak learning rate)")
     p.add_argument("--ckpt-every", type=at_least(0), default=None,
@@ -659,9 +660,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+RESUMED = ("seed", "batch_size", "lr", "ckpt_every")  # --resume keeps these unless given again
+
+
+def resumed_settings(run_dir) -> dict:
+    """The settings of the run ``--resume`` continues (``RUN_DIR/run.json``): its seed, batch
+    size, learning rate and checkpoint interval, which a resumed run keeps for the flags not
+    given again (the config's defaults took their place, e.g. batch 32 for a run of batch 8);
+    empty when there is no readable run.json."""
+    try:
+        r = json.loads((Path(run_dir) / "run.json").read_text())
+        c = r["config"]
+        return {"seed": c["train"]["seed"], "batch_size": c["train"]["batch_size"],
+                "lr": c["optim"]["lr"], "ckpt_every": r.get("ckpt_every")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = _parser()
     args = p.parse_args(argv)
+    if args.resume:  # the stopped run's settings, for the flags not given again
+        kept = resumed_settings(args.out)
+        for name in RESUMED:
+            if getattr(args, name) is None and kept.get(name) is not None:
+                setattr(args, name, kept[name])
     if args.time_budget is not None and not args.time_budget > 0:
         p.error(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if args.stop_after is not None and not args.stop_after > 0:
