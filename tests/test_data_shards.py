@@ -103,8 +103,10 @@ def test_changed_settings_refuse_to_mix(reference, tmp_path):
     from d2a_edge.training.data.shards import generate
     out = tmp_path / "mix"
     generate(_cfg(out, num=4))
-    with pytest.raises(ValueError, match="another --out"):
+    with pytest.raises(ValueError, match="another --out") as e:
         generate(_cfg(out, num=4, seed=99))
+    assert "seed 5 -> 99" in str(e.value) and "num_samples" not in str(e.value)  # named, not
+    # two whole config dicts
 
 
 @pytest.mark.parametrize("kw,match", [(dict(num=0), "--num must be >= 1"),

@@ -211,8 +211,12 @@ def generate(cfg: GenerateConfig, on_shard: Callable[[dict], None] | None = None
     if (root / MANIFEST).exists():
         old = read_manifest(root)
         if old["config"] != identity:
-            raise ValueError(f"{root} holds a dataset made with {old['config']}, not "
-                             f"{identity}: use another --out (or delete it) to start afresh")
+            was = old["config"] if isinstance(old["config"], dict) else {}
+            changed = ", ".join(f"{k} {was.get(k)!r} -> {identity.get(k)!r}"
+                                for k in sorted(set(was) | set(identity))
+                                if was.get(k) != identity.get(k))
+            raise ValueError(f"{root} holds a dataset made with other settings ({changed}): use "
+                             "another --out (or delete it) to start afresh")
         man = old
     todo = [e for e in man["shards"] if not shard_ok(root, e, man["schema"])]
     for e in todo:
