@@ -127,14 +127,13 @@ def make_loader(dataset, cfg: Config, d: Dist, start: int, workers: int | None):
 
 
 def init_worker(worker_id: int, spawned: bool) -> None:
-    """``worker_init_fn`` of the loader's workers: they ignore SIGINT and SIGTERM, which the
-    training process handles (finish the step, checkpoint, exit 130 / 143). A Ctrl-C or a
-    scheduler's SIGTERM reaches the whole process group; a worker killed by it made the
-    training process fail ("DataLoader worker is killed by signal") with no checkpoint. The
-    loader still ends its workers when training ends, and a worker whose parent is gone exits
-    by itself. Spawned workers also ``leave_like_a_forked_worker``."""
+    """``worker_init_fn`` of the loader's workers: they ignore SIGINT (a Ctrl-C reaches the
+    whole process group; the training process handles it: finish the step, checkpoint, exit
+    130). SIGTERM still ends them: multiprocessing ends its worker processes with it at exit,
+    and a worker that ignored it hung the exit. A SIGTERM to the whole group is handled in
+    the training process instead (``train.StopSignal``). Spawned workers also
+    ``leave_like_a_forked_worker``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if spawned:
         leave_like_a_forked_worker(worker_id)
 

@@ -301,6 +301,11 @@ class StopSignal:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        # A scheduler's SIGTERM reaches the loader's workers too (the whole process group), and
+        # torch's SIGCHLD handler would raise "DataLoader worker is killed by signal" anywhere
+        # in the step or the checkpoint; no more batches are needed, so stop listening.
+        # Python runs pending handlers in signal-number order: SIGTERM (15) before SIGCHLD (17).
+        self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
