@@ -406,9 +406,9 @@ def test_sigterm_and_ctrl_c_stop_with_a_checkpoint_that_resumes(tmp_path, shards
 def test_sigterm_to_the_whole_process_group_with_loader_workers_still_checkpoints(tmp_path,
                                                                                   shards):
     """A scheduler (SLURM, `timeout`, systemd) signals the whole process group, loader workers
-    included: the workers ignore it and the training process stops as for its own SIGTERM
-    (it failed with "DataLoader worker ... is killed by signal: Terminated" and no
-    checkpoint)."""
+    included: the training process stops as for its own SIGTERM, whether the signal finds it
+    in a step or waiting for the loader (it failed with "DataLoader worker ... is killed by
+    signal: Terminated" and no checkpoint)."""
     from _batches import write_tiny_yaml
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
     out = tmp_path / "group"

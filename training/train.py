@@ -511,14 +511,20 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     it = iter(loader)
     echoes = EchoBuffer(cfg.train.seed) if echo > 1 else None
     interrupt = StopSignal() if d.world == 1 else StopSignal(signals=())
+
+    def stopping() -> None:
+        print(f"{interrupt.received}: stopping at step {st.step} of {total} with a "
+              "checkpoint; --resume continues the schedule", file=sys.stderr)
+
     try:
         while st.step < total:
             if echoes is None or st.step % echo == 0 or not echoes.batches:  # (a resume empties it)
                 tw = time.perf_counter()
                 try:
                     batch = to_device(next(it), d.device)
-                except RuntimeError:  # a Ctrl-C reaches the loader's workers too
+                except RuntimeError:  # the signal ended the loader's workers while it waited
                     if interrupt.received:
+                        stopping()
                         break
                     raise
                 wait += time.perf_counter() - tw
@@ -549,8 +555,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
                           "--resume continues the schedule", file=sys.stderr)
                 break
             if interrupt.received:
-                print(f"{interrupt.received}: stopping at step {st.step} of {total} with a "
-                      "checkpoint; --resume continues the schedule", file=sys.stderr)
+                stopping()
                 break
             if writer is not None and (st.step % cfg.train.log_every == 0 or st.step == total):
                 now = time.perf_counter()
