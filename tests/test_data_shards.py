@@ -1,4 +1,5 @@
 """Shard writer, resume, determinism, bad input, the torch Datasets and the d2a-data CLI."""
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -398,3 +399,46 @@ def test_a_shard_with_the_wrong_row_count_or_dtype_is_not_ok(tmp_path):
     assert not shard_ok(tmp_path, dict(entry, count=5), schema)
     np.save(tmp_path / entry["name"] / "depth.npy", np.zeros((4, 8, 8), np.float64))
     assert not shard_ok(tmp_path, entry, schema)
+
+
+def _children(pid: int) -> list[int]:
+    """Child process ids of ``pid`` (Linux /proc)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_a_killed_worker_is_an_error_not_a_hang_and_the_rerun_resumes(tmp_path):
+    """A rendering worker killed mid-run (OOM killer) hung `generate` forever on its lost shard;
+    now d2a-data exits 2 with a message, and the same command finishes the dataset."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "d2a_edge.training.data.cli", "generate", "--split", "id",
+           "--num", "2000", "--size", str(SIZE), "--shard-size", "4", "--workers", "2",
+           "--seed", "5", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(s.is_dir() for s in out.glob("shard_?????")):  # a worker is rendering
+            assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()
+            time.sleep(0.02)
+        worker = next(c for c in _children(p.pid)
+                      if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes())
+        os.kill(worker, signal.SIGKILL)
+        log, _ = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 2, log
+    assert "worker process died" in log and "rerun the same command" in log
+    done = sum(s["complete"] for s in json.loads((out / "manifest.json").read_text())["shards"])
+    assert 0 < done < 500
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    man = json.loads((out / "manifest.json").read_text())
+    assert all(s["complete"] for s in man["shards"]) and len(man["shards"]) == 500

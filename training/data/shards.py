@@ -16,6 +16,8 @@ import json
 import multiprocessing
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -162,8 +164,8 @@ _WORKER: dict[str, object] = {}  # per worker process: the generator and output 
 
 
 def _init_worker(cfg: GenerateConfig) -> None:
-    """Pool initializer. It must not raise (a Pool respawns failing initializers forever), so
-    a failure is kept and re-raised by the first ``_work`` call, which reports it."""
+    """Pool initializer. It must not raise (a failed initializer breaks the pool, and its
+    message is lost), so a failure is kept and re-raised by the first ``_work`` call."""
     try:
         scene = SceneConfig.for_split(cfg.split, cfg.size, cfg.backgrounds)
         _WORKER.update(gen=SampleGenerator(load_asset(cfg), scene), cfg=cfg, error=None)
@@ -236,14 +238,26 @@ def _run(cfg: GenerateConfig, todo: list[dict]):
     """Yield (entry, info) per finished shard from a pool of spawned workers.
 
     Even ``--workers 1`` renders in a child: every worker runs single-threaded BLAS, so the
-    bytes do not depend on the worker count or on the parent's thread settings.
+    bytes do not depend on the worker count or on the parent's thread settings. A worker that
+    dies (killed, out of memory) is an error, not a hang: ``multiprocessing.Pool`` would wait
+    for its shard forever, ``ProcessPoolExecutor`` reports it.
     """
     if not todo:
         return
     ctx = multiprocessing.get_context("spawn")
-    with _single_threaded_children(), ctx.Pool(min(cfg.workers, len(todo)), _init_worker,
-                                               (cfg,)) as pool:
-        yield from pool.imap_unordered(_work, todo)
+    with _single_threaded_children(), ProcessPoolExecutor(
+            min(cfg.workers, len(todo)), ctx, _init_worker, (cfg,)) as pool:
+        futures = [pool.submit(_work, e) for e in todo]
+        try:
+            for f in as_completed(futures):
+                yield f.result()
+        except BrokenProcessPool as e:
+            raise RuntimeError("a rendering worker process died (killed, or out of memory?); "
+                               "the finished shards are kept: rerun the same command to "
+                               "resume") from e
+        finally:
+            for f in futures:
+                f.cancel()
 
 
 class ShardReader:
