@@ -104,26 +104,27 @@ def run(args) -> int:
     results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
         ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
     try:
-        n = _loop(args, rec, results, drawer, parents, save, show,
-                  folder=Path(str(args.source)).is_dir())
+        n, found = _loop(args, rec, results, drawer, parents, save, show,
+                         folder=Path(str(args.source)).is_dir())
     except KeyboardInterrupt:  # Ctrl-C ends a camera demo; what was saved stays
         print("d2a-demo: interrupted", file=sys.stderr)
         n = None
-    print("d2a-demo: " + (f"{n} frames, " if n is not None else "")
+    print("d2a-demo: " + (f"{n} frames ({found} with a person), " if n is not None else "")
           + f"backend {rec.backend.name}" + (f", overlays in {save}" if save else ""))
     return 0 if n is not None else 130
 
 
 def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
-          folder: bool = False) -> int:
-    """Overlays for each frame of ``results``: shown and/or saved; returns the frame count.
+          folder: bool = False) -> tuple[int, int]:
+    """Overlays for each frame of ``results``: shown and/or saved; returns the frame count and
+    how many of those frames had a person.
     Saved files are numbered by frame, or for an image ``folder`` by the image's place in it
     (its timestamp), so that an unreadable image leaves a gap instead of shifting the rest."""
     import cv2
 
     from d2a_edge.imageio import FOLDER_FPS
     from d2a_edge.overlay import write_obj
-    fps, last, n = None, time.perf_counter(), 0
+    fps, last, n, found = None, time.perf_counter(), 0, 0
     for t, frame, people in results:
         k = round(t * FOLDER_FPS) if folder else n  # a folder image's place in the folder
         now = time.perf_counter()
@@ -141,10 +142,10 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
             cv2.imshow("d2a-demo", vis)
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                 break
-        n += 1
+        n, found = n + 1, found + bool(people)
         if args.max_frames and n >= args.max_frames:
             break
-    return n
+    return n, found
 
 
 def main(argv=None) -> int:

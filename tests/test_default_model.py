@@ -177,3 +177,18 @@ def test_write_obj_leaves_no_partial_file_on_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="could not write .*full.obj: No space left"):
         overlay.write_obj(tmp_path / "full.obj", verts, faces)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.obj"]
+
+
+def test_demo_locate_counts_and_saves_only_the_frames_with_a_person(tmp_path, capsys):
+    """With --locate, a frame with nobody in it is drawn without a mesh, writes no OBJ, and the
+    summary says how many frames had a person (it said only '2 frames')."""
+    import cv2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((ROOT / "samples" / "id_0.jpg").read_bytes())
+    cv2.imwrite(str(folder / "b.png"), np.full((192, 192, 3), 90, np.uint8))  # an empty scene
+    assert demo_main(["--source", str(folder), "--save", str(tmp_path / "o"), "--no-display",
+                      "--overlay", "cv", "--locate"]) == 0
+    assert "2 frames (1 with a person)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        ".d2a-demo", "frame_000000.png", "frame_000001.png", "mesh_000000.obj"]
