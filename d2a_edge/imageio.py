@@ -69,16 +69,49 @@ def as_bgr8(image) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 BGR; ``InputError`` if missing or corrupt."""
+    """Read an image file as (H, W, 3) uint8 BGR; ``InputError`` if missing, corrupt or cut
+    short (a JPEG still being written decodes with a grey lower part and no error from OpenCV)."""
     import cv2
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    short = jpeg_cut_short(data.tobytes())
     if image is None:
-        raise InputError(f"{path} is not a readable image (corrupt or unsupported format)")
+        raise InputError(f"{path} is not a readable image (corrupt or unsupported format"
+                         + ("; a JPEG cut short: copied in part, or still being written?)"
+                            if short else ")"))
+    if short:
+        raise InputError(f"{path} is a JPEG cut short (no end-of-image marker): copied in part, "
+                         "or still being written")
     return as_bgr8(image)
+
+
+def jpeg_cut_short(data: bytes) -> bool:
+    """True for a JPEG stream that ends before its end-of-image marker; False for a whole one
+    (bytes after the marker, e.g. a phone's motion-photo video, are allowed) or not a JPEG.
+    Walks the marker segments by their lengths (an EXIF thumbnail's own end marker is inside
+    one) and the entropy-coded data by its markers (0xFF00 stuffing, restarts skipped)."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    i, n = 2, len(data)
+    while True:
+        j = data.find(b"\xff", i)
+        if j < 0 or j + 1 >= n:
+            return True
+        m = data[j + 1]
+        if m == 0xD9:  # end of image
+            return False
+        if m in (0x00, 0x01, 0xFF) or 0xD0 <= m <= 0xD7:  # stuffing, TEM, fill, restart
+            i = j + (1 if m == 0xFF else 2)
+            continue
+        if j + 3 >= n:
+            return True
+        i = j + 2 + (data[j + 2] << 8 | data[j + 3])  # a segment: skip its length
+        if i > n:
+            return True
 
 
 def open_source(source) -> Iterator[tuple[float, np.ndarray]]:

@@ -174,3 +174,40 @@ def test_one_euro_reset_and_shape_change_start_afresh():
     for kw in ({"d_cutoff": 0.0}, {"beta": -1.0}):
         with pytest.raises(ValueError, match="d_cutoff > 0, beta >= 0"):
             OneEuroFilter(**kw)
+
+
+def test_a_jpeg_cut_short_is_refused_and_whole_ones_are_read(tmp_path):
+    """OpenCV decodes a JPEG cut short (copied in part, or still being written into a watched
+    folder) without an error, its lower part grey: a silently wrong mesh. read_image refuses
+    it, and an image folder skips it. Whole JPEGs (baseline, progressive, with restart markers,
+    with an EXIF thumbnail, with a motion photo's video after the end marker) are read."""
+    from d2a_edge.imageio import jpeg_cut_short
+    image = read_image("samples/id_0.jpg")
+    ok, small = cv2.imencode(".jpg", image[::8, ::8])
+    thumb = small.tobytes()  # its own end-of-image marker sits inside the EXIF segment
+    kinds = {}
+    for name, flags in (("baseline", []), ("progressive", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+                        ("restarts", [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])):
+        kinds[name] = cv2.imencode(".jpg", image, flags)[1].tobytes()
+    exif = b"Exif\x00\x00" + thumb
+    base = kinds["baseline"]
+    kinds["exif"] = base[:2] + b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif + base[2:]
+    for name, data in kinds.items():
+        whole = tmp_path / f"{name}.jpg"
+        whole.write_bytes(data)
+        assert np.abs(read_image(whole).astype(int) - image).mean() < 3, name
+        (tmp_path / f"{name}_motion.jpg").write_bytes(data + b"\x00\x00\x00\x18ftypmp42" * 50)
+        read_image(tmp_path / f"{name}_motion.jpg")
+        for cut in (len(data) // 2, len(data) - 1):
+            part = tmp_path / f"{name}_{cut}.jpg"
+            part.write_bytes(data[:cut])
+            assert cv2.imread(str(part)) is not None  # what OpenCV alone does
+            with pytest.raises(InputError, match="cut short"):
+                read_image(part)
+    assert not jpeg_cut_short(b"\x89PNG\r\n") and jpeg_cut_short(b"\xff\xd8\xff")
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for name in ("a", "c"):
+        (folder / f"{name}.jpg").write_bytes(base)
+    (folder / "b.jpg").write_bytes(base[: len(base) // 2])
+    assert [t for t, _ in open_source(folder)] == [0.0, 2 / 30]
