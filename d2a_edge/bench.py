@@ -65,7 +65,7 @@ def bench_stages(rec, frames: list[np.ndarray], batch: int, repeats: int) -> dic
     return times
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2a-bench", description=__doc__)
     p.add_argument("--model", help="bundle directory (default: bundled edge-s)")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -84,40 +84,28 @@ def main(argv=None) -> int:
                         "turn in each (a machine whose speed drifts slows all rows alike)")
     p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
     p.add_argument("--json", help="also write the numbers here")
-    args = p.parse_args(argv)
-    from d2a_edge.imageio import InputError
-    from d2a_edge.recoverer import MeshRecoverer
-    if args.json:  # checked before the run, not after it
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            p.error(f"--json {args.json}: folder {folder} does not exist or is not writable")
-    try:
-        frames = _frames(args.images, 16)
-    except InputError as e:
-        p.error(str(e))
-    recs = {}
-    for prec in args.precision:
-        try:
-            recs[prec] = MeshRecoverer(args.model, backend=args.backend, device=args.device,
-                                       precision=prec, skinning=args.skinning, mesh=args.mesh,
-                                       flip=args.flip)
-        except (BundleError, BackendUnavailable, RuntimeError) as e:
-            p.error(str(e))
-    cases = [(prec, b) for prec in args.precision for b in args.batch]
-    for prec, b in cases:
-        bench_stages(recs[prec], frames, b, args.warmup)
-    # Rounds: every case runs a block of calls in turn, so that a machine that slows down for a
-    # while (a shared VM) slows all cases alike, and the per-round ratios cancel it.
-    rounds = min(args.rounds, args.repeats)
+    return p
+
+
+def run_rounds(recs: dict, cases: list[tuple[str, int]], frames, repeats: int, rounds: int):
+    """Per case (precision, batch): every stage's times (ms) and each round's median total.
+
+    Every case runs a block of calls in turn in each round, so that a machine that slows down
+    for a while (a shared VM) slows all cases alike, and the per-round ratios cancel it."""
     times = {c: {} for c in cases}
     block_total = {c: [] for c in cases}
     for r in range(rounds):
-        n = args.repeats // rounds + (r < args.repeats % rounds)
+        n = repeats // rounds + (r < repeats % rounds)
         for c in cases:
             t = bench_stages(recs[c[0]], frames, c[1], n)
             for k, v in t.items():
                 times[c].setdefault(k, []).extend(v)
             block_total[c].append(float(np.median(t["total"])))
+    return times, block_total
+
+
+def report(args, recs: dict, cases, times, block_total, rounds: int) -> list[dict]:
+    """Print the Markdown table; returns its rows as dicts (for ``--json``)."""
     rows, results = [], []
     for prec, b in cases:
         rec, t = recs[prec], times[(prec, b)]
@@ -141,6 +129,36 @@ def main(argv=None) -> int:
     print(f"(median ms per call over {args.repeats} calls, taken in {rounds} rounds in which "
           "every row ran in turn; the last column: median (min–max) over the rounds of the "
           "ratio of the round's median totals)")
+    return results
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    from d2a_edge.imageio import InputError
+    from d2a_edge.recoverer import MeshRecoverer
+    if args.json:  # checked before the run, not after it
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            p.error(f"--json {args.json}: folder {folder} does not exist or is not writable")
+    try:
+        frames = _frames(args.images, 16)
+    except InputError as e:
+        p.error(str(e))
+    recs = {}
+    for prec in args.precision:
+        try:
+            recs[prec] = MeshRecoverer(args.model, backend=args.backend, device=args.device,
+                                       precision=prec, skinning=args.skinning, mesh=args.mesh,
+                                       flip=args.flip)
+        except (BundleError, BackendUnavailable, RuntimeError) as e:
+            p.error(str(e))
+    cases = [(prec, b) for prec in args.precision for b in args.batch]
+    for prec, b in cases:
+        bench_stages(recs[prec], frames, b, args.warmup)
+    rounds = min(args.rounds, args.repeats)
+    times, block_total = run_rounds(recs, cases, frames, args.repeats, rounds)
+    results = report(args, recs, cases, times, block_total, rounds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
