@@ -890,6 +890,37 @@ def test_ablation_checks_its_data_first_and_merges_its_results(tmp_path, monkeyp
     assert "| edge-s-rle |" in (tmp_path / "o" / "ablation.md").read_text()
 
 
+def test_ablation_trains_on_every_data_folder_given(tmp_path, monkeypatch, capsys):
+    """d2a-ablation --data A B passes both folders to d2a-train (it took one), each --eval-data
+    to d2a-eval, and names the folders in the table."""
+    from d2a_edge.training import ablation
+    from d2a_edge.training.data.shards import FORMAT, VERSION
+    folders = []
+    for name in ("a", "b", "test"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(
+            json.dumps({"format": FORMAT, "version": VERSION}))
+        folders.append(str(tmp_path / name))
+    commands = []
+
+    def fake_run(cmd, check):  # d2a-train / d2a-eval
+        commands.append(cmd)
+        if Path(cmd[0]).name == "d2a-eval":
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.mkdir(parents=True)
+            m = {"mpjpe": 1.0, "pa_mpjpe": 1.0, "pve": 1.0, "trans_err_cm": 1.0,
+                 "pck3d_150": 0.5}
+            (out / "metrics.json").write_text(json.dumps({"splits": {"id": m}}))
+
+    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+    ablation.main(["--data", *folders[:2], "--eval-data", folders[2], "--out",
+                   str(tmp_path / "o"), "--steps", "3", "--configs", "edge-s"])
+    train, evaluate = commands
+    assert train[train.index("--data") + 1:train.index("--out")] == folders[:2]
+    assert evaluate[evaluate.index("--data") + 1] == folders[2]
+    assert f"`{folders[0]}`, `{folders[1]}`" in (tmp_path / "o" / "ablation.md").read_text()
+
+
 def test_time_budget_never_raises_the_step_count(monkeypatch):
     """A budget far larger than the schedule needs: the fit keeps the total given."""
     from d2a_edge.training import schedule as T

@@ -1,6 +1,6 @@
 """The paper's three ablations at an equal budget: full edge-s vs -depth, -RLE, -silhouette/mask.
 
-    python -m d2a_edge.training.ablation --data TRAIN_SHARDS --eval-data ID_SHARDS \\
+    python -m d2a_edge.training.ablation --data TRAIN_SHARDS [MORE_SHARDS] --eval-data ID_SHARDS \\
         [--eval-data OOD_SHARDS] --steps 20000 --out runs/ablation [--doc docs/ablation.md]
 
 Each config is trained by ``d2a-train`` (a subprocess; same seed, steps and batch size; rerunning
@@ -38,7 +38,7 @@ def _bin(name: str) -> str:
 def train_and_eval(config: str, args) -> dict:
     """Train (or resume) one config, evaluate it; returns eval metrics + train seconds."""
     out = Path(args.out) / config
-    cmd = [_bin("d2a-train"), config, "--data", args.data, "--out", str(out),
+    cmd = [_bin("d2a-train"), config, "--data", *args.data, "--out", str(out),
            "--steps", str(args.steps), "--seed", str(args.seed), "--resume"]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
@@ -60,7 +60,8 @@ def train_and_eval(config: str, args) -> dict:
 
 def markdown(results: list[dict], args) -> str:
     lines = ["# Ablation (equal budget)", "",
-             f"Same seed ({args.seed}), {args.steps} steps each, training data `{args.data}`; "
+             f"Same seed ({args.seed}), {args.steps} steps each, training data "
+             f"{', '.join(f'`{d}`' for d in args.data)}; "
              f"written by `python -m d2a_edge.training.ablation`.", "",
              "| config | removed | split | MPJPE (mm) | PA-MPJPE (mm) | PVE (mm) | "
              "transl. err (cm) | PCK3D@150 | train time (min) |", "|" + "---|" * 9]
@@ -76,7 +77,8 @@ def markdown(results: list[dict], args) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="d2a-ablation", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", required=True, help="training shards (d2a-data generate)")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="training shards (d2a-data generate; several are concatenated)")
     p.add_argument("--eval-data", action="append", required=True, help="evaluation shards")
     p.add_argument("--out", required=True, help="directory for the four runs")
     p.add_argument("--steps", type=at_least(1), required=True, help="training steps per config")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--doc", default=None, help="Markdown table to write (default OUT/ablation.md)")
     args = p.parse_args(argv)
     from d2a_edge.training.data.shards import read_manifest
-    for d in [args.data, *args.eval_data]:  # all of them before any training
+    for d in [*args.data, *args.eval_data]:  # all of them before any training
         try:
             read_manifest(d)
         except (OSError, ValueError) as e:
