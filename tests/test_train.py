@@ -1130,3 +1130,48 @@ def test_resume_with_echo_continues_the_data_order(tmp_path, anny_asset, monkeyp
     fresh = [s for s in range(stop, 8) if s % 2 == 0]  # (echo draws start from an empty buffer)
     assert [resumed[s] for s in fresh] == [full[s] for s in fresh]
     assert len({full[s] for s in range(0, 8, 2)}) == 4  # the fresh batches are all different
+
+
+class _FailsAt(_Indexed):
+    """From the ``bad``-th sample read on (in this process): a lost shard file (OSError), or
+    with ``die`` the worker process ends at once, as when the OOM killer takes it."""
+
+    def __init__(self, bad: int, die: bool = False):
+        self.bad, self.die, self.reads = bad, die, 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads > self.bad:
+            if self.die and torch.utils.data.get_worker_info() is not None:
+                os._exit(1)
+            raise OSError(f"shard file for sample {i} vanished")
+        return super().__getitem__(i)
+
+
+@requires_anny
+@pytest.mark.parametrize("workers,die", [(0, False), (1, True)])
+def test_a_failing_loader_keeps_the_steps_done(tmp_path, anny_asset, monkeypatch, workers, die):
+    """A batch that cannot be fetched (a lost shard file; a loader worker killed) stopped the
+    run with the steps since the last checkpoint lost; now the run saves a checkpoint at the
+    step it reached and says so, and --resume continues from it."""
+    from _batches import tiny_config
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import train as T
+
+    def record(st, batch, cfg, amp):
+        st.step += 1
+        return {"total": 0.0}
+
+    monkeypatch.setattr(T, "train_step", record)
+    cfg = tiny_config(train={"batch_size": 2, "seed": 0})
+    kw = dict(ckpt_every=0, asset=anny_asset, progress=False, workers=workers)
+    with pytest.raises(RuntimeError, match="data loader failed at step") as e:
+        T.run(cfg, _FailsAt(6, die), tmp_path, steps=8, **kw)
+    # the batches before the failing one: all of them (a lost file), or some (a worker's death
+    # is noticed while the batches it had made are still being received)
+    step = int(re.search(r"failed at step (\d+)", str(e.value)).group(1))
+    assert step == 3 or (die and 0 < step < 3), str(e.value)
+    assert f"saved a checkpoint at step {step}: fix the cause and --resume" in str(e.value)
+    start, _ = ckpt.latest_intact(tmp_path)
+    assert start is not None and start.name == f"step_{step:08d}"
+    assert T.run(cfg, _Indexed(), tmp_path, steps=8, resume=True, **kw)["step"] == 8

@@ -99,11 +99,17 @@ class StopSignal:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        # A scheduler's SIGTERM reaches the loader's workers too (the whole process group), and
-        # torch's SIGCHLD handler would raise "DataLoader worker is killed by signal" anywhere
-        # in the step or the checkpoint; no more batches are needed, so stop listening.
+        # A scheduler's SIGTERM reaches the loader's workers too (the whole process group).
         # Python runs pending handlers in signal-number order: SIGTERM (15) before SIGCHLD (17).
-        self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
+        self.ignore_workers()
+
+    def ignore_workers(self) -> None:
+        """Once a loader worker has died, torch's SIGCHLD handler raises "DataLoader worker ...
+        exited" anywhere, in the step or the checkpoint; when no more batches are needed, stop
+        listening (``restore`` puts the handler back)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous.setdefault(signal.SIGCHLD,
+                                      signal.signal(signal.SIGCHLD, signal.SIG_DFL))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -372,15 +378,27 @@ class Loop:
         tw = time.perf_counter()
         try:
             batch = to_device(next(self.it), self.d.device)
-        except RuntimeError:  # the signal ended the loader's workers while it waited
-            if self.interrupt.received:
-                return None
-            raise
+        except Exception as e:
+            if self.interrupt.received and isinstance(e, RuntimeError):
+                return None  # the signal ended the loader's workers while it waited
+            raise self.loader_failed(e) from e
         self.wait += time.perf_counter() - tw
         self.seen += batch["image"].shape[0] * self.d.world
         if echoes is not None:
             echoes.add(batch)
         return batch
+
+    def loader_failed(self, error: Exception) -> RuntimeError:
+        """The error to raise when fetching a batch failed (a worker killed by the OOM killer,
+        a shard file gone): a single process first saves a checkpoint at this step, which the
+        failure leaves whole, so that the steps since the last one are not lost."""
+        self.interrupt.ignore_workers()
+        kept = save(self.st, self.cfg, self.run_dir, self.d) if self.d.world == 1 else None
+        self.bar.close()
+        return RuntimeError(
+            f"the data loader failed at step {self.st.step} ({type(error).__name__}: {error})"
+            + (f"; saved a checkpoint at step {self.st.step}: fix the cause and --resume"
+               if kept else ""))
 
     def take_step(self, batch: dict) -> None:
         """``train_step``; the first one captures CUDA graphs or compiles (eager if that fails)."""
