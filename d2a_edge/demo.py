@@ -1,7 +1,8 @@
 """``d2a-demo``: meshes on a camera, a video or an image folder; overlays on screen or saved.
 
 Headless use: ``--save DIR`` writes one overlay PNG per frame (``frame_000000.png``) plus the
-first person's mesh as OBJ every ``--obj-every`` frames; no screen is needed. A later run into
+first person's mesh (the lowest ``track_id`` with ``--track``, else the most confident) as OBJ
+every ``--obj-every`` frames; no screen is needed. A later run into
 the same folder replaces them; a folder with such files that d2a-demo did not write, or the
 source folder itself, is refused.
 """
@@ -101,8 +102,11 @@ def run(args) -> int:
     parents = rec.bundle.asset.parents
     from d2a_edge.overlay_gl import make_mesh_drawer
     drawer = make_mesh_drawer(args.overlay)
-    results = rec.track(frames, smoothing=not args.no_smoothing) if args.track else \
-        ((t, frame, rec(frame, boxes="auto" if args.locate else None)) for t, frame in frames)
+    if args.track:
+        results = rec.track(frames, smoothing=not args.no_smoothing, max_people=args.people)
+    else:
+        results = ((t, frame, rec(frame, boxes=rec.locate_all(frame, args.people)
+                                  if args.locate else None)) for t, frame in frames)
     try:
         n, found = _loop(args, rec, results, drawer, parents, save, show,
                          folder=Path(str(args.source)).is_dir())
@@ -165,8 +169,11 @@ def main(argv=None) -> int:
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing; it locates the person itself (first "
                    "frame, and whenever lost), so --locate adds nothing to it")
-    p.add_argument("--locate", action="store_true", help="find the person in each frame with "
-                   "the built-in window search (boxes=\"auto\"); default: the whole frame")
+    p.add_argument("--locate", action="store_true", help="find the people in each frame with "
+                   "the built-in window search (locate_all); default: the whole frame is one "
+                   "person")
+    p.add_argument("--people", type=at_least(1), default=1, help="with --track or --locate: "
+                   "up to this many people (default 1)")
     p.add_argument("--overlay", default="auto", choices=["auto", "gl", "cv"],
                    help="mesh overlay renderer: OpenGL (moderngl + EGL) when it works, else OpenCV")
     p.add_argument("--no-smoothing", action="store_true")

@@ -7,7 +7,6 @@ CLIFF convention) and the principal point at the image centre.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import threading
@@ -23,7 +22,9 @@ from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, 
                              square_box)
 from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.imageio import InputError, as_bgr8, open_source
-from d2a_edge.smoothing import BETA, MIN_CUTOFF, BoxFilter, OneEuroFilter
+from d2a_edge.smoothing import BETA, MIN_CUTOFF
+from d2a_edge.tracking import LOST_SCORE, distinct_boxes
+from d2a_edge.tracking import track as track_people
 from d2a_edge.types import HumanMesh
 
 log = logging.getLogger("d2a_edge")
@@ -174,8 +175,7 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
-LOST_SCORE = 0.25  # below this, stream() treats the person as lost and runs locate() again
-SEARCH_EVERY = 5  # stream(): while nobody is tracked, locate() runs on every 5th frame
+SEARCH_EVERY = 5  # stream(): while fewer than max_people are tracked, search every 5th frame
 WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
 
@@ -311,20 +311,35 @@ class MeshRecoverer:
             return self.meshes(out, verts, joints, sq, K)
 
     def locate(self, image) -> np.ndarray | None:
-        """The built-in person box, with no detector and no download (x0, y0, x1, y1 px).
+        """The built-in person box, with no detector and no download (x0, y0, x1, y1 px), or
+        None when the frame holds no confident person: ``locate_all``'s first box."""
+        boxes = self.locate_all(image, 1)
+        return boxes[0] if len(boxes) else None
+
+    def locate_all(self, image, max_people: int) -> np.ndarray:
+        """Boxes (N, 4) of up to ``max_people`` people (x0, y0, x1, y1 px), the most confident
+        first; (0, 4) when there is nobody.
 
         The model runs on the full frame and on overlapping windows (``search_windows``, one
-        batch). The window whose mesh has the lowest predicted σ wins, and the box of that mesh
-        projected into the frame is returned. The result is None when that mesh is no
-        confident person (``score`` < ``LOST_SCORE``, e.g. an empty scene) or lies mostly
-        outside the frame. One person only: for several, pass boxes from a detector. Cost:
-        22 crops for a 16:9 frame.
+        batch; 22 crops for a 16:9 frame). Each window's mesh that is a confident person
+        (``score`` >= ``LOST_SCORE``) with at least half of it inside the frame gives the box
+        of that mesh projected into the frame. Taken by lowest mean σ, a box that overlaps one
+        taken before (``SAME_PERSON_IOU``) is the same person. No detector: people standing
+        close together or overlapping may be found as one; for crowds pass detector boxes.
         """
+        if isinstance(max_people, bool) or not isinstance(max_people, int) or max_people < 1:
+            raise ValueError(f"max_people must be an int >= 1, got {max_people!r}")
         image = as_bgr8(image)
         H, W = image.shape[:2]
+        K = self.camera(W, H)
         people = self(image, boxes=search_windows(W, H))
-        best = min(people, key=lambda p: float(p.joint_sigma.mean()))
-        return self._track_box(best, image.shape, self.camera(W, H))
+        found = [(float(p.joint_sigma.mean()), box) for p in people
+                 if (box := self._track_box(p, image.shape, K)) is not None]
+        if not found:
+            return np.zeros((0, 4), np.float32)
+        sigma = np.array([f[0] for f in found])
+        return distinct_boxes(np.array([f[1] for f in found]), np.argsort(sigma, kind="stable"),
+                              max_people)
 
     def infer(self, crops: np.ndarray, info: np.ndarray) -> dict[str, np.ndarray]:
         """The engine's outputs for ``crops``; with ``flip``, averaged with its outputs for
@@ -354,73 +369,34 @@ class MeshRecoverer:
         return people
 
     def stream(self, source, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
-               beta: float = BETA, search_every: int = SEARCH_EVERY
+               beta: float = BETA, search_every: int = SEARCH_EVERY, max_people: int = 1
                ) -> Iterator[list[HumanMesh]]:
-        """Meshes per frame from a camera index, video file or image folder (one person).
+        """Meshes per frame from a camera index, video file or image folder: up to
+        ``max_people`` tracked people, sorted by ``track_id`` (``d2a_edge.tracking``).
 
-        The earlier frames' meshes give the next crop (``track``, ``BoxFilter``). When the
-        person is lost (mesh off-screen or score < ``LOST_SCORE``) the locator
-        (``boxes="auto"``, ``locate``: about 22 crops) looks for them again on every
-        ``search_every``-th frame, and the frames while nobody is found give ``[]``, so an
-        empty scene neither stalls the loop nor reports a person. One-Euro smoothing of
-        vertices, joints and translation unless ``smoothing=False``.
+        Each person's earlier meshes give their next crop (``BoxFilter``). While fewer than
+        ``max_people`` are tracked, the locator (``locate_all``: about 22 crops) looks for
+        people on every ``search_every``-th frame and at once after someone is lost; a frame
+        with nobody found gives ``[]``, so an empty scene neither stalls the loop nor reports
+        a person. A person is lost when their score falls under ``LOST_SCORE`` or under half
+        of their mesh is inside the frame. One-Euro smoothing of each person's vertices,
+        joints and translation unless ``smoothing=False``.
         """
         for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta,
-                                       search_every):
+                                       search_every, max_people):
             yield people
 
     def track(self, frames, smoothing: bool = True, min_cutoff: float = MIN_CUTOFF,
-              beta: float = BETA, search_every: int = SEARCH_EVERY):
-        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people),
-        ``people`` one ``HumanMesh`` (``track_id`` 0) or ``[]`` while nobody is found.
+              beta: float = BETA, search_every: int = SEARCH_EVERY, max_people: int = 1):
+        """Like ``stream`` over an iterator of ``(t_seconds, bgr)``; yields (t, frame, people).
 
-        Each crop comes from the boxes of the earlier frames' unsmoothed meshes, filtered with
-        a constant velocity (``BoxFilter``), so that smoothing adds no lag to the crop and the
-        crop neither trails a moving person nor wobbles around a still one."""
-        if not isinstance(search_every, int) or search_every < 1:
-            raise ValueError(f"search_every must be an int >= 1, got {search_every!r}")
-        filters = [OneEuroFilter(min_cutoff, beta) for _ in range(3)]
-        boxes = BoxFilter()
-        waited = search_every  # frames since the last search while nobody is tracked
-        for t, frame in frames:
-            K = self.camera(frame.shape[1], frame.shape[0])
-            guess = boxes.next_box(t)
-            if guess is not None and self._in_frame(guess, frame.shape) is None:
-                guess = None  # the person is leaving the frame: look again
-                boxes.reset()
-            if guess is None:
-                if waited < search_every:
-                    waited += 1
-                    yield t, frame, []
-                    continue
-                waited = 1
-                people = self(frame, boxes="auto")
-            else:
-                people = self(frame, boxes=guess[None])
-            if not people or people[0].score < LOST_SCORE:  # nobody (any more)
-                for f in filters:
-                    f.reset()
-                boxes.reset()
-                yield t, frame, []
-                continue
-            waited = search_every
-            p = dataclasses.replace(people[0], track_id=0)
-            seen = self._track_box(p, frame.shape, K)
-            if seen is None:
-                boxes.reset()
-            else:
-                boxes.update(seen, t)
-            if smoothing:
-                v, j, tr = (f.filter(x, t) for f, x in zip(filters, (p.vertices, p.joints3d,
-                                                                     p.translation)))
-                p = dataclasses.replace(p, vertices=v.astype(np.float32),
-                                        joints3d=j.astype(np.float32),
-                                        translation=tr.astype(np.float32),
-                                        joints2d=project(j, K).astype(np.float32))
-            if seen is None:
-                for f in filters:
-                    f.reset()
-            yield t, frame, [p]
+        Each crop comes from the boxes of the person's earlier unsmoothed meshes, filtered
+        with a constant velocity (``BoxFilter``), so that smoothing adds no lag to the crop and
+        the crop neither trails a moving person nor wobbles around a still one. Every tracked
+        person's crop runs in one batch. A person found again after being lost gets a new
+        ``track_id``."""
+        return track_people(self, frames, smoothing, min_cutoff, beta, search_every,
+                            max_people)
 
     @staticmethod
     def _in_frame(box, shape) -> np.ndarray | None:

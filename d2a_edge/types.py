@@ -20,7 +20,8 @@ class HumanMesh:
     crop the model saw (the given box's centre, its longer side times ``CROP_SCALE``, 1.2), so
     larger than the box passed in; all arrays are float32 but faces. score in
     [0, 1] from the mean σ relative to the model's typical σ (2/3 typical, 0 at three times it);
-    track_id: stable id within ``MeshRecoverer.stream`` (-1 for single frames).
+    track_id: the person's id while ``MeshRecoverer.stream`` / ``track`` follows them (a person
+    found again after being lost gets a new one; -1 for single frames).
     """
 
     vertices: np.ndarray

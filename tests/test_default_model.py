@@ -192,3 +192,24 @@ def test_demo_locate_counts_and_saves_only_the_frames_with_a_person(tmp_path, ca
     assert "2 frames (1 with a person)" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         ".d2a-demo", "frame_000000.png", "frame_000001.png", "mesh_000000.obj"]
+
+
+def test_demo_people_draws_every_located_person(tmp_path, capsys):
+    """--locate --people 2 draws both people of a two-person frame; --people 1 one of them."""
+    import cv2
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    frame[200:584, 100:484] = read_image(ROOT / "samples" / "id_0.jpg")
+    frame[250:634, 750:1134] = read_image(ROOT / "samples" / "id_2.jpg")
+    cv2.imwrite(str(folder / "two.png"), frame)
+    drawn = {}
+    for n in (1, 2):
+        out = tmp_path / f"o{n}"
+        assert demo_main(["--source", str(folder), "--save", str(out), "--no-display",
+                          "--overlay", "cv", "--locate", "--people", str(n)]) == 0
+        vis = cv2.imread(str(out / "frame_000000.png"))
+        changed = np.abs(vis.astype(int) - frame).sum(-1) > 30
+        changed[:40, :200] = False  # the FPS text
+        drawn[n] = (changed[:, :600].mean() > 0.01, changed[:, 650:].mean() > 0.01)
+    assert sum(drawn[1]) == 1 and drawn[2] == (True, True), drawn

@@ -511,13 +511,18 @@ def test_track_restarts_its_smoothing_after_the_person_is_lost():
         def __init__(self):
             self.K = None
 
+        def locate_all(self, image, max_people):
+            calls.append("search")
+            return np.float32([[200, 100, 440, 380]])
+
         def __call__(self, image, boxes=None):
-            calls.append(boxes if isinstance(boxes, str) else "box")
+            calls.append("run")
             return [next(people)]
 
     frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(3)]
     out = [people for _, _, people in Scripted().track(iter(frames), smoothing=True)]
-    assert calls == ["auto", "box", "auto"] and out[1] == []
+    assert calls == ["search", "run", "run", "search", "run"] and out[1] == []
+    assert [p.track_id for p in (out[0][0], out[2][0])] == [0, 1]  # found again: a new id
     out = [people[0] if people else None for people in out]
     np.testing.assert_allclose(out[2].translation, [0.5, 0.0, 3.0], atol=1e-6)
     np.testing.assert_allclose(out[2].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
@@ -591,11 +596,81 @@ def test_stream_reports_nobody_in_an_empty_scene_and_searches_every_few_frames()
     frames = [(k / 30, frame(k < 3 or k >= 15)) for k in range(21)]
     rec = MeshRecoverer(backend="onnxruntime")
     searches = []
-    locate = rec.locate
-    rec.locate = lambda image: (searches.append(1), locate(image))[1]
+    locate_all = rec.locate_all
+    rec.locate_all = lambda image, n: (searches.append(1), locate_all(image, n))[1]
     found = [len(people) for _, _, people in rec.track(iter(frames))]
     assert found == [1] * 3 + [0] * 16 + [1] * 2, found
     assert len(searches) == 5  # frame 0, then frames 4, 9, 14 and 19
     assert rec(frames[5][1], boxes="auto") == []
     with pytest.raises(ValueError, match="search_every"):
         next(rec.track(iter(frames), search_every=0))
+
+
+def _two_people_clip(n: int, b_away: range = range(0)):
+    """id_0 walking right 8 px a frame and id_2 standing, in a 1280x720 frame at 30 fps; id_2
+    is out of the frame during ``b_away``. Yields (t, frame, a's x0, whether b is there)."""
+    import cv2
+    a = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
+    b = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_2.jpg"))
+    for k in range(n):
+        frame = np.full((720, 1280, 3), 90, np.uint8)
+        x = 100 + 8 * k
+        frame[200:200 + a.shape[0], x:x + a.shape[1]] = a
+        if k not in b_away:
+            frame[250:250 + b.shape[0], 750:750 + b.shape[1]] = b
+        yield k / 30, frame, x, k not in b_away
+
+
+def _centre_x(p) -> float:
+    return float(p.box[0] + p.box[2]) / 2
+
+
+def test_locate_all_finds_each_person_once_and_nobody_in_an_empty_frame():
+    rec = MeshRecoverer(backend="onnxruntime")
+    _, frame, x, _ = next(_two_people_clip(1))
+    boxes = rec.locate_all(frame, 4)
+    assert boxes.shape == (2, 4) and boxes.dtype == np.float32
+    centres = sorted((boxes[:, 0] + boxes[:, 2]) / 2)  # a's crop spans 100-484, b's 750-1134
+    assert 100 < centres[0] < 484 and 750 < centres[1] < 1134, boxes.round()
+    np.testing.assert_array_equal(rec.locate_all(frame, 1), boxes[:1])
+    np.testing.assert_array_equal(rec.locate(frame), boxes[0])
+    assert rec.locate_all(np.full((720, 1280, 3), 90, np.uint8), 3).shape == (0, 4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_people"):
+            rec.locate_all(frame, bad)
+
+
+def test_track_follows_two_people_with_their_own_ids():
+    """max_people=2: both people are tracked from the first frame, each keeping its id while
+    one walks; when one leaves, the other keeps its id and the lost one's track ends; when it
+    comes back, the next search (every 5th frame) finds it under a new id."""
+    rec = MeshRecoverer(backend="onnxruntime")
+    clip = list(_two_people_clip(24, b_away=range(10, 17)))
+    out = list(rec.track(((t, f) for t, f, _, _ in clip), max_people=2))
+    first = {p.track_id: p for p in out[0][2]}
+    assert sorted(first) == [0, 1]
+    a_id = min(first, key=lambda i: _centre_x(first[i]))  # the one on the left
+    b_id = 1 - a_id
+    for (_, _, x, b_here), (_, _, people) in zip(clip, out):
+        ids = [p.track_id for p in people]
+        assert ids == sorted(ids)
+        by_id = {p.track_id: p for p in people}
+        assert a_id in by_id and abs(_centre_x(by_id[a_id]) - (x + 192)) < 60, (x, ids)
+    ids = [[p.track_id for p in people] for _, _, people in out]
+    assert all(sorted(i) == [0, 1] for i in ids[:10]), ids
+    assert all(i == [a_id] for i in ids[10:21]), ids  # b gone; back at 17, found at 21
+    assert all(sorted(i) == sorted([a_id, 2]) for i in ids[21:]), ids
+    assert abs(_centre_x({p.track_id: p for p in out[21][2]}[2]) - 942) < 60
+    assert b_id not in sum(ids[10:], [])
+    with pytest.raises(ValueError, match="max_people"):
+        next(rec.track(iter([]), max_people=0))
+
+
+def test_distinct_boxes_keeps_one_box_per_person_in_order():
+    from d2a_edge.tracking import distinct_boxes, iou
+    assert iou(np.float32([0, 0, 10, 10]), np.float32([5, 0, 15, 10])) == pytest.approx(1 / 3)
+    assert iou(np.float32([0, 0, 10, 10]), np.float32([20, 0, 30, 10])) == 0.0
+    boxes = np.float32([[0, 0, 10, 10], [1, 0, 11, 10], [20, 0, 30, 10], [40, 0, 50, 10]])
+    np.testing.assert_array_equal(distinct_boxes(boxes, np.array([1, 0, 2, 3]), 2),
+                                  boxes[[1, 2]])
+    assert distinct_boxes(boxes, np.arange(4), 5).shape == (3, 4)
