@@ -54,7 +54,7 @@ def _report(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2a-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="run directory (-> latest checkpoint), step_* directory, "
@@ -72,47 +72,28 @@ def main(argv=None) -> int:
     p.add_argument("--val-samples", type=int, default=256,
                    help="labelled synthetic crops for the parity report (and as many OOD "
                    "crops again for the joint σ calibration)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.calib is not None and not args.int8:
         print("d2a-export: warning: --calib is used only with --int8; ignored", file=sys.stderr)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         print(f"d2a-export: error: --out {args.out} is a file, not a folder", file=sys.stderr)
         return 2
     try:
-        from d2a_edge.export.pipeline import ExportRequest, export_bundle
-        from d2a_edge.training.checkpoint import CheckpointError, load_model_config
+        from d2a_edge.export.pipeline import ExportRequest
+        from d2a_edge.training.checkpoint import CheckpointError
     except ImportError as e:
         print(f"d2a-export: error: needs the [export] and [train] extras ({e})", file=sys.stderr)
         return 2
-    from d2a_edge.export.tensorrt_build import (TensorRTBuildError, TensorRTUnavailable,
-                                                import_tensorrt)
+    from d2a_edge.export.tensorrt_build import TensorRTBuildError, TensorRTUnavailable
     req = ExportRequest(out=Path(args.out), fmt=args.format, fp16=args.fp16, int8=args.int8,
                         calib=args.calib, batch=None if args.dynamic else args.batch,
                         opset=args.opset, val_samples=args.val_samples)
     try:
-        req.precisions()
-        if args.format == "torch-trt" and _torch_trt_unavailable():
-            return 3
-        if args.format == "trt":
-            try:
-                import_tensorrt()
-            except TensorRTUnavailable:
-                print("d2a-export: warning: TensorRT is not installed here: the ONNX bundle "
-                      "is written and verified, then d2a-export exits 3", file=sys.stderr)
-        model, cfg, meta = load_model_config(args.checkpoint)
-        from d2a_edge.body import load_body
-        asset = load_body(cfg.model.body)
-        if args.format == "torch-trt":
-            from d2a_edge.export.torch_trt import export_torch_trt
-            path = export_torch_trt(model, Path(args.out), req)
-            print(f"wrote {path} (torch.export program with TensorRT engines; load with "
-                  "torch.export.load, no training code needed) - not verified here")
-            return 0
-        from d2a_edge.training.recover import loss_state
-        manifest = export_bundle(model, asset, req, name=cfg.name, checkpoint=Path(args.checkpoint),
-                                 loss_state=loss_state(args.checkpoint),
-                                 untrained=meta.get("recovered_from", {}).get("fresh_parameters",
-                                                                              ()))
+        return _export(args, req)
     except TensorRTUnavailable as e:  # the verified ONNX bundle is in place: report it
         if e.manifest is not None:
             print(_report(e.manifest, Path(args.out)))
@@ -121,6 +102,35 @@ def main(argv=None) -> int:
     except (ValueError, CheckpointError, OSError) as e:  # OSError: e.g. --out not writable
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 2
+
+
+def _export(args, req) -> int:
+    """Check the request, load the checkpoint, export and verify; the exit code."""
+    from d2a_edge.body import load_body
+    from d2a_edge.export.pipeline import export_bundle
+    from d2a_edge.export.tensorrt_build import TensorRTUnavailable, import_tensorrt
+    from d2a_edge.training.checkpoint import load_model_config
+    from d2a_edge.training.recover import loss_state
+    req.precisions()
+    if args.format == "torch-trt" and _torch_trt_unavailable():
+        return 3
+    if args.format == "trt":
+        try:
+            import_tensorrt()
+        except TensorRTUnavailable:
+            print("d2a-export: warning: TensorRT is not installed here: the ONNX bundle "
+                  "is written and verified, then d2a-export exits 3", file=sys.stderr)
+    model, cfg, meta = load_model_config(args.checkpoint)
+    asset = load_body(cfg.model.body)
+    if args.format == "torch-trt":
+        from d2a_edge.export.torch_trt import export_torch_trt
+        path = export_torch_trt(model, Path(args.out), req)
+        print(f"wrote {path} (torch.export program with TensorRT engines; load with "
+              "torch.export.load, no training code needed) - not verified here")
+        return 0
+    manifest = export_bundle(model, asset, req, name=cfg.name, checkpoint=Path(args.checkpoint),
+                             loss_state=loss_state(args.checkpoint),
+                             untrained=meta.get("recovered_from", {}).get("fresh_parameters", ()))
     print(_report(manifest, Path(args.out)))
     return 0
 
