@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -117,7 +118,10 @@ def jpeg_cut_short(data: bytes) -> bool:
 def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     """Frames ``(timestamp_s, bgr)`` from a camera index, a video file or an image folder.
 
-    A camera that cannot be opened raises ``InputError``. A camera's dropped frames are
+    A camera that cannot be opened raises ``InputError``. A camera is read on a thread of its
+    own, and each frame taken is the newest it delivered: frames that arrive while the loop is
+    busy are dropped (counted in the log), so that the loop never works through a queue of old
+    frames; its timestamps are the frames' arrival times. A camera's dropped frames are
     retried, and it is reopened once, for up to ``CAMERA_GRACE_S`` seconds; after that the
     iteration raises ``SourceLost``. A video file's unreadable frames are skipped (logged;
     ``VIDEO_MAX_SKIPS`` in a row end it) and its end ends the iteration (logged). An image
@@ -130,16 +134,16 @@ def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     if isinstance(source, int) and source < 0:  # OpenCV may crash on a negative index
         raise InputError(f"camera index must be 0 or more, got {source}")
     if isinstance(source, int) or (isinstance(source, str) and source.isdigit()):
-        return _capture(int(source), is_camera=True)
+        return _camera(int(source))
     path = Path(source)
     if path.is_dir():
         return _folder(path)
     if path.is_file():
-        return _capture(str(path), is_camera=False)
+        return _video(str(path))
     raise InputError(f"source {source!r} is neither a camera index, a video file nor a folder")
 
 
-def _capture(target, is_camera: bool):
+def _open_capture(target, is_camera: bool):
     import cv2
 
     cap = cv2.VideoCapture(target)
@@ -148,44 +152,127 @@ def _capture(target, is_camera: bool):
         raise InputError(f"camera {target} could not be opened (not connected, busy, or "
                          "unsupported)" if is_camera else f"video {target} could not be opened "
                          "(corrupt, truncated, or a format this OpenCV cannot decode)")
+    return cap
+
+
+def _video(path: str):
+    """Every frame of a video file, timed by its frame rate; unreadable ones skipped."""
+    import cv2
+
+    cap = _open_capture(path, is_camera=False)
 
     def frames():
-        nonlocal cap
         fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        index, t0, skipped, lost_since, reopened = 0, time.monotonic(), 0, None, False
+        index, skipped = 0, 0
         try:
             while True:
                 ok, frame = cap.read()
                 if ok and frame is not None:
-                    skipped, lost_since, reopened = 0, None, False
-                    t = time.monotonic() - t0 if is_camera else index / fps
+                    skipped = 0
                     index += 1
-                    yield t, frame
+                    yield (index - 1) / fps, frame
                     continue
-                if not is_camera:  # a damaged frame before the end: skip it, keep its time
-                    skipped += 1
-                    if cap.get(cv2.CAP_PROP_POS_FRAMES) < cap.get(cv2.CAP_PROP_FRAME_COUNT) \
-                            and skipped <= VIDEO_MAX_SKIPS:
-                        log.warning("video %s: frame %d unreadable, skipped", target, index)
-                        index += 1
-                        continue
-                    log.info("source %s: end of video after %d frames", target, index)
-                    return
-                now = time.monotonic()
-                lost_since = now if lost_since is None else lost_since
-                if now - lost_since > CAMERA_GRACE_S / 2 and not reopened:
-                    log.warning("camera %s: no frame for %.1f s, reopening it", target,
-                                now - lost_since)
-                    cap.release()
-                    cap, reopened = cv2.VideoCapture(target), True
-                elif now - lost_since > CAMERA_GRACE_S:
-                    raise SourceLost(f"camera {target} delivered no frame for "
-                                     f"{CAMERA_GRACE_S:g} s, even after reopening it "
-                                     f"(disconnected?), after {index} frames")
-                time.sleep(0.005)
+                skipped += 1  # a damaged frame before the end: skip it, keep its time
+                if cap.get(cv2.CAP_PROP_POS_FRAMES) < cap.get(cv2.CAP_PROP_FRAME_COUNT) \
+                        and skipped <= VIDEO_MAX_SKIPS:
+                    log.warning("video %s: frame %d unreadable, skipped", path, index)
+                    index += 1
+                    continue
+                log.info("source %s: end of video after %d frames", path, index)
+                return
         finally:
             cap.release()
     return frames()
+
+
+class _Newest:
+    """The newest camera frame, handed from the reading thread to the consumer: a frame not
+    taken before the next arrives is dropped. ``fail`` passes the reader's error on."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item = self._error = None
+        self.stopped, self.dropped = False, 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            self.dropped += self._item is not None
+            self._item = item
+            self._cond.notify()
+
+    def fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._cond.notify()
+
+    def take(self):
+        """The newest ``(t, frame)`` not yet taken, waiting for one; raises the reader's error
+        once every frame before it was taken."""
+        with self._cond:
+            while self._item is None and self._error is None:
+                self._cond.wait()
+            if self._item is None:
+                raise self._error
+            item, self._item = self._item, None
+            return item
+
+
+def _camera(index: int):
+    """A camera read on its own thread (``_read_camera``): each frame the consumer asks for is
+    the newest one, so that a loop slower than the camera works on the present instead of a
+    queue of old frames (a V4L2 driver queues 4: at 30 fps, 130 ms behind)."""
+    cap = _open_capture(index, is_camera=True)
+    slot = _Newest()
+
+    def frames():
+        reader = threading.Thread(target=_read_camera, args=(cap, index, slot), daemon=True,
+                                  name=f"d2a-camera-{index}")
+        reader.start()
+        taken = 0
+        try:
+            while True:
+                yield slot.take()
+                taken += 1
+        finally:
+            slot.stopped = True
+            reader.join(timeout=1.0)  # it releases the camera
+            if slot.dropped:
+                log.info("camera %s: %d of %d frames dropped (the loop was slower than the "
+                         "camera; each frame taken was the newest)", index, slot.dropped,
+                         slot.dropped + taken)
+    return frames()
+
+
+def _read_camera(cap, target: int, slot: _Newest) -> None:
+    """The reading thread: frames into ``slot``, timed on arrival. Dropped frames are retried
+    and a silent camera is reopened once; ``SourceLost`` after ``CAMERA_GRACE_S``."""
+    import cv2
+
+    t0, lost_since, reopened, count = time.monotonic(), None, False, 0
+    try:
+        while not slot.stopped:
+            ok, frame = cap.read()
+            if ok and frame is not None:
+                lost_since, reopened = None, False
+                count += 1
+                slot.put((time.monotonic() - t0, frame))
+                continue
+            now = time.monotonic()
+            lost_since = now if lost_since is None else lost_since
+            if now - lost_since > CAMERA_GRACE_S / 2 and not reopened:
+                log.warning("camera %s: no frame for %.1f s, reopening it", target,
+                            now - lost_since)
+                cap.release()
+                cap, reopened = cv2.VideoCapture(target), True
+            elif now - lost_since > CAMERA_GRACE_S:
+                raise SourceLost(f"camera {target} delivered no frame for {CAMERA_GRACE_S:g} "
+                                 f"s, even after reopening it (disconnected?), after {count} "
+                                 "frames")
+            time.sleep(0.005)
+    except BaseException as e:  # noqa: BLE001 - every error reaches the consumer
+        slot.fail(e)
+    finally:
+        cap.release()
 
 
 def _folder(path: Path):

@@ -1,4 +1,6 @@
 """SDK input handling: the bad-input corpus gets a clear error; sources end, never hang."""
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -81,14 +83,16 @@ class _FakeCapture:
     """cv2.VideoCapture stand-in: reads follow ``script`` (a frame, or None for a failed
     read; past its end every read fails); ``count`` frames for a video file, 0 for a camera."""
 
-    def __init__(self, script, count=0, fps=10.0):
+    def __init__(self, script, count=0, fps=10.0, delay=0.0):
         self.script, self.count, self.fps, self.pos, self.released = list(script), count, fps, \
             0, False
+        self.delay = delay  # seconds a read takes (a camera's frame interval)
 
     def isOpened(self):
         return True
 
     def read(self):
+        time.sleep(self.delay)
         item = self.script[self.pos] if self.pos < len(self.script) else None
         self.pos += 1
         return item is not None, item
@@ -114,17 +118,40 @@ def test_a_camera_survives_dropped_frames_and_a_lost_one_raises(monkeypatch):
     from d2a_edge import imageio
     from d2a_edge.imageio import SourceLost
     monkeypatch.setattr(imageio, "CAMERA_GRACE_S", 0.2)
-    f = np.zeros((32, 32, 3), np.uint8)
-    captures = _fake_captures(monkeypatch, _FakeCapture([f, None, None, None, f, f]),
-                              _FakeCapture([f, f]), _FakeCapture([]))
+    f = [np.full((32, 32, 3), k, np.uint8) for k in range(6)]
+    captures = _fake_captures(monkeypatch, _FakeCapture([f[1], None, None, None, f[2], f[3]]),
+                              _FakeCapture([f[4], f[5]]), _FakeCapture([]))
     got = []
-    with pytest.raises(SourceLost, match="camera 0 delivered no frame"):
+    with pytest.raises(SourceLost, match="camera 0 delivered no frame for 0.2 s.*after 5 "):
         for _, frame in open_source(0):
-            got.append(frame)
-    # 3 from the first capture (3 dropped frames between), 2 after it fell silent and was
-    # reopened, none after the second silence and reopening
-    assert len(got) == 5
+            got.append(int(frame[0, 0, 0]))
+    # 3 from the first capture (3 failed reads between), 2 after it fell silent and was
+    # reopened, none after the second silence and reopening; a frame that the next one
+    # replaced before the loop took it is dropped, but never the newest
+    assert got == sorted(set(got)) and {3, 5} <= set(got) <= {1, 2, 3, 4, 5}, got
     assert all(c.released for c in captures)
+
+
+def test_a_slow_loop_gets_the_newest_camera_frame_not_a_queue(monkeypatch, caplog):
+    """A camera delivering every 10 ms and a loop taking 50 ms a frame: the loop got every
+    frame in turn, falling further behind the camera (a driver's queue); now each frame it
+    takes is the newest, the rest are dropped and counted, and the last frame arrives."""
+    import logging
+
+    from d2a_edge import imageio
+    from d2a_edge.imageio import SourceLost
+    monkeypatch.setattr(imageio, "CAMERA_GRACE_S", 0.2)
+    frames = [np.full((32, 32, 3), k, np.uint8) for k in range(40)]
+    _fake_captures(monkeypatch, _FakeCapture(frames, delay=0.01), _FakeCapture([]))
+    got, arrival = [], []
+    with caplog.at_level(logging.INFO, logger="d2a_edge"), pytest.raises(SourceLost):
+        for t, frame in open_source(0):
+            got.append(int(frame[0, 0, 0]))
+            arrival.append(t)
+            time.sleep(0.05)
+    assert got == sorted(set(got)) and got[-1] == 39 and len(got) <= 30, got
+    assert np.all(np.diff(arrival) > 0)
+    assert f"{40 - len(got)} of 40 frames dropped" in caplog.text
 
 
 def test_a_damaged_video_frame_is_skipped_not_the_end(monkeypatch):
