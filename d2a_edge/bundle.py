@@ -133,15 +133,17 @@ def _check_manifest(m: dict, where: Path) -> None:
     outs = [o for o in REQUIRED_OUTPUTS if o not in m["outputs"]]
     if outs:
         raise BundleError(f"{where}: model outputs lack {outs} (another model version?)")
+    ref = m.get("sigma_reference_m", 0.05)
+    if isinstance(ref, bool) or not isinstance(ref, (int, float)) or not math.isfinite(ref) \
+            or ref <= 0:
+        raise BundleError(f"{where}: sigma_reference_m must be a positive number (re-export "
+                          f"the model), got {ref!r}")
     cal = m.get("sigma_calibration")
     if cal is not None:
         try:
             ok = all(math.isfinite(float(cal[k])) and float(cal[k]) > 0 for k in ("a", "p"))
         except (TypeError, KeyError, ValueError):
             ok = False
-        ref = m.get("sigma_reference_m", 0.05)
-        ok = ok and isinstance(ref, (int, float)) and math.isfinite(ref) and ref > 0
         if not ok:
             raise BundleError(f"{where}: sigma_calibration must hold positive numbers a and p "
-                              f"and sigma_reference_m a positive number (re-export the model), "
-                              f"got {cal!r} and {ref!r}")
+                              f"(re-export the model), got {cal!r}")

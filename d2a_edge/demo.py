@@ -57,9 +57,8 @@ def prepare_save(save: Path, source) -> str | None:
     """Make ``save`` ready for a run, removing an earlier run's outputs; the reason it cannot
     be used (nothing removed) or None. Only files that a d2a-demo run wrote are removed: the
     folder must carry ``MARKER``, and must not be the source folder."""
-    if Path(str(source)).is_dir() and save.exists() and \
-            save.resolve() == Path(str(source)).resolve():
-        return f"--save {save} is the source folder; choose another"
+    if Path(str(source)).is_dir() and save.resolve() == Path(str(source)).resolve():
+        return f"--save {save} is the source folder; choose another"  # (however spelled)
     earlier = [f for pattern in OUTPUTS for f in save.glob(pattern)] if save.exists() else []
     if earlier and not (save / MARKER).exists():
         return (f"--save {save} holds {len(earlier)} frame_*/mesh_* files that no d2a-demo run "

@@ -26,18 +26,20 @@ def validation_set(asset, n: int, image_size: int, seed: int = 99_001, split: st
 
 def run_torch(module, images: np.ndarray, info: np.ndarray, batch: int = 32,
               half: bool = False) -> list[np.ndarray]:
-    """Outputs of the fused torch module, in its output order (fp32 numpy)."""
+    """Outputs of the fused torch module, in its output order (fp32 numpy). ``half`` runs a
+    half-precision copy; the module itself is left as it was."""
+    import copy
+
     import torch
 
     outs = []
-    m = module.half() if half else module.float()
+    m = copy.deepcopy(module).half() if half else module.float()
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x, b = torch.from_numpy(images[i:i + batch]), torch.from_numpy(info[i:i + batch])
             if half:
                 x = x.half()
             outs.append([o.float().numpy() for o in m(x, b)])
-    module.float()
     return [np.concatenate(parts) for parts in zip(*outs)]
 
 

@@ -78,3 +78,25 @@ def test_bad_intrinsics_are_rejected(K, match):
 def test_camera_matrix_accepts_lists_and_returns_float32():
     K = camera_matrix([[500, 0, 320], [0, 510, 240], [0, 0, 1]])
     assert K.dtype == np.float32 and K[1, 1] == 510
+
+
+def test_a_transposed_camera_matrix_is_rejected():
+    """K given transposed (column-major, principal point in the last row) has (0, 0, 1) on its
+    diagonal end but not as its last row: it must be refused, not used as a camera whose
+    projection puts every point near the principal point."""
+    K = intrinsics(500.0, (640, 480))
+    with pytest.raises(ValueError, match=r"last row must be \(0, 0, 1\)"):
+        camera_matrix(K.T)
+    with pytest.raises(ValueError, match=r"last row must be \(0, 0, 1\)"):
+        camera_matrix([[500, 0, 320], [0, 500, 240], [0, 1e-3, 1]])
+
+
+@pytest.mark.parametrize("box", [[5, 5, 5, 5], [40, 10, 40, 10], [30, 30, 20, 20]])
+def test_an_empty_or_inverted_box_is_rejected(box):
+    """A zero-size box (x1 == x0) is a ValueError naming the box, not a ZeroDivisionError or
+    an infinite crop."""
+    with pytest.raises(ValueError, match="x1 > x0"):
+        crop_affine(np.array(box, np.float32), 64)
+    with pytest.raises(ValueError, match="x1 > x0"):
+        crop_intrinsics(intrinsics(500.0, (640, 480)), np.array(box, np.float32), 64)
+

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from d2a_edge import MeshRecoverer
 from d2a_edge.demo import main as demo_main
@@ -72,7 +73,6 @@ def test_demo_save_removes_only_what_a_demo_run_wrote(tmp_path, capsys):
 
 
 def test_write_obj_leaves_no_partial_file_when_interrupted(tmp_path, monkeypatch):
-    import pytest
 
     from d2a_edge import overlay
 
@@ -86,7 +86,6 @@ def test_write_obj_leaves_no_partial_file_when_interrupted(tmp_path, monkeypatch
 
 def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
     import cv2
-    import pytest
     for flag, value in (("--obj-every", "0"), ("--max-frames", "-1")):
         with pytest.raises(SystemExit) as e:  # argparse: usage error, exit code 2
             demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path), flag, value])
@@ -159,7 +158,6 @@ def test_write_obj_leaves_no_partial_file_on_a_full_disk(tmp_path, monkeypatch):
     left on a full disk), and the error names the file."""
     import errno
 
-    import pytest
 
     from d2a_edge import overlay
     verts, faces = np.zeros((4, 3), np.float32), np.array([[0, 1, 2], [1, 2, 3]])
@@ -213,3 +211,151 @@ def test_demo_people_draws_every_located_person(tmp_path, capsys):
         changed[:40, :200] = False  # the FPS text
         drawn[n] = (changed[:, :600].mean() > 0.01, changed[:, 650:].mean() > 0.01)
     assert sum(drawn[1]) == 1 and drawn[2] == (True, True), drawn
+
+
+def _read_obj(path):
+    lines = Path(path).read_text().splitlines()
+    v = np.array([[float(x) for x in l.split()[1:]] for l in lines if l.startswith("v ")])
+    f = np.array([[int(x) for x in l.split()[1:]] for l in lines if l.startswith("f ")])
+    return v, f
+
+
+def test_write_obj_round_trips_with_1_based_faces(tmp_path):
+    """OBJ indices start at 1 (0-based faces shift every triangle by one vertex in Blender or
+    MeshLab, and index 0 is an error there); vertices keep their x, y, z order."""
+    from d2a_edge.overlay import write_obj
+    verts = np.array([[0.1, -0.2, 3.0], [0.4, 0.5, 3.1], [-0.3, 0.25, 2.9], [0.0, 0.0, 3.5]],
+                     np.float32)
+    faces = np.array([[0, 1, 2], [1, 3, 2]])
+    write_obj(tmp_path / "m.obj", verts, faces)
+    v, f = _read_obj(tmp_path / "m.obj")
+    np.testing.assert_allclose(v, verts, atol=1e-5)
+    np.testing.assert_array_equal(f, faces + 1)
+
+
+def _demo(*args):
+    from d2a_edge.demo import main as demo_main
+    return demo_main([*map(str, args), "--no-display", "--overlay", "cv"])
+
+
+def test_demo_writes_an_obj_every_n_frames_of_the_chosen_mesh(tmp_path):
+    """--obj-every 2 writes the meshes of frames 0, 2, 4 (every frame's PNG); --mesh coarse
+    writes the coarse sub-mesh, which is the SDK's coarse mesh for that frame."""
+    from d2a_edge import MeshRecoverer
+    from d2a_edge.imageio import read_image
+    out = tmp_path / "o"
+    assert _demo("--source", ROOT / "samples", "--save", out, "--max-frames", 5,
+                 "--obj-every", 2, "--mesh", "coarse") == 0
+    assert len(list(out.glob("frame_*.png"))) == 5
+    assert sorted(p.name for p in out.glob("mesh_*.obj")) == [
+        "mesh_000000.obj", "mesh_000002.obj", "mesh_000004.obj"]
+    v, f = _read_obj(out / "mesh_000000.obj")
+    (p,) = MeshRecoverer(mesh="coarse")(read_image(ROOT / "samples" / "id_0.jpg"))
+    assert len(v) == len(p.vertices) < MeshRecoverer().bundle.asset.num_vertices
+    np.testing.assert_allclose(v, p.vertices, atol=2e-5)
+    np.testing.assert_array_equal(f, p.faces + 1)
+
+
+def test_demo_flip_gives_the_flip_averaged_mesh(tmp_path):
+    """--flip reaches the recoverer: the OBJ is MeshRecoverer(flip=True)'s mesh."""
+    from d2a_edge import MeshRecoverer
+    from d2a_edge.imageio import read_image
+    frame = read_image(ROOT / "samples" / "id_0.jpg")
+    assert _demo("--source", ROOT / "samples", "--save", tmp_path / "flip", "--max-frames", 1,
+                 "--flip") == 0
+    v, _ = _read_obj(tmp_path / "flip" / "mesh_000000.obj")
+    np.testing.assert_allclose(v, MeshRecoverer(flip=True)(frame)[0].vertices, atol=2e-5)
+    assert np.abs(v - MeshRecoverer()(frame)[0].vertices).max() > 1e-3
+
+
+def test_demo_track_smooths_unless_no_smoothing(tmp_path):
+    """--track --no-smoothing gives track()'s unsmoothed meshes, --track alone the smoothed
+    ones (the third frame's OBJ compared)."""
+    from d2a_edge import MeshRecoverer
+    from d2a_edge.imageio import open_source
+    rec = MeshRecoverer()
+    for smoothing, flag in ((False, ["--no-smoothing"]), (True, [])):
+        out = tmp_path / f"track_{smoothing}"
+        assert _demo("--source", ROOT / "samples", "--save", out, "--max-frames", 3, "--track",
+                     *flag) == 0
+        frames = (f for _, f in zip(range(3), open_source(ROOT / "samples")))
+        want = [people for _, _, people in rec.track(frames, smoothing=smoothing)]
+        v, _ = _read_obj(out / "mesh_000002.obj")
+        np.testing.assert_allclose(v, want[2][0].vertices, atol=2e-5, err_msg=str(smoothing))
+
+
+def test_demo_overlay_uses_the_recoverers_camera_and_sigma_scale(tmp_path, monkeypatch):
+    """On a non-square frame the overlay is drawn with the camera the meshes were recovered
+    with (its 2D joints are the projections of its 3D joints), and joints turn red at twice
+    the model's typical σ (README)."""
+    import cv2
+
+    from d2a_edge import demo, load_bundle, overlay
+    from d2a_edge.camera import project
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    frame = np.full((384, 640, 3), 90, np.uint8)
+    frame[:, 160:544] = cv2.imread(str(ROOT / "samples" / "id_0.jpg"))
+    cv2.imwrite(str(folder / "a.png"), frame)
+    seen, scales = [], []
+    render, draw_joints = demo.render, overlay.draw_joints
+
+    def spy_render(frame, people, K, *args, **kwargs):
+        seen.append((frame.shape, people, K))
+        return render(frame, people, K, *args, **kwargs)
+
+    def spy_joints(*args, sigma_full=0.1, **kwargs):
+        scales.append(sigma_full)
+        return draw_joints(*args, sigma_full=sigma_full, **kwargs)
+
+    monkeypatch.setattr(demo, "render", spy_render)
+    monkeypatch.setattr(overlay, "draw_joints", spy_joints)
+    assert _demo("--source", folder, "--save", tmp_path / "o") == 0
+    (shape, (p,), K), = seen
+    assert shape == (384, 640, 3)
+    np.testing.assert_allclose(project(p.joints3d, K), p.joints2d, atol=0.05)
+    assert scales == [pytest.approx(2 * load_bundle().sigma_reference)]
+
+
+def test_demo_refuses_the_source_folder_however_it_is_spelled(tmp_path, monkeypatch, capsys):
+    """--save naming the source folder by another path (relative against absolute) is refused
+    before anything is written (the overlays went into the image folder, and a later run read
+    them as input)."""
+    import shutil
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(ROOT / "samples" / "id_0.jpg", folder / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    for source, save in (("imgs", folder), (folder, "imgs"), ("imgs", "imgs/../imgs")):
+        assert _demo("--source", source, "--save", save) == 2
+        assert "is the source folder" in capsys.readouterr().err
+        assert [p.name for p in folder.iterdir()] == ["a.jpg"]
+
+
+def test_demo_shows_each_overlay_and_stops_on_q(monkeypatch):
+    """With a display, every overlay is shown in the d2a-demo window, and q (or Esc) ends the
+    demo normally."""
+    import cv2
+
+    from d2a_edge import demo
+    from d2a_edge.demo import main as demo_main
+    shown, keys = [], iter([-1, ord("q")])
+    monkeypatch.setattr(demo, "_can_show", lambda: True)
+    monkeypatch.setattr(cv2, "imshow", lambda name, image: shown.append((name, image.shape)))
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: next(keys))
+    assert demo_main(["--source", str(ROOT / "samples"), "--overlay", "cv"]) == 0
+    assert shown == [("d2a-demo", (384, 384, 3))] * 2  # the second frame's q ended it
+
+
+def test_demo_refuses_the_source_folder_behind_a_missing_folder(tmp_path, monkeypatch):
+    """'x/../imgs' with no x: save.exists() is False, so the resolved paths are not compared;
+    mkdir(parents=True) then makes x and the overlays go into imgs, the source folder (a later
+    run reads them as input images)."""
+    import shutil
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(ROOT / "samples" / "id_0.jpg", folder / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert _demo("--source", "imgs", "--save", "x/../imgs") == 2
+    assert [p.name for p in folder.iterdir()] == ["a.jpg"]
+

@@ -8,6 +8,7 @@ import pytest
 from conftest import has_module, requires_torch
 
 ROOT = Path(__file__).resolve().parent.parent
+EDGE_S = ROOT / "d2a_edge" / "models" / "edge-s"
 
 pytestmark = [requires_torch,
               pytest.mark.skipif(not has_module("onnxruntime"), reason="needs onnxruntime")]
@@ -84,7 +85,7 @@ def test_bad_sigma_calibration_is_a_bundle_error(bundle, tmp_path):
     m["sigma_calibration"] = {"a": 1.4, "p": 1.0}
     m["sigma_reference_m"] = float("nan")  # the NaN an unbounded fit once wrote
     (out / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="sigma_reference_m a positive number"):
+    with pytest.raises(BundleError, match="sigma_reference_m must be a positive number"):
         load_bundle(out)
     del m["sigma_reference_m"]
     del m["sigma_calibration"]  # older bundles: the identity
@@ -622,3 +623,210 @@ def test_parity_report_max_and_deltas_against_known_differences(anny_asset):
     assert same["max_vertex_error_mm"] == pytest.approx(20.0, abs=1e-3)
     assert same["mean_vertex_error_mm"] == pytest.approx(5.0, abs=1e-3)
     assert abs(same["mpjpe_delta_mm"]) < 1e-6  # root-aligned: a translation is no error
+
+
+def _fake_export_cli(monkeypatch, model="MODEL", asset="ASSET"):
+    """d2a-export's main with the checkpoint, body and export faked: returns the calls that
+    reached ``export_bundle`` as (model, asset, request, keyword arguments)."""
+    import d2a_edge.body
+    import d2a_edge.export.pipeline as pipeline
+    import d2a_edge.training.checkpoint as checkpoint
+    import d2a_edge.training.recover as recover
+
+    class Cfg:
+        name, model = "fake", type("M", (), {"body": "anny"})
+
+    meta = {"recovered_from": {"fresh_parameters": ["silhouette.w"]}}
+    monkeypatch.setattr(checkpoint, "load_model_config", lambda path: (model, Cfg, meta))
+    monkeypatch.setattr(d2a_edge.body, "load_body", lambda name: asset)
+    monkeypatch.setattr(recover, "loss_state", lambda path: {"flow": str(path)})
+    calls = []
+    manifest = json.loads((EDGE_S / "manifest.json").read_text())
+
+    def fake_export(model, asset, req, **kwargs):
+        calls.append((model, asset, req, kwargs))
+        return manifest
+    monkeypatch.setattr(pipeline, "export_bundle", fake_export)
+    return calls
+
+
+def test_cli_passes_every_flag_to_the_export(tmp_path, monkeypatch, capsys):
+    """Each d2a-export flag reaches the export request (--dynamic, --opset and --fp16 were not
+    checked anywhere), the defaults are the documented ones, and the checkpoint's loss state
+    and never-trained parts go into the bundle's training extras."""
+    from d2a_edge.export.cli import main
+    calls = _fake_export_cli(monkeypatch)
+    out = tmp_path / "o"
+    assert main(["run", "--out", str(out), "--fp16", "--int8", "--calib", "8", "--dynamic",
+                 "--opset", "18", "--val-samples", "5"]) == 0
+    assert main(["run", "--out", str(out), "--batch", "4"]) == 0
+    assert main(["run", "--out", str(out)]) == 0
+    (m1, a1, req, kw), (_, _, batch4, _), (_, _, default, _) = calls
+    assert (m1, a1) == ("MODEL", "ASSET")
+    assert (req.out, req.fmt, req.fp16, req.int8, req.calib, req.batch, req.opset,
+            req.val_samples) == (out, "onnx", True, True, "8", None, 18, 5)
+    assert batch4.batch == 4
+    assert (default.fp16, default.int8, default.calib, default.batch, default.opset,
+            default.val_samples) == (False, False, None, 1, 17, 256)
+    assert kw["name"] == "fake" and kw["checkpoint"] == Path("run")
+    assert kw["loss_state"] == {"flow": "run"} and list(kw["untrained"]) == ["silhouette.w"]
+    assert "| fp32 |" in capsys.readouterr().out
+
+
+def test_cli_warns_that_calib_without_int8_is_ignored(tmp_path, monkeypatch, capsys):
+    from d2a_edge.export.cli import main
+    _fake_export_cli(monkeypatch)
+    assert main(["run", "--out", str(tmp_path / "o"), "--calib", "8"]) == 0
+    assert "--calib is used only with --int8; ignored" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path / "o"), "--int8", "--calib", "8"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_cli_reports_an_out_folder_it_cannot_make(tmp_path, monkeypatch, capsys,
+                                                   fresh_model, anny_asset):
+    """--out below a file: a one-line error and exit 2 (the OSError from making the folder),
+    not a traceback; nothing is written."""
+    import d2a_edge.export.pipeline as pipeline
+    from d2a_edge.export.cli import main
+    real_export = pipeline.export_bundle
+    calls = _fake_export_cli(monkeypatch, fresh_model, anny_asset)
+    monkeypatch.setattr(pipeline, "export_bundle", real_export)
+    (tmp_path / "a_file").write_text("")
+    assert main(["run", "--out", str(tmp_path / "a_file" / "bundle"), "--val-samples", "2"]) == 2
+    assert "d2a-export: error:" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and not calls
+    assert (tmp_path / "a_file").read_text() == ""
+
+
+def test_report_sizes_in_mb_and_the_calibration_ratios():
+    """The report's MB column is the artifact's bytes / 1e6, and the σ calibration line gives
+    the raw and the calibrated error / σ ratio, each under its own name."""
+    from d2a_edge.export.cli import _report
+    manifest = json.loads((EDGE_S / "manifest.json").read_text())
+    text = _report(manifest, Path("b"))
+    for name, art in manifest["artifacts"].items():
+        assert f"| {name} | {art['bytes'] / 1e6:.1f} |" in text
+    r = manifest["sigma_calibration"]["mean_error_over_mean_sigma"]
+    assert r["raw"] != pytest.approx(r["calibrated"], abs=0.01)
+    assert f"{r['raw']:.2f} raw, {r['calibrated']:.2f} calibrated" in text
+
+
+def test_build_manifest_records_batch_opset_and_io():
+    """A dynamic batch (batch=None) is the symbolic 'batch' on every input and output, a fixed
+    one its number; the opset, joint names and the engine's RGB 0..1 input are recorded."""
+    from d2a_edge.export.manifest import build_manifest
+    kw = dict(model_name="m", config={}, image_size=192,
+              output_shapes={"pose": [25, 3, 3], "shape": [16]}, body_file="body.npz",
+              body_sha256="0" * 64, joint_names=["root", "spine"], artifacts={}, opset=18)
+    for batch, b in ((None, "batch"), (3, 3)):
+        m = build_manifest(batch=batch, **kw)
+        assert m["inputs"]["image"]["shape"] == [b, 3, 192, 192]
+        assert m["inputs"]["bbox_info"]["shape"] == [b, 3]
+        assert m["outputs"] == {"pose": {"shape": [b, 25, 3, 3], "dtype": "float32"},
+                                "shape": {"shape": [b, 16], "dtype": "float32"}}
+    assert m["opset"] == 18 and m["body"]["joint_names"] == ["root", "spine"]
+    assert m["inputs"]["image"]["colour"] == "RGB" and m["inputs"]["image"]["range"] == [0.0, 1.0]
+
+
+def test_write_manifest_replaces_the_file_and_leaves_no_partial(tmp_path):
+    from d2a_edge.export.manifest import write_manifest
+    (tmp_path / "manifest.json").write_text('{"old": true}')
+    assert write_manifest({"manifest_version": 1}, tmp_path) == tmp_path / "manifest.json"
+    assert json.loads((tmp_path / "manifest.json").read_text()) == {"manifest_version": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_joint_sigma_and_error_are_pelvis_relative_norms(anny_asset):
+    """The σ calibration's data: per joint except the pelvis, the norm of the per-axis σ (as
+    ``HumanMesh.joint_sigma``) and the pelvis-relative joint error. A prediction off by a
+    whole-body translation has no error; one joint moved 2 cm has 2 cm on that joint only."""
+    from d2a_edge.export import verify
+    J = anny_asset.num_joints
+    outs = _outs(anny_asset, 2, [[0.0, 0.0, 3.0], [0.1, 0.0, 4.0]])
+    _, joints = verify.mesh_from_outputs(anny_asset, outs)
+    gt = joints + np.array([0.3, -0.2, 0.5])  # the same pose elsewhere
+    gt[1, 5, 0] += 0.02
+    sigma, err = verify.joint_sigma_and_error(anny_asset, outs, {"joints3d": gt})
+    assert sigma.shape == err.shape == (2, J - 1)
+    np.testing.assert_allclose(sigma, 0.01 * np.sqrt(3), rtol=1e-6)
+    expected = np.zeros((2, J - 1))
+    expected[1, 4] = 0.02
+    np.testing.assert_allclose(err, expected, atol=1e-6)
+
+
+def test_sigma_calibration_needs_three_deciles_for_a_power_law():
+    """Two usable deciles give a plain scale, not a 'power law' through two points."""
+    from d2a_edge.export.verify import fit_sigma_calibration
+    assert fit_sigma_calibration([0.1, 0.2], [0.1, 0.4]) == {"a": pytest.approx(0.5 / 0.3),
+                                                             "p": 1.0}
+
+
+class _Net:
+    """A small module with run_torch's calling convention: (image, bbox_info) -> outputs."""
+
+    @staticmethod
+    def make():
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+
+            def forward(self, x, b):
+                b = b.to(x.dtype)  # as the fused graph takes bbox_info
+                return (self.lin(b) + x.mean(), b * 2)
+
+        torch.manual_seed(0)
+        return Net()
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return rng.random((5, 1, 2, 2)).astype(np.float32), rng.random((5, 3)).astype(np.float32)
+
+
+def test_run_torch_in_half_gives_the_module_back_in_float():
+    """The fp16 parity fallback runs the module in half: afterwards it is a float32 module
+    again, and its outputs are float32 numpy arrays."""
+    import torch
+
+    from d2a_edge.export.verify import run_torch
+    net, (x, b) = _Net.make(), _inputs()
+    half = run_torch(net, x, b, half=True)
+    assert all(a.dtype == np.float32 for a in half)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    again = run_torch(net, x, b)
+    assert all(a.dtype == np.float32 for a in again)
+    np.testing.assert_allclose(half[0], again[0], atol=1e-2)
+
+
+def test_run_torch_in_half_leaves_the_weights_as_they_were():
+    """export_bundle's fp16 fallback (ONNX Runtime without fp16 kernels) then computes the σ
+    calibration and the training extras from fp16-rounded weights, and the caller's model is
+    changed."""
+    from d2a_edge.export.verify import run_torch
+    net, (x, b) = _Net.make(), _inputs()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ref = run_torch(net, x, b)
+    run_torch(net, x, b, half=True)
+    for k, v in net.state_dict().items():
+        assert v.equal(before[k]), k
+    np.testing.assert_array_equal(run_torch(net, x, b)[0], ref[0])
+
+
+def test_validation_set_renders_the_split_asked_for(anny_asset):
+    """``split="ood"`` gives the OOD scenes (the σ calibration's second half), not the ID
+    ones again; images are (n, 3, s, s) float32 in 0..1 and bbox_info comes from the labels."""
+    from d2a_edge.camera import bbox_info
+    from d2a_edge.export import verify
+    from d2a_edge.training.data.engine import SampleGenerator, SceneConfig
+    images, info, labels = verify.validation_set(anny_asset, 2, 64, seed=5, split="ood")
+    s = SampleGenerator(anny_asset, SceneConfig.for_split("ood", 64)).generate(5, range(2))
+    assert images.shape == (2, 3, 64, 64) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0 and images.max() > 0.5
+    np.testing.assert_allclose(images, s["image"].transpose(0, 3, 1, 2) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(info, bbox_info(s["crop_box"], s["K"]), atol=1e-6)
+    id_images, _, _ = verify.validation_set(anny_asset, 2, 64, seed=5, split="id")
+    assert np.abs(id_images - images).max() > 0.1
+

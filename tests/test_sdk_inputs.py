@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from d2a_edge.imageio import InputError, as_bgr8, open_source, read_image
+from d2a_edge.imageio import VIDEO_MAX_SKIPS, InputError, as_bgr8, open_source, read_image
 from d2a_edge.smoothing import OneEuroFilter
 
 
@@ -238,3 +238,98 @@ def test_a_jpeg_cut_short_is_refused_and_whole_ones_are_read(tmp_path):
         (folder / f"{name}.jpg").write_bytes(base)
     (folder / "b.jpg").write_bytes(base[: len(base) // 2])
     assert [t for t, _ in open_source(folder)] == [0.0, 2 / 30]
+
+
+class _RecordingCapture:
+    """cv2.VideoCapture stand-in that records its target: reads follow ``script`` (a frame, or
+    None for a failed read; past its end every read fails); ``count`` frames for a video."""
+
+    def __init__(self, target, script=(), count=0, opened=True):
+        self.target, self.script, self.count, self.opened = target, list(script), count, opened
+        self.pos, self.released = 0, False
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        item = self.script[self.pos] if self.pos < len(self.script) else None
+        self.pos += 1
+        return item is not None, item
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FPS: 10.0, cv2.CAP_PROP_POS_FRAMES: self.pos,
+                cv2.CAP_PROP_FRAME_COUNT: self.count}.get(prop, 0.0)
+
+    def release(self):
+        self.released = True
+
+
+def test_tall_narrow_images_are_rejected():
+    """Too few columns is as unusable as too few rows (only the height was checked)."""
+    with pytest.raises(InputError, match="smaller than"):
+        as_bgr8(np.zeros((640, 8, 3), np.uint8))
+
+
+def test_a_digit_string_is_a_camera_index(monkeypatch):
+    """``--source 0`` (d2a-demo's default) reaches OpenCV as camera 0, an int: as a string it
+    was a path that does not exist ('neither a camera index ...')."""
+    f = np.zeros((32, 32, 3), np.uint8)
+    made = []
+
+    def capture(target):
+        made.append(_RecordingCapture(target, [f, f]))
+        return made[-1]
+
+    monkeypatch.setattr(cv2, "VideoCapture", capture)
+    frames = open_source("0")
+    assert made[0].target == 0 and isinstance(made[0].target, int)
+    assert next(frames)[1] is f
+    frames.close()
+    assert made[0].released
+
+
+def test_a_video_of_unreadable_frames_ends_after_the_skip_limit(monkeypatch):
+    """A file whose frame count says 1000 but whose frames after the first cannot be decoded
+    ends after ``VIDEO_MAX_SKIPS`` failed reads in a row (logged), not after reading on to its
+    claimed end (or for ever when the count is bogus)."""
+    f = np.zeros((32, 32, 3), np.uint8)
+    cap = _RecordingCapture("v.mp4", [f], count=1000)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: cap)
+    frames = list(open_source(__file__))  # any existing file: the capture is the fake
+    assert len(frames) == 1
+    assert cap.pos <= VIDEO_MAX_SKIPS + 2 and cap.released
+
+
+def test_a_capture_that_does_not_open_is_released(monkeypatch):
+    cap = _RecordingCapture(3, opened=False)
+    monkeypatch.setattr(cv2, "VideoCapture", lambda target: cap)
+    with pytest.raises(InputError, match="camera 3 could not be opened"):
+        open_source(3)
+    assert cap.released
+
+
+def test_an_image_folder_is_read_in_name_order_whatever_the_suffix_case(tmp_path):
+    """Images come sorted by name (a frame sequence; the directory's own order is arbitrary),
+    and camera-style upper-case suffixes (IMG_0001.JPG) count as images."""
+    names = [f"frame_{i:02d}" for i in range(10)]
+    for i in (7, 2, 9, 0, 5, 3, 8, 1, 6, 4):  # created out of order
+        suffix = ".PNG" if i % 2 else ".png"
+        ok, data = cv2.imencode(".png", np.full((16, 16, 3), 20 * i, np.uint8))
+        (tmp_path / (names[i] + suffix)).write_bytes(data.tobytes())
+    got = [(round(t * 30), int(img[0, 0, 0])) for t, img in open_source(tmp_path)]
+    assert got == [(i, 20 * i) for i in range(10)]
+
+
+def test_a_whole_jpeg_with_fill_bytes_before_its_end_marker_is_read(tmp_path):
+    """Any JPEG marker may be preceded by 0xFF fill bytes (T.81 B.1.1.2); one fill byte before
+    the end-of-image marker is a whole file, not one 'cut short'."""
+    from d2a_edge.imageio import jpeg_cut_short, read_image
+    data = cv2.imencode(".jpg", np.full((32, 32, 3), 120, np.uint8))[1].tobytes()
+    assert data.endswith(b"\xff\xd9")
+    for fill in (b"\xff", b"\xff\xff", b"\xff\xff\xff"):
+        padded = data[:-2] + fill + b"\xff\xd9"
+        assert not jpeg_cut_short(padded), fill
+        assert jpeg_cut_short(padded[:-1]), fill
+        (tmp_path / "f.jpg").write_bytes(padded)
+        assert read_image(tmp_path / "f.jpg")[16, 16].tolist() == pytest.approx([120] * 3, abs=2)
+

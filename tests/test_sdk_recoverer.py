@@ -674,3 +674,147 @@ def test_distinct_boxes_keeps_one_box_per_person_in_order():
     np.testing.assert_array_equal(distinct_boxes(boxes, np.array([1, 0, 2, 3]), 2),
                                   boxes[[1, 2]])
     assert distinct_boxes(boxes, np.arange(4), 5).shape == (3, 4)
+
+
+def _outputs(rng, n, J, S):
+    from d2a_edge.body.rotations import rodrigues
+    pose = np.stack([rodrigues(v) for v in rng.normal(0, 0.6, (n * J, 3))]).reshape(n, J, 3, 3)
+    return {"pose": pose.astype(np.float32), "shape": rng.normal(size=(n, S)).astype(np.float32),
+            "translation": rng.normal([0, 0, 3], 0.3, (n, 3)).astype(np.float32),
+            "joint_sigma": rng.uniform(0.01, 0.1, (n, J, 3)).astype(np.float32),
+            "joint_mu": rng.normal(0, 0.3, (n, J, 3)).astype(np.float32)}
+
+
+def test_average_mirrored_is_a_mirror_equivariant_average_of_rotations():
+    """``average_mirrored(a, b)`` and ``average_mirrored(b, a)`` (the prediction for a crop and
+    for its mirror image, and the other way round) are mirror images of each other in every
+    output, joint_mu (training's d2a-eval --flip) included; the averaged pose is still a
+    rotation (the plain mean of two rotations is not: the skinned mesh shrank)."""
+    from d2a_edge.flip import average_mirrored
+    MIRROR_X = np.float32([-1.0, 1.0, 1.0])  # x -> -x: left-right in the camera frame
+    MIRROR = np.diag(MIRROR_X)
+    perm = load_bundle().asset.mirror_joints()
+    rng = np.random.default_rng(3)
+    a, b = _outputs(rng, 2, len(perm), 16), _outputs(rng, 2, len(perm), 16)
+    ab, ba = average_mirrored(a, b, perm), average_mirrored(b, a, perm)
+    R = ab["pose"].astype(np.float64)
+    np.testing.assert_allclose(R @ np.swapaxes(R, -1, -2), np.broadcast_to(np.eye(3), R.shape),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0, atol=1e-5)
+    assert ab["pose"].dtype == np.float32
+    np.testing.assert_allclose((MIRROR @ ba["pose"] @ MIRROR)[:, perm], ab["pose"], atol=1e-5)
+    np.testing.assert_allclose(ba["translation"] * MIRROR_X, ab["translation"], atol=1e-6)
+    np.testing.assert_allclose(ba["shape"], ab["shape"], atol=1e-6)
+    np.testing.assert_allclose(ba["joint_sigma"][:, perm], ab["joint_sigma"], atol=1e-7)
+    np.testing.assert_allclose((ba["joint_mu"] * MIRROR_X)[:, perm], ab["joint_mu"], atol=1e-6)
+    # a prediction that is already mirror-consistent is kept as it is
+    m = {"pose": (MIRROR @ a["pose"] @ MIRROR)[:, perm], "shape": a["shape"],
+         "translation": a["translation"] * MIRROR_X, "joint_sigma": a["joint_sigma"][:, perm],
+         "joint_mu": (a["joint_mu"] * MIRROR_X)[:, perm]}
+    same = average_mirrored(a, m, perm)
+    for k in a:
+        np.testing.assert_allclose(same[k], a[k], atol=1e-5, err_msg=k)
+
+
+def _manifest_and_body(dst):
+    """The bundled model's manifest.json and body.npz (all load_bundle reads) copied to dst."""
+    import shutil
+
+    from d2a_edge.bundle import DEFAULT_MODEL
+    dst.mkdir()
+    for name in ("manifest.json", "body.npz"):
+        shutil.copy(DEFAULT_MODEL / name, dst / name)
+    return dst
+
+
+def _rewrite(root, change):
+    import json
+    m = json.loads((root / "manifest.json").read_text())
+    change(m)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+def test_load_bundle_takes_the_manifest_file_itself():
+    from d2a_edge.bundle import DEFAULT_MODEL
+    b = load_bundle(DEFAULT_MODEL / "manifest.json")
+    assert b.root == DEFAULT_MODEL and b.name == load_bundle().name
+
+
+def test_manifests_missing_a_section_or_an_output_are_bundle_errors(tmp_path):
+    """Each required section and each required output, when missing, is a BundleError naming
+    it (not a KeyError at load, or when the engine's outputs are read at the first frame)."""
+    import json
+
+
+    from d2a_edge.bundle import DEFAULT_MODEL, BundleError
+    root = _manifest_and_body(tmp_path / "b")
+    original = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
+    for where, key, message in [(None, k, f"manifest lacks \\['{k}'\\]")
+                                for k in ("inputs", "outputs", "body", "artifacts")] + \
+            [("outputs", k, f"model outputs lack \\['{k}'\\]")
+             for k in ("pose", "shape", "translation", "joint_sigma")]:
+        m = json.loads(json.dumps(original))
+        del (m if where is None else m[where])[key]
+        (root / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(root)
+
+
+def test_a_bundle_without_its_body_asset_is_a_bundle_error(tmp_path):
+
+    from d2a_edge.bundle import BundleError
+    root = _manifest_and_body(tmp_path / "b")
+    (root / "body.npz").unlink()
+    with pytest.raises(BundleError, match="body asset body.npz is missing"):
+        load_bundle(root)
+
+
+def test_a_zero_or_negative_sigma_reference_is_a_bundle_error(tmp_path):
+    """``HumanMesh.score`` divides by it: 0 gave every person score 0 (or NaN)."""
+
+    from d2a_edge.bundle import BundleError
+    root = _manifest_and_body(tmp_path / "b")
+    for bad in (0.0, -0.05):
+        _rewrite(root, lambda m: m.update(sigma_reference_m=bad))
+        with pytest.raises(BundleError, match="sigma_reference_m must be a positive number"):
+            load_bundle(root)
+
+
+def test_sigma_defaults_and_calibration_of_older_bundles():
+    """A manifest from before the σ calibration: σ unchanged, reference 0.05 m (documented);
+    a negative raw σ (a numerically noisy engine) is calibrated as 0, never NaN."""
+    from d2a_edge.bundle import ModelBundle, calibrated_sigma
+    old = ModelBundle(root=None, manifest={}, asset=None)
+    assert old.sigma_reference == 0.05
+    np.testing.assert_array_equal(old.calibrate_sigma([0.2, 0.0]), np.float32([0.2, 0.0]))
+    got = calibrated_sigma({"a": 1.44, "p": 1.0064}, [-1e-4, 0.0, 0.1])
+    assert np.all(np.isfinite(got)) and got[0] == 0.0 and got.dtype == np.float32
+    np.testing.assert_allclose(got[2], 1.44 * 0.1 ** 1.0064, rtol=1e-6)
+
+
+def test_checkpoint_is_only_a_file_that_exists(tmp_path):
+    """``ModelBundle.checkpoint()`` (the torch backend's weights): None when the manifest names
+    none or names one that is gone, so that the backend says 'no PyTorch checkpoint' instead of
+    failing deep in the loader."""
+    from d2a_edge.bundle import ModelBundle
+    assert ModelBundle(root=tmp_path, manifest={}, asset=None).checkpoint() is None
+    gone = ModelBundle(root=tmp_path, manifest={"checkpoint": "run/step_1"}, asset=None)
+    assert gone.checkpoint() is None
+    (tmp_path / "run" / "step_1").mkdir(parents=True)
+    assert gone.checkpoint() == tmp_path / "run" / "step_1"
+
+
+def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
+    """A manifest without sigma_calibration (as exported before it) and sigma_reference_m 0,
+    NaN or negative: every call raised ZeroDivisionError, or every person scored 0 (lost), or
+    scored 1 whatever its σ."""
+    from d2a_edge.bundle import BundleError
+    root = _manifest_and_body(tmp_path / "b")
+    for bad in (0.0, float("nan"), -0.1):
+        def change(m, bad=bad):
+            m.pop("sigma_calibration", None)
+            m["sigma_reference_m"] = bad
+        _rewrite(root, change)
+        with pytest.raises(BundleError, match="sigma_reference_m"):
+            load_bundle(root)
+
