@@ -79,9 +79,14 @@ class ModelBundle:
         return path
 
     def checkpoint(self) -> Path | None:
-        ckpt = self.manifest.get("checkpoint")
-        path = self.root / ckpt if ckpt else None
-        return path if path is not None and path.exists() else None
+        """The PyTorch checkpoint of ``backend="torch"``, when it exists here: the manifest's
+        ``checkpoint`` (relative to the bundle), else ``source_checkpoint``, the run or
+        checkpoint d2a-export exported (an absolute path; found on the machine it ran on)."""
+        for key in ("checkpoint", "source_checkpoint"):
+            ckpt = self.manifest.get(key)
+            if isinstance(ckpt, str) and ckpt and (self.root / ckpt).exists():
+                return self.root / ckpt
+        return None
 
 
 def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:

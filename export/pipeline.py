@@ -262,7 +262,7 @@ def _export_into(graph, asset, size, stage, req, precisions, name, checkpoint, p
         body_file="body.npz", body_sha256=file_sha256(stage / "body.npz"),
         joint_names=list(asset.joint_names), artifacts=artifacts, opset=req.opset)
     if checkpoint is not None:
-        manifest["source_checkpoint"] = str(checkpoint)
+        manifest["source_checkpoint"] = str(Path(checkpoint).resolve())
     extras = stage / recover.EXTRAS_FILE
     save_file(recover.training_extras(graph.model, size, loss_state, untrained), str(extras))
     extras.chmod(0o644)  # safetensors writes 0600; the bundle's other files are 0644

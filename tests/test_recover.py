@@ -1,6 +1,7 @@
 """Training weights recovered from an exported bundle (training.recover, --init BUNDLE)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,7 +225,14 @@ def test_d2a_export_and_d2a_eval_take_a_bundle(exported, tmp_path, anny_asset, c
     for name, x, y in zip(OUTPUT_NAMES, a, b):
         np.testing.assert_allclose(y, x, atol=1e-4, err_msg=name)
     manifest = json.loads((tmp_path / "re" / "manifest.json").read_text())
-    assert manifest["source_checkpoint"] == str(src)
+    assert manifest["source_checkpoint"] == str(Path(src).resolve())
+    # backend="torch" runs the exported source (here the bundle src, its weights recovered)
+    from d2a_edge import MeshRecoverer
+    by_torch = MeshRecoverer(tmp_path / "re", backend="torch", device="cpu").backend
+    assert by_torch.name == "torch"
+    got = by_torch.run(images, info)
+    for name, x in zip(OUTPUT_NAMES, b):
+        np.testing.assert_allclose(got[name], x, atol=1e-3, err_msg=name)
     # src has no training extras, so its training-only parts came back freshly initialised:
     # the new bundle's extras leave them out and name them, and training from it knows them
     # as fresh (they were marked trained, and --warm-fresh refused the bundle)

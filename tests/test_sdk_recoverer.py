@@ -802,6 +802,13 @@ def test_checkpoint_is_only_a_file_that_exists(tmp_path):
     assert gone.checkpoint() is None
     (tmp_path / "run" / "step_1").mkdir(parents=True)
     assert gone.checkpoint() == tmp_path / "run" / "step_1"
+    # d2a-export records the run it exported as source_checkpoint (absolute): used when it
+    # exists here (backend="torch" said "no PyTorch checkpoint" for every exported bundle)
+    src = ModelBundle(root=tmp_path / "b", manifest={"source_checkpoint": str(tmp_path / "run")},
+                      asset=None)
+    assert src.checkpoint() == tmp_path / "run"
+    assert ModelBundle(root=tmp_path, manifest={"source_checkpoint": "/nonexistent/run"},
+                       asset=None).checkpoint() is None
 
 
 def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
