@@ -141,11 +141,11 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
                 raise OSError(f"could not write {path} (disk full or not writable?)")
             if people and k % args.obj_every == 0:
                 write_obj(save / f"mesh_{k:06d}.obj", people[0].vertices, people[0].faces)
+        n, found = n + 1, found + bool(people)  # (a frame ended by q was saved too)
         if show:
             cv2.imshow("d2a-demo", vis)
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                 break
-        n, found = n + 1, found + bool(people)
         if args.max_frames and n >= args.max_frames:
             break
     return n, found

@@ -192,8 +192,10 @@ def test_demo_locate_counts_and_saves_only_the_frames_with_a_person(tmp_path, ca
         ".d2a-demo", "frame_000000.png", "frame_000001.png", "mesh_000000.obj"]
 
 
-def test_demo_people_draws_every_located_person(tmp_path, capsys):
-    """--locate --people 2 draws both people of a two-person frame; --people 1 one of them."""
+@pytest.mark.parametrize("mode", ["--locate", "--track"])
+def test_demo_people_draws_every_located_person(tmp_path, mode):
+    """--people 2 draws both people of a two-person frame (--track's first frame locates them
+    all); --people 1 one of them."""
     import cv2
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -205,7 +207,7 @@ def test_demo_people_draws_every_located_person(tmp_path, capsys):
     for n in (1, 2):
         out = tmp_path / f"o{n}"
         assert demo_main(["--source", str(folder), "--save", str(out), "--no-display",
-                          "--overlay", "cv", "--locate", "--people", str(n)]) == 0
+                          "--overlay", "cv", mode, "--people", str(n)]) == 0
         vis = cv2.imread(str(out / "frame_000000.png"))
         changed = np.abs(vis.astype(int) - frame).sum(-1) > 30
         changed[:40, :200] = False  # the FPS text
@@ -332,7 +334,7 @@ def test_demo_refuses_the_source_folder_however_it_is_spelled(tmp_path, monkeypa
         assert [p.name for p in folder.iterdir()] == ["a.jpg"]
 
 
-def test_demo_shows_each_overlay_and_stops_on_q(monkeypatch):
+def test_demo_shows_each_overlay_and_stops_on_q(monkeypatch, capsys):
     """With a display, every overlay is shown in the d2a-demo window, and q (or Esc) ends the
     demo normally."""
     import cv2
@@ -345,6 +347,7 @@ def test_demo_shows_each_overlay_and_stops_on_q(monkeypatch):
     monkeypatch.setattr(cv2, "waitKey", lambda ms: next(keys))
     assert demo_main(["--source", str(ROOT / "samples"), "--overlay", "cv"]) == 0
     assert shown == [("d2a-demo", (384, 384, 3))] * 2  # the second frame's q ended it
+    assert "d2a-demo: 2 frames" in capsys.readouterr().out  # the frame of the q counts
 
 
 def test_demo_refuses_the_source_folder_behind_a_missing_folder(tmp_path, monkeypatch):
