@@ -85,22 +85,21 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
                 waited += 1
         people = rec(frame, boxes=np.stack(boxes)) if boxes else []
         out, taken = [], []
-        for tr, p in zip(owners, people):
+        for tr, p in zip(owners, people):  # tracks oldest first, then the new people
+            if p.score < LOST_SCORE:  # nobody (any more)
+                if tr is not None:
+                    tracks.remove(tr)
+                    waited = search_every
+                continue
+            seen = rec._track_box(p, frame.shape, K)
+            if seen is not None and any(iou(seen, s) >= SAME_PERSON_IOU for s in taken):
+                if tr is not None:  # two tracks on one person: the older one keeps them
+                    tracks.remove(tr)
+                continue
             if tr is None:
                 tr = Track(next_id, BoxFilter(),
                            tuple(OneEuroFilter(min_cutoff, beta) for _ in range(3)))
                 next_id += 1
-            elif p.score < LOST_SCORE:
-                tracks.remove(tr)
-                waited = search_every
-            if p.score < LOST_SCORE:  # nobody (any more)
-                continue
-            seen = rec._track_box(p, frame.shape, K)
-            if seen is not None and any(iou(seen, s) >= SAME_PERSON_IOU for s in taken):
-                if tr in tracks:  # two tracks on one person: the older one keeps them
-                    tracks.remove(tr)
-                continue
-            if tr not in tracks:
                 tracks.append(tr)
             out.append(_follow(tr, p, seen, t, K, smoothing))
             if seen is None:  # leaving the frame, or a degenerate mesh: lost after this frame
@@ -108,8 +107,7 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
                 waited = search_every
             else:
                 taken.append(seen)
-        tracks.sort(key=lambda tr: tr.id)
-        yield t, frame, sorted(out, key=lambda p: p.track_id)
+        yield t, frame, out
 
 
 def _follow(tr: Track, p: HumanMesh, seen, t: float, K: np.ndarray,
