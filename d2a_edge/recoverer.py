@@ -23,7 +23,7 @@ from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, 
 from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.imageio import InputError, as_bgr8, open_source
 from d2a_edge.smoothing import BETA, MIN_CUTOFF
-from d2a_edge.tracking import LOST_SCORE, distinct_boxes
+from d2a_edge.tracking import LOST_SCORE, check_count, distinct_boxes
 from d2a_edge.tracking import track as track_people
 from d2a_edge.types import HumanMesh
 
@@ -327,8 +327,7 @@ class MeshRecoverer:
         taken before (``SAME_PERSON_IOU``) is the same person. No detector: people standing
         close together or overlapping may be found as one; for crowds pass detector boxes.
         """
-        if isinstance(max_people, bool) or not isinstance(max_people, int) or max_people < 1:
-            raise ValueError(f"max_people must be an int >= 1, got {max_people!r}")
+        check_count("max_people", max_people)
         image = as_bgr8(image)
         H, W = image.shape[:2]
         K = self.camera(W, H)

@@ -24,6 +24,12 @@ LOST_SCORE = 0.25  # a mesh scoring below this is no person (an empty crop score
 SAME_PERSON_IOU = 0.4  # boxes overlapping this much (intersection over union) hold one person
 
 
+def check_count(name: str, value) -> None:
+    """``ValueError`` unless ``value`` is an int >= 1 (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boxes (x0, y0, x1, y1)."""
     w = min(a[2], b[2]) - max(a[0], b[0])
@@ -57,9 +63,8 @@ class Track:
 def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
           max_people: int) -> Iterator[tuple[float, np.ndarray, list[HumanMesh]]]:
     """``MeshRecoverer.track``'s loop: (t, frame, people sorted by ``track_id``) per frame."""
-    for name, value in (("search_every", search_every), ("max_people", max_people)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_count("search_every", search_every)
+    check_count("max_people", max_people)
     tracks: list[Track] = []
     next_id, waited = 0, search_every  # waited: frames since the last search
     for t, frame in frames:
