@@ -121,7 +121,7 @@ def open_source(source) -> Iterator[tuple[float, np.ndarray]]:
     A camera that cannot be opened raises ``InputError``. A camera is read on a thread of its
     own, and each frame taken is the newest it delivered: frames that arrive while the loop is
     busy are dropped (counted in the log), so that the loop never works through a queue of old
-    frames; its timestamps are the frames' arrival times. A camera's dropped frames are
+    frames; its timestamps are the frames' arrival times. A camera's failed reads are
     retried, and it is reopened once, for up to ``CAMERA_GRACE_S`` seconds; after that the
     iteration raises ``SourceLost``. A video file's unreadable frames are skipped (logged;
     ``VIDEO_MAX_SKIPS`` in a row end it) and its end ends the iteration (logged). An image
@@ -244,7 +244,7 @@ def _camera(index: int):
 
 
 def _read_camera(cap, target: int, slot: _Newest) -> None:
-    """The reading thread: frames into ``slot``, timed on arrival. Dropped frames are retried
+    """The reading thread: frames into ``slot``, timed on arrival. Failed reads are retried
     and a silent camera is reopened once; ``SourceLost`` after ``CAMERA_GRACE_S``."""
     import cv2
 
