@@ -144,7 +144,7 @@ else
   rm -rf $RUN  # d2a-train refuses an --out that holds checkpoints (a warm rerun's previous run)
 fi
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-timeout $((RUNFOR + 60)) $PY -m d2a_edge.training.train edge-s-gpu --on-the-fly $MIX \
+timeout $((RUNFOR + 60)) $PY -m d2a_edge.training.train_cli edge-s-gpu --on-the-fly $MIX \
   --device "$DEVICE" --time-budget "$BUDGET" --out $RUN ${TRAIN_ARGS:-} 2>&1 \
   | tr '\r' '\n' \
   | awk 'NR % 20 == 0 || /budget|warning|rror|initiali|resum|stopping|CUDA/ || !/step\/s|s\/step/'

@@ -274,7 +274,7 @@ def test_torchrun_ddp_two_ranks_identical_weights(tmp_path, shards):
     cfg = write_tiny_yaml(tmp_path / "tiny.yaml")
     out = tmp_path / "run"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-           "-m", "d2a_edge.training.train", *_train_cmd(cfg, shards, out, 3)[1:]]
+           "-m", "d2a_edge.training.train_cli", *_train_cmd(cfg, shards, out, 3)[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode == 0, p.stderr[-3000:]

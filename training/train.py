@@ -34,7 +34,6 @@ from d2a_edge.training.schedule import Calibration, Schedule, lr_factor
 from d2a_edge.training.losses import D2ALoss
 from d2a_edge.training.model import D2AHMR, build_model
 from d2a_edge.training.train_module import EMA, TrainModule, amp_dtype, autocast_for, freeze
-from d2a_edge.training.train_cli import main  # also: python -m d2a_edge.training.train
 
 
 @dataclass
@@ -497,5 +496,6 @@ def finish(st: State, cfg: Config, run_dir: Path, d: Dist) -> tuple[Path | None,
     return path, digests
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the d2a-train CLI lives in train_cli.py
+    from d2a_edge.training.train_cli import main
     main()

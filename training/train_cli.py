@@ -15,6 +15,7 @@ from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training.config import available_configs, load_config
 from d2a_edge.training.feed import build_dataset
+from d2a_edge.training.train import run
 
 HELP = """Train D2A-HMR from CONFIG (a built-in name: {names}, or a YAML path).
 
@@ -108,8 +109,6 @@ def resumed_settings(run_dir) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """``d2a-train ARGV``; errors exit with a message, a stop signal with 128 + its number."""
-    from d2a_edge.training.train import run  # not at the top: train.py re-exports this main
-
     p = _parser()
     args = p.parse_args(argv)
     if args.resume:  # the stopped run's settings, for the flags not given again
