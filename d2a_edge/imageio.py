@@ -77,9 +77,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image file not found: {path}")
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    short = jpeg_cut_short(data.tobytes())
+    data = path.read_bytes()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    short = jpeg_cut_short(data)
     if image is None:
         raise InputError(f"{path} is not a readable image (corrupt or unsupported format"
                          + ("; a JPEG cut short: copied in part, or still being written?)"
