@@ -761,7 +761,7 @@ def test_spawned_rendering_workers_skip_the_interpreter_teardown(tmp_path, monke
 def test_cli_rejects_counts_out_of_range(capsys):
     """Usage errors before any work (--batch-size 0 and --threads 0 silently fell back to the
     config's values; a negative budget stopped at once)."""
-    from d2a_edge.training.train import main
+    from d2a_edge.training.train_cli import main
     for args, msg in ((["--batch-size", "0"], "--batch-size: must be >= 1"),
                       (["--threads", "0"], "--threads: must be >= 1"),
                       (["--steps", "-3"], "--steps: must be >= 1"),
