@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from d2a_edge.camera import uncrop
-from d2a_edge.recoverer import MeshRecoverer, box_for_crop, search_windows
+from d2a_edge.recoverer import MeshRecoverer, box_for_crop
+from d2a_edge.tracking import search_windows
 from d2a_edge.training import metrics as M
 from d2a_edge.training.data.shards import ShardReader
 

@@ -23,7 +23,8 @@ from d2a_edge.camera import (bbox_info, camera_matrix, crop_affine, intrinsics, 
 from d2a_edge.flip import average_mirrored, mirror_inputs
 from d2a_edge.imageio import InputError, as_bgr8, open_source
 from d2a_edge.smoothing import BETA, MIN_CUTOFF
-from d2a_edge.tracking import LOST_SCORE, check_count, distinct_boxes
+from d2a_edge.tracking import (LOST_SCORE, SAME_PERSON_IOU, check_count, distinct_boxes, iou,
+                               search_windows)
 from d2a_edge.tracking import track as track_people
 from d2a_edge.types import HumanMesh
 
@@ -176,7 +177,6 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
 SEARCH_EVERY = 5  # stream(): while fewer than max_people are tracked, search every 5th frame
-WINDOW_SCALES = (0.5, 0.8)  # locate(): square windows, as fractions of the frame's short side
 
 
 def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
@@ -184,26 +184,6 @@ def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
     0 at three times it (a crop without a well-framed person) and for a σ that is not finite."""
     score = 1.0 - float(np.mean(sigma)) / (3.0 * sigma_ref)
     return float(np.clip(score, 0.0, 1.0)) if np.isfinite(score) else 0.0
-
-
-WINDOW_STEPS = 8  # search_windows: at most this many window positions along either axis
-
-
-def search_windows(width: int, height: int) -> np.ndarray:
-    """The full frame plus half-overlapping square windows at ``WINDOW_SCALES`` (N, 4): 22 for
-    a 16:9 frame. Along an axis with more than ``WINDOW_STEPS`` positions (a very wide or tall
-    frame) that many are spread evenly from end to end, so the batch stays small."""
-    out = [[0.0, 0.0, float(width), float(height)]]
-
-    def positions(length: float, side: float) -> np.ndarray:
-        p = np.arange(0.0, length - side + 1.0, side / 2)
-        return p if len(p) <= WINDOW_STEPS else np.linspace(0.0, length - side, WINDOW_STEPS)
-
-    for f in WINDOW_SCALES:
-        side = f * min(width, height)
-        xs, ys = positions(width, side), positions(height, side)
-        out += [[x, y, x + side, y + side] for y in ys for x in xs]
-    return np.asarray(out, np.float32)
 
 
 def make_skinner(asset, skinning: str = "auto", backend_device: str = "cpu", mesh="full"):
@@ -330,10 +310,18 @@ class MeshRecoverer:
         check_count("max_people", max_people)
         image = as_bgr8(image)
         H, W = image.shape[:2]
-        K = self.camera(W, H)
         people = self(image, boxes=search_windows(W, H))
-        found = [(float(p.joint_sigma.mean()), box) for p in people
-                 if (box := self._track_box(p, image.shape, K)) is not None]
+        return self._people_boxes(people, image.shape, self.camera(W, H), max_people)
+
+    @classmethod
+    def _people_boxes(cls, window_people: list[HumanMesh], shape, K: np.ndarray,
+                      max_people: int, taken=()) -> np.ndarray:
+        """``locate_all``'s boxes (N, 4) from the meshes of search windows: each confident
+        mesh mostly inside the frame gives its projected box, taken by lowest mean σ, one per
+        person, none overlapping the boxes ``taken`` (people already tracked)."""
+        found = [(float(p.joint_sigma.mean()), box) for p in window_people
+                 if (box := cls._track_box(p, shape, K)) is not None
+                 and all(iou(box, t) < SAME_PERSON_IOU for t in taken)]
         if not found:
             return np.zeros((0, 4), np.float32)
         sigma = np.array([f[0] for f in found])
@@ -375,9 +363,10 @@ class MeshRecoverer:
 
         Each person's earlier meshes give their next crop (``BoxFilter``). While fewer than
         ``max_people`` are tracked, the locator (``locate_all``: about 22 crops) looks for
-        people on every ``search_every``-th frame and at once after someone is lost; a frame
-        with nobody found gives ``[]``, so an empty scene neither stalls the loop nor reports
-        a person. A person is lost when their score falls under ``LOST_SCORE`` or under half
+        more: with nobody tracked, on every ``search_every``-th frame and at once after the
+        last person is lost (a frame with nobody found gives ``[]``, so an empty scene neither
+        stalls the loop nor reports a person); beside tracked people, spread over
+        ``search_every`` frames, a few windows per frame. A person is lost when their score falls under ``LOST_SCORE`` or under half
         of their mesh is inside the frame. One-Euro smoothing of each person's vertices,
         joints and translation unless ``smoothing=False``.
         """

@@ -3,9 +3,11 @@
 Each tracked person has a box filter (``BoxFilter``: the next crop, from the boxes of its earlier
 unsmoothed meshes) and One-Euro filters for its vertices, joints and translation. A frame runs
 the model once on every tracked person's predicted crop (one batch). While fewer than
-``max_people`` are tracked, the locator (``MeshRecoverer.locate_all``, about 22 crops) runs on
-every ``search_every``-th frame, at once after a tracked person is lost, and people it finds
-that no track covers start new tracks. A person is lost when their mesh scores below
+``max_people`` are tracked, the locator looks for more people: with nobody tracked, the whole
+search (``MeshRecoverer.locate_all``, about 22 crops) on every ``search_every``-th frame and at
+once after the last person is lost; beside tracked people, a few of its windows per frame, so
+that no frame pays for all of them (``track``). People it finds that no track covers start new
+tracks. A person is lost when their mesh scores below
 ``LOST_SCORE``, leaves the frame (under half of it inside) or covers the same person as an
 older track; a person found again gets a new ``track_id``.
 """
@@ -51,6 +53,27 @@ def distinct_boxes(boxes: np.ndarray, order: np.ndarray, limit: int) -> np.ndarr
     return np.asarray(kept, np.float32).reshape(-1, 4)
 
 
+WINDOW_SCALES = (0.5, 0.8)  # locate_all(): square windows, as fractions of the frame's short side
+WINDOW_STEPS = 8  # search_windows: at most this many window positions along either axis
+
+
+def search_windows(width: int, height: int) -> np.ndarray:
+    """The full frame plus half-overlapping square windows at ``WINDOW_SCALES`` (N, 4): 22 for
+    a 16:9 frame. Along an axis with more than ``WINDOW_STEPS`` positions (a very wide or tall
+    frame) that many are spread evenly from end to end, so the batch stays small."""
+    out = [[0.0, 0.0, float(width), float(height)]]
+
+    def positions(length: float, side: float) -> np.ndarray:
+        p = np.arange(0.0, length - side + 1.0, side / 2)
+        return p if len(p) <= WINDOW_STEPS else np.linspace(0.0, length - side, WINDOW_STEPS)
+
+    for f in WINDOW_SCALES:
+        side = f * min(width, height)
+        xs, ys = positions(width, side), positions(height, side)
+        out += [[x, y, x + side, y + side] for y in ys for x in xs]
+    return np.asarray(out, np.float32)
+
+
 @dataclasses.dataclass
 class Track:
     """One tracked person: its id, crop box filter and smoothing filters."""
@@ -62,11 +85,21 @@ class Track:
 
 def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
           max_people: int) -> Iterator[tuple[float, np.ndarray, list[HumanMesh]]]:
-    """``MeshRecoverer.track``'s loop: (t, frame, people sorted by ``track_id``) per frame."""
+    """``MeshRecoverer.track``'s loop: (t, frame, people sorted by ``track_id``) per frame.
+
+    With nobody tracked, the whole search (``locate_all``) runs at once, on every
+    ``search_every``-th frame and on the frame after the last person is lost. While someone is
+    tracked and fewer than ``max_people`` are, the search is spread out: each frame adds the
+    next ``ceil(windows / search_every)`` search windows to the tracked people's batch (a
+    sweep over all the windows every ``search_every`` frames, so no frame pays for the whole
+    search), and a person a window finds that no track covers runs as a new track from the
+    next frame."""
     check_count("search_every", search_every)
     check_count("max_people", max_people)
     tracks: list[Track] = []
-    next_id, waited = 0, search_every  # waited: frames since the last search
+    next_id, waited = 0, search_every  # waited: frames since the last whole search
+    sweep = 0  # the next window of the spread-out search
+    found = np.zeros((0, 4), np.float32)  # new people the last frame's windows found
     for t, frame in frames:
         K = rec.camera(frame.shape[1], frame.shape[0])
         boxes, owners = [], []  # the crops to run, and their tracks (None: a new person)
@@ -78,17 +111,23 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
                 continue
             boxes.append(guess)
             owners.append(tr)
-        if len(tracks) < max_people:
-            if waited >= search_every:
-                waited = 1
-                for box in rec.locate_all(frame, max_people):
-                    if len(boxes) < max_people and all(iou(box, b) < SAME_PERSON_IOU
-                                                       for b in boxes):
-                        boxes.append(box)
-                        owners.append(None)
-            else:
-                waited += 1
-        people = rec(frame, boxes=np.stack(boxes)) if boxes else []
+        windows = np.zeros((0, 4), np.float32)
+        if not tracks and waited >= search_every:
+            waited, found = 1, rec.locate_all(frame, max_people)
+        elif not tracks:
+            waited += 1
+        elif len(tracks) < max_people:
+            every = search_windows(frame.shape[1], frame.shape[0])
+            n = -(-len(every) // search_every)
+            windows = every[(sweep + np.arange(n)) % len(every)]
+            sweep = (sweep + n) % len(every)
+        for box in found:
+            if len(boxes) < max_people and all(iou(box, b) < SAME_PERSON_IOU for b in boxes):
+                boxes.append(box)
+                owners.append(None)
+        run = boxes + list(windows)
+        results = rec(frame, boxes=np.stack(run)) if run else []
+        people, window_people = results[:len(boxes)], results[len(boxes):]
         out, taken = [], []
         for tr, p in zip(owners, people):  # tracks oldest first, then the new people
             if p.score < LOST_SCORE:  # nobody (any more)
@@ -112,6 +151,7 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
                 waited = search_every
             else:
                 taken.append(seen)
+        found = rec._people_boxes(window_people, frame.shape, K, max_people - len(tracks), taken)
         yield t, frame, out
 
 

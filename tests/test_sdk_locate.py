@@ -4,8 +4,8 @@ import pytest
 from conftest import requires_torch
 
 from d2a_edge import InputError, MeshRecoverer
-from d2a_edge.recoverer import (LOST_SCORE, WINDOW_SCALES, box_for_crop, person_score,
-                                search_windows)
+from d2a_edge.recoverer import LOST_SCORE, box_for_crop, person_score
+from d2a_edge.tracking import WINDOW_SCALES, search_windows
 
 
 def test_search_windows_cover_the_frame_with_squares():

@@ -643,7 +643,7 @@ def test_locate_all_finds_each_person_once_and_nobody_in_an_empty_frame():
 def test_track_follows_two_people_with_their_own_ids():
     """max_people=2: both people are tracked from the first frame, each keeping its id while
     one walks; when one leaves, the other keeps its id and the lost one's track ends; when it
-    comes back, the next search (every 5th frame) finds it under a new id."""
+    comes back, the spread-out search (all windows every 5 frames) finds it under a new id."""
     rec = MeshRecoverer(backend="onnxruntime")
     clip = list(_two_people_clip(24, b_away=range(10, 17)))
     out = list(rec.track(((t, f) for t, f, _, _ in clip), max_people=2))
@@ -658,12 +658,36 @@ def test_track_follows_two_people_with_their_own_ids():
         assert a_id in by_id and abs(_centre_x(by_id[a_id]) - (x + 192)) < 60, (x, ids)
     ids = [[p.track_id for p in people] for _, _, people in out]
     assert all(sorted(i) == [0, 1] for i in ids[:10]), ids
-    assert all(i == [a_id] for i in ids[10:21]), ids  # b gone; back at 17, found at 21
-    assert all(sorted(i) == sorted([a_id, 2]) for i in ids[21:]), ids
-    assert abs(_centre_x({p.track_id: p for p in out[21][2]}[2]) - 942) < 60
+    back = next(k for k, i in enumerate(ids) if 2 in i)  # b is back in frame 17
+    assert 17 < back <= 17 + 5, ids  # found by a window in 17..21, tracked from the next frame
+    assert all(i == [a_id] for i in ids[10:back]), ids
+    assert all(sorted(i) == sorted([a_id, 2]) for i in ids[back:]), ids
+    assert abs(_centre_x({p.track_id: p for p in out[back][2]}[2]) - 942) < 60
     assert b_id not in sum(ids[10:], [])
     with pytest.raises(ValueError, match="max_people"):
         next(rec.track(iter([]), max_people=0))
+
+
+def test_the_search_beside_tracked_people_is_spread_over_frames():
+    """Two people in view, max_people=3: the first frame searches all 22 windows, then each
+    frame runs the two tracked crops and the next ceil(22 / 5) = 5 windows in one batch (it ran
+    all 22 on every 5th frame: about 0.5 s on 2 cores), every window once per sweep."""
+    from d2a_edge.tracking import search_windows
+    batches = []
+
+    class Counting(MeshRecoverer):
+        def __call__(self, image, boxes=None):
+            batches.append(np.asarray(boxes))
+            return super().__call__(image, boxes)
+
+    counting = Counting(backend="onnxruntime")
+    clip = [(t, f) for t, f, _, _ in _two_people_clip(12)]
+    out = [people for _, _, people in counting.track(iter(clip), max_people=3)]
+    assert [len(p) for p in out] == [2] * 12
+    windows = search_windows(1280, 720)
+    assert [len(b) for b in batches] == [22, 2] + [2 + 5] * 11
+    swept = np.concatenate([b[2:] for b in batches[2:7]])[:22]  # frames 1-5: one sweep
+    np.testing.assert_array_equal(swept, windows)
 
 
 def test_distinct_boxes_keeps_one_box_per_person_in_order():
