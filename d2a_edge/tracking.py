@@ -85,7 +85,14 @@ class Track:
 
 def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
           max_people: int) -> Iterator[tuple[float, np.ndarray, list[HumanMesh]]]:
-    """``MeshRecoverer.track``'s loop: (t, frame, people sorted by ``track_id``) per frame.
+    """``MeshRecoverer.track``'s loop: (t, frame, people sorted by ``track_id``) per frame."""
+    tracker = Tracker(rec, smoothing, min_cutoff, beta, search_every, max_people)
+    for t, frame in frames:
+        yield t, frame, tracker.step(t, frame)
+
+
+class Tracker:
+    """The people followed through a stream, one ``step`` per frame.
 
     With nobody tracked, the whole search (``locate_all``) runs at once, on every
     ``search_every``-th frame and on the frame after the last person is lost. While someone is
@@ -94,68 +101,100 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
     sweep over all the windows every ``search_every`` frames, so no frame pays for the whole
     search), and a person a window finds that no track covers runs as a new track from the
     next frame."""
-    check_count("search_every", search_every)
-    check_count("max_people", max_people)
-    tracks: list[Track] = []
-    next_id, waited = 0, search_every  # waited: frames since the last whole search
-    sweep = 0  # the next window of the spread-out search
-    found = np.zeros((0, 4), np.float32)  # new people the last frame's windows found
-    for t, frame in frames:
-        K = rec.camera(frame.shape[1], frame.shape[0])
-        boxes, owners = [], []  # the crops to run, and their tracks (None: a new person)
-        for tr in list(tracks):
-            guess = tr.boxes.next_box(t)
-            if guess is None or rec._in_frame(guess, frame.shape) is None:  # leaving the frame
-                tracks.remove(tr)
-                waited = search_every
-                continue
-            boxes.append(guess)
-            owners.append(tr)
-        windows = np.zeros((0, 4), np.float32)
-        if not tracks and waited >= search_every:
-            waited, found = 1, rec.locate_all(frame, max_people)
-        elif not tracks:
-            waited += 1
-        elif len(tracks) < max_people:
-            every = search_windows(frame.shape[1], frame.shape[0])
-            n = -(-len(every) // search_every)
-            windows = every[(sweep + np.arange(n)) % len(every)]
-            sweep = (sweep + n) % len(every)
-        for box in found:
-            if len(boxes) < max_people and all(iou(box, b) < SAME_PERSON_IOU for b in boxes):
+
+    def __init__(self, rec, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
+                 max_people: int):
+        check_count("search_every", search_every)
+        check_count("max_people", max_people)
+        self.rec, self.smoothing, self.cutoff = rec, smoothing, (min_cutoff, beta)
+        self.search_every, self.max_people = search_every, max_people
+        self.tracks: list[Track] = []
+        self.next_id = 0
+        self.waited = search_every  # frames since the last whole search
+        self.sweep = 0  # the next window of the spread-out search
+        self.found = np.zeros((0, 4), np.float32)  # new people the last frame's windows found
+
+    def step(self, t: float, frame: np.ndarray) -> list[HumanMesh]:
+        """The tracked people in ``frame`` (at ``t`` seconds), oldest track first."""
+        K = self.rec.camera(frame.shape[1], frame.shape[0])
+        boxes, owners = self._predicted(t, frame.shape)
+        windows = self._search(frame)
+        for box in self.found:
+            if len(boxes) < self.max_people and all(iou(box, b) < SAME_PERSON_IOU
+                                                    for b in boxes):
                 boxes.append(box)
                 owners.append(None)
         run = boxes + list(windows)
-        results = rec(frame, boxes=np.stack(run)) if run else []
-        people, window_people = results[:len(boxes)], results[len(boxes):]
+        results = self.rec(frame, boxes=np.stack(run)) if run else []
         out, taken = [], []
-        for tr, p in zip(owners, people):  # tracks oldest first, then the new people
-            if p.score < LOST_SCORE:  # nobody (any more)
-                if tr is not None:
-                    tracks.remove(tr)
-                    waited = search_every
+        for tr, p in zip(owners, results[:len(boxes)]):  # tracks oldest first, then new people
+            kept = self._update(tr, p, frame.shape, K, taken)
+            if kept is not None:
+                out.append(_follow(*kept, p, t, K, self.smoothing))
+        self.found = self.rec._people_boxes(results[len(boxes):], frame.shape, K,
+                                            self.max_people - len(self.tracks), taken)
+        return out
+
+    def _predicted(self, t: float, shape) -> tuple[list[np.ndarray], list[Track | None]]:
+        """Each track's next crop and the track; tracks whose crop leaves the frame end."""
+        boxes, owners = [], []
+        for tr in list(self.tracks):
+            guess = tr.boxes.next_box(t)
+            if guess is None or self.rec._in_frame(guess, shape) is None:  # leaving the frame
+                self._lose(tr)
                 continue
-            seen = rec._track_box(p, frame.shape, K)
-            if seen is not None and any(iou(seen, s) >= SAME_PERSON_IOU for s in taken):
-                if tr is not None:  # two tracks on one person: the older one keeps them
-                    tracks.remove(tr)
-                continue
-            if tr is None:
-                tr = Track(next_id, BoxFilter(),
-                           tuple(OneEuroFilter(min_cutoff, beta) for _ in range(3)))
-                next_id += 1
-                tracks.append(tr)
-            out.append(_follow(tr, p, seen, t, K, smoothing))
-            if seen is None:  # leaving the frame, or a degenerate mesh: lost after this frame
-                tracks.remove(tr)
-                waited = search_every
-            else:
-                taken.append(seen)
-        found = rec._people_boxes(window_people, frame.shape, K, max_people - len(tracks), taken)
-        yield t, frame, out
+            boxes.append(guess)
+            owners.append(tr)
+        return boxes, owners
+
+    def _search(self, frame: np.ndarray) -> np.ndarray:
+        """This frame's share of the search: its windows (N, 4) to run beside the tracked
+        people; the whole search (its people into ``found``) when nobody is tracked."""
+        none = np.zeros((0, 4), np.float32)
+        if not self.tracks:
+            self.waited += 1
+            if self.waited > self.search_every:
+                self.waited, self.found = 1, self.rec.locate_all(frame, self.max_people)
+            return none
+        if len(self.tracks) >= self.max_people:
+            return none
+        every = search_windows(frame.shape[1], frame.shape[0])
+        n = -(-len(every) // self.search_every)
+        start, self.sweep = self.sweep, (self.sweep + n) % len(every)
+        return every[(start + np.arange(n)) % len(every)]
+
+    def _update(self, tr: Track | None, p: HumanMesh, shape, K: np.ndarray,
+                taken: list) -> tuple[Track, np.ndarray | None] | None:
+        """The track that ``p`` (the mesh of track ``tr``, None: a new person) belongs to and
+        its box in the frame (None: leaving the frame, lost after this frame), or None when
+        ``p`` is nobody or a person an older track holds. Adds the box to ``taken``."""
+        if p.score < LOST_SCORE:  # nobody (any more)
+            if tr is not None:
+                self._lose(tr)
+            return None
+        seen = self.rec._track_box(p, shape, K)
+        if seen is not None and any(iou(seen, s) >= SAME_PERSON_IOU for s in taken):
+            if tr is not None:  # two tracks on one person: the older one keeps them
+                self.tracks.remove(tr)
+            return None
+        if tr is None:
+            tr = Track(self.next_id, BoxFilter(),
+                       tuple(OneEuroFilter(*self.cutoff) for _ in range(3)))
+            self.next_id += 1
+            self.tracks.append(tr)
+        if seen is None:  # leaving the frame, or a degenerate mesh: lost after this frame
+            self._lose(tr)
+        else:
+            taken.append(seen)
+        return tr, seen
+
+    def _lose(self, tr: Track) -> None:
+        """End ``tr``; with nobody left, the whole search runs on the next frame."""
+        self.tracks.remove(tr)
+        self.waited = self.search_every
 
 
-def _follow(tr: Track, p: HumanMesh, seen, t: float, K: np.ndarray,
+def _follow(tr: Track, seen, p: HumanMesh, t: float, K: np.ndarray,
             smoothing: bool) -> HumanMesh:
     """``p`` with the track's id, smoothed; the track's box filter takes the measured box."""
     p = dataclasses.replace(p, track_id=tr.id)
