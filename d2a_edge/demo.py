@@ -2,14 +2,15 @@
 
 Headless use: ``--save DIR`` writes one overlay PNG per frame (``frame_000000.png``) plus the
 first person's mesh (the lowest ``track_id`` with ``--track``, else the most confident) as OBJ
-every ``--obj-every`` frames; no screen is needed. A later run into
-the same folder replaces them; a folder with such files that d2a-demo did not write, or the
+every ``--obj-every`` frames; no screen is needed. It stops with an error before the disk
+has under ``--keep-free`` MB free. A later run into the same folder replaces them; a folder with such files that d2a-demo did not write, or the
 source folder itself, is refused.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,7 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
         K = rec.camera(frame.shape[1], frame.shape[0])
         vis = render(frame, people, K, parents, fps, drawer, 2 * rec.bundle.sigma_reference)
         if save:
+            _check_free_space(save, args.keep_free, n)
             path = save / f"frame_{k:06d}.png"
             if not cv2.imwrite(str(path), vis):
                 raise OSError(f"could not write {path} (disk full or not writable?)")
@@ -149,6 +151,16 @@ def _loop(args, rec, results, drawer, parents, save: Path | None, show: bool,
         if args.max_frames and n >= args.max_frames:
             break
     return n, found
+
+
+def _check_free_space(save: Path, keep_free_mb: float, saved: int) -> None:
+    """``OSError`` when the disk holding ``save`` has under ``keep_free_mb`` MB free: a
+    camera demo saving every frame (about 1-3 MB) would otherwise fill it."""
+    free = shutil.disk_usage(save).free / 1e6
+    if free < keep_free_mb:
+        raise OSError(f"stopped after saving {saved} frames: {free:.0f} MB left on the disk of "
+                      f"{save}, under --keep-free {keep_free_mb:g} MB (what was saved stays; "
+                      "--obj-every N, --max-frames N or a folder on a larger disk)")
 
 
 def main(argv=None) -> int:
@@ -165,6 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder "
                    "(those of an earlier d2a-demo run there are removed first)")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")
+    p.add_argument("--keep-free", type=at_least(0), default=500, metavar="MB",
+                   help="with --save: stop, with an error, before the disk holding the folder "
+                   "has under this many MB free (default 500)")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
                    "frame's mesh, One-Euro smoothing; it locates the person itself (first "
                    "frame, and whenever lost), so --locate adds nothing to it")

@@ -258,6 +258,28 @@ def test_demo_writes_an_obj_every_n_frames_of_the_chosen_mesh(tmp_path):
     np.testing.assert_array_equal(f, p.faces + 1)
 
 
+def test_demo_stops_before_the_disk_fills(tmp_path, monkeypatch, capsys):
+    """--save with under --keep-free MB left on the disk: the demo stops with an error that
+    names the option and keeps the frames it saved (it saved one 1-3 MB frame after another
+    until a write failed on the full disk)."""
+    import shutil
+    disk_usage = shutil.disk_usage
+    free_mb = iter([9000, 600, 499])  # before frames 0, 1, 2
+
+    def usage(path):
+        return disk_usage(path)._replace(free=int(next(free_mb) * 1e6))
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    out = tmp_path / "o"
+    assert _demo("--source", ROOT / "samples", "--save", out) == 2
+    err = capsys.readouterr().err
+    assert "stopped after saving 2 frames: 499 MB left" in err and "--keep-free 500 MB" in err
+    assert len(list(out.glob("frame_*.png"))) == len(list(out.glob("mesh_*.obj"))) == 2
+    free_mb = iter([499])
+    assert _demo("--source", ROOT / "samples", "--save", out, "--max-frames", 1,
+                 "--keep-free", 0) == 0
+
+
 def test_demo_flip_gives_the_flip_averaged_mesh(tmp_path):
     """--flip reaches the recoverer: the OBJ is MeshRecoverer(flip=True)'s mesh."""
     from d2a_edge import MeshRecoverer
