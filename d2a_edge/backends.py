@@ -158,5 +158,9 @@ def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, prec
         return OnnxRuntimeBackend(path, outputs, device, bundle.image_size)
     ckpt = bundle.checkpoint()
     if ckpt is None:
-        raise BackendUnavailable(f"no PyTorch checkpoint in {bundle.root}")
+        raise BackendUnavailable(
+            f"no PyTorch checkpoint for {bundle.root} on this machine (a shipped bundle holds "
+            f"the ONNX graph only); to run it in PyTorch, recover its weights and export them: "
+            f"python -m d2a_edge.training.recover {bundle.root} --out RUN, then d2a-export RUN "
+            f"--out BUNDLE and MeshRecoverer(BUNDLE, backend='torch')")
     return TorchBackend(ckpt, outputs, device)

@@ -835,6 +835,15 @@ def test_checkpoint_is_only_a_file_that_exists(tmp_path):
                        asset=None).checkpoint() is None
 
 
+def test_torch_backend_on_the_shipped_bundle_says_how_to_get_a_checkpoint():
+    """The shipped bundle names no checkpoint that exists here: the error says how to make one
+    (it said only 'no PyTorch checkpoint in ...')."""
+    from d2a_edge.backends import BackendUnavailable
+    with pytest.raises(BackendUnavailable, match=r"training\.recover .*edge-s --out RUN, then "
+                       r"d2a-export RUN --out BUNDLE"):
+        MeshRecoverer(backend="torch")
+
+
 def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
     """A manifest without sigma_calibration (as exported before it) and sigma_reference_m 0,
     NaN or negative: every call raised ZeroDivisionError, or every person scored 0 (lost), or
