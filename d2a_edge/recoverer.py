@@ -366,7 +366,7 @@ class MeshRecoverer:
         more: with nobody tracked, on every ``search_every``-th frame and at once after the
         last person is lost (a frame with nobody found gives ``[]``, so an empty scene neither
         stalls the loop nor reports a person); beside tracked people, spread over
-        ``search_every`` frames, a few windows per frame. A person is lost when their score falls under ``LOST_SCORE`` or under half
+        ``search_every`` frames, ``1 / search_every`` of the windows per frame. A person is lost when their score falls under ``LOST_SCORE`` or under half
         of their mesh is inside the frame. One-Euro smoothing of each person's vertices,
         joints and translation unless ``smoothing=False``.
         """
@@ -382,7 +382,7 @@ class MeshRecoverer:
         with a constant velocity (``BoxFilter``), so that smoothing adds no lag to the crop and
         the crop neither trails a moving person nor wobbles around a still one. Every tracked
         person's crop runs in one batch. A person found again after being lost gets a new
-        ``track_id``."""
+        ``track_id``. Frame times must increase (``ValueError``)."""
         return track_people(self, frames, smoothing, min_cutoff, beta, search_every,
                             max_people)
 

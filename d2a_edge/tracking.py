@@ -6,7 +6,7 @@ the model once on every tracked person's predicted crop (one batch). While fewer
 ``max_people`` are tracked, the locator looks for more people: with nobody tracked, the whole
 search (``MeshRecoverer.locate_all``, about 22 crops) on every ``search_every``-th frame and at
 once after the last person is lost; beside tracked people, a few of its windows per frame, so
-that no frame pays for all of them (``track``). People it finds that no track covers start new
+that no frame pays for all of them (``Tracker``). People it finds that no track covers start new
 tracks. A person is lost when their mesh scores below
 ``LOST_SCORE``, leaves the frame (under half of it inside) or covers the same person as an
 older track; a person found again gets a new ``track_id``.
@@ -97,10 +97,10 @@ class Tracker:
     With nobody tracked, the whole search (``locate_all``) runs at once, on every
     ``search_every``-th frame and on the frame after the last person is lost. While someone is
     tracked and fewer than ``max_people`` are, the search is spread out: each frame adds the
-    next ``ceil(windows / search_every)`` search windows to the tracked people's batch (a
-    sweep over all the windows every ``search_every`` frames, so no frame pays for the whole
-    search), and a person a window finds that no track covers runs as a new track from the
-    next frame."""
+    next ``1 / search_every`` of the search windows to the tracked people's batch (all of
+    them every ``search_every`` frames, so no frame pays for the whole search; none on some
+    frames when there are fewer windows than that), and a person a window finds that no
+    track covers runs as a new track from the next frame. Frame times must increase."""
 
     def __init__(self, rec, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
                  max_people: int):
@@ -111,19 +111,26 @@ class Tracker:
         self.tracks: list[Track] = []
         self.next_id = 0
         self.waited = search_every  # frames since the last whole search
-        self.sweep = 0  # the next window of the spread-out search
+        self.sweep = 0  # this frame's share of the spread-out search: 0..search_every-1
         self.found = np.zeros((0, 4), np.float32)  # new people the last frame's windows found
+        self.t = None  # the last frame's time
 
     def step(self, t: float, frame: np.ndarray) -> list[HumanMesh]:
         """The tracked people in ``frame`` (at ``t`` seconds), oldest track first."""
+        if self.t is not None and not t > self.t:  # the filters would freeze or divide by 0
+            raise ValueError(f"track(): frame times must increase, got t={t!r} after "
+                             f"t={self.t!r} (seconds)")
+        self.t = t
         K = self.rec.camera(frame.shape[1], frame.shape[0])
         boxes, owners = self._predicted(t, frame.shape)
-        windows = self._search(frame)
-        for box in self.found:
-            if len(boxes) < self.max_people and all(iou(box, b) < SAME_PERSON_IOU
-                                                    for b in boxes):
+        searched = not boxes and not len(self.found) and self._whole_search(frame)
+        for box in self.found:  # new people: not tracked, and inside this frame
+            if (len(boxes) < self.max_people and self.rec._in_frame(box, frame.shape) is not None
+                    and all(iou(box, b) < SAME_PERSON_IOU for b in boxes)):
                 boxes.append(box)
                 owners.append(None)
+        windows = (self._sweep(frame.shape) if 0 < len(boxes) < self.max_people
+                   and not searched else [])
         run = boxes + list(windows)
         results = self.rec(frame, boxes=np.stack(run)) if run else []
         out, taken = [], []
@@ -147,21 +154,21 @@ class Tracker:
             owners.append(tr)
         return boxes, owners
 
-    def _search(self, frame: np.ndarray) -> np.ndarray:
-        """This frame's share of the search: its windows (N, 4) to run beside the tracked
-        people; the whole search (its people into ``found``) when nobody is tracked."""
-        none = np.zeros((0, 4), np.float32)
-        if not self.tracks:
-            self.waited += 1
-            if self.waited > self.search_every:
-                self.waited, self.found = 1, self.rec.locate_all(frame, self.max_people)
-            return none
-        if len(self.tracks) >= self.max_people:
-            return none
-        every = search_windows(frame.shape[1], frame.shape[0])
-        n = -(-len(every) // self.search_every)
-        start, self.sweep = self.sweep, (self.sweep + n) % len(every)
-        return every[(start + np.arange(n)) % len(every)]
+    def _whole_search(self, frame: np.ndarray) -> bool:
+        """With nobody tracked: ``locate_all`` into ``found`` on every ``search_every``-th
+        frame (and on the first frame after the last person is lost); whether it ran."""
+        self.waited += 1
+        if self.waited <= self.search_every:
+            return False
+        self.waited, self.found = 1, self.rec.locate_all(frame, self.max_people)
+        return True
+
+    def _sweep(self, shape) -> np.ndarray:
+        """This frame's share of the search windows (N, 4): its ``1 / search_every``."""
+        every = search_windows(shape[1], shape[0])
+        k, n = self.sweep, self.search_every
+        self.sweep = (k + 1) % n
+        return every[k * len(every) // n:(k + 1) * len(every) // n]
 
     def _update(self, tr: Track | None, p: HumanMesh, shape, K: np.ndarray,
                 taken: list) -> tuple[Track, np.ndarray | None] | None:

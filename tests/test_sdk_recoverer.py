@@ -670,8 +670,9 @@ def test_track_follows_two_people_with_their_own_ids():
 
 def test_the_search_beside_tracked_people_is_spread_over_frames():
     """Two people in view, max_people=3: the first frame searches all 22 windows, then each
-    frame runs the two tracked crops and the next ceil(22 / 5) = 5 windows in one batch (it ran
-    all 22 on every 5th frame: about 0.5 s on 2 cores), every window once per sweep."""
+    frame runs the two tracked crops and the next fifth of the windows (4 or 5) in one batch
+    (it ran all 22 on every 5th frame: about 0.5 s on 2 cores), each window once in 5 frames.
+    With search_every above the number of windows, some frames run none."""
     from d2a_edge.tracking import search_windows
     batches = []
 
@@ -685,9 +686,37 @@ def test_the_search_beside_tracked_people_is_spread_over_frames():
     out = [people for _, _, people in counting.track(iter(clip), max_people=3)]
     assert [len(p) for p in out] == [2] * 12
     windows = search_windows(1280, 720)
-    assert [len(b) for b in batches] == [22, 2] + [2 + 5] * 11
-    swept = np.concatenate([b[2:] for b in batches[2:7]])[:22]  # frames 1-5: one sweep
-    np.testing.assert_array_equal(swept, windows)
+    assert len(batches) == 13 and len(batches[0]) == 22 and len(batches[1]) == 2  # frame 0
+    # frames 1-11: the tracked crops, at times a new person a window found (here: a part of
+    # one of the two, dropped as such), and, while fewer than 3 are run, the windows' share
+    ran = [b[2:] for b in batches[2:] if len(b) != 3]
+    assert max(len(b) for b in ran) <= 5 and len(ran) >= 10
+    assert all(any((w == b).all(1).any() for b in ran[:6]) for w in windows)  # one sweep
+    np.testing.assert_array_equal(np.concatenate(ran)[:22], windows)
+    batches.clear()
+    list(counting.track(iter(clip[:7]), max_people=3, search_every=44))
+    assert [len(b) - 2 for b in batches[2:]] == [0, 1, 0, 1, 0, 1]  # 22 windows in 44 frames
+
+
+def test_a_person_found_in_the_last_frame_is_not_run_outside_a_smaller_frame():
+    """A window found a new person in the last (1280x720) frame and the next frame is 640x360
+    (a camera changing mode, a folder of mixed sizes): that box lies outside it and is dropped
+    (it raised InputError and ended the stream)."""
+    from d2a_edge.smoothing import BETA, MIN_CUTOFF
+    from d2a_edge.tracking import Tracker
+    tracker = Tracker(MeshRecoverer(backend="onnxruntime"), True, MIN_CUTOFF, BETA, 5, 2)
+    tracker.found = np.float32([[871, 232, 1226, 587]])
+    assert tracker.step(0.0, np.full((360, 640, 3), 90, np.uint8)) == []
+
+
+def test_track_refuses_frame_times_that_do_not_increase():
+    """All-equal times froze the smoothed output (the One-Euro filter's step fell to 1e-6 s)
+    while the crops followed the person, without a word."""
+    rec = MeshRecoverer(backend="onnxruntime")
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    for times in ([0.0, 0.1, 0.1], [0.0, 0.1, 0.05]):
+        with pytest.raises(ValueError, match="frame times must increase"):
+            list(rec.track(iter([(t, frame) for t in times])))
 
 
 def test_distinct_boxes_keeps_one_box_per_person_in_order():
