@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -155,6 +156,9 @@ def _open_capture(target, is_camera: bool):
     return cap
 
 
+MAX_VIDEO_FPS = 10_000.0  # a video header claiming more holds no real rate
+
+
 def _video(path: str):
     """Every frame of a video file, timed by its frame rate; unreadable ones skipped."""
     import cv2
@@ -162,7 +166,10 @@ def _video(path: str):
     cap = _open_capture(path, is_camera=False)
 
     def frames():
-        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not (math.isfinite(fps) and 0 < fps <= MAX_VIDEO_FPS):  # a header without a rate
+            log.warning("video %s: frame rate %r unusable; timing frames at 30 fps", path, fps)
+            fps = 30.0
         index, skipped = 0, 0
         try:
             while True:

@@ -162,6 +162,20 @@ def test_a_damaged_video_frame_is_skipped_not_the_end(monkeypatch):
     assert [round(t, 3) for t, _ in frames] == [0.0, 0.1, 0.3, 0.4]
 
 
+def test_a_video_without_a_usable_frame_rate_is_timed_at_30_fps(monkeypatch, caplog):
+    """A header with a NaN, infinite, zero or absurd frame rate: the frames are timed at 30
+    fps with a warning (NaN gave NaN times and inf all zeros, which track() refuses)."""
+    import logging
+    f = np.zeros((32, 32, 3), np.uint8)
+    for fps in (float("nan"), float("inf"), 0.0, -5.0, 1e9):
+        _fake_captures(monkeypatch, _FakeCapture([f, f, f], count=3, fps=fps))
+        with caplog.at_level(logging.WARNING, logger="d2a_edge"):
+            times = [t for t, _ in open_source(__file__)]
+        np.testing.assert_allclose(times, [0.0, 1 / 30, 2 / 30])
+        assert "unusable; timing frames at 30 fps" in caplog.text
+        caplog.clear()
+
+
 def test_one_euro_smooths_noise_and_follows_motion():
     rng = np.random.default_rng(0)
     f = OneEuroFilter(min_cutoff=1.0, beta=0.0)
