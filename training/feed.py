@@ -131,7 +131,7 @@ def init_worker(worker_id: int, spawned: bool) -> None:
     whole process group; the training process handles it: finish the step, checkpoint, exit
     130). SIGTERM still ends them: multiprocessing ends its worker processes with it at exit,
     and a worker that ignored it hung the exit. A SIGTERM to the whole group is handled in
-    the training process instead (``train.StopSignal``). Spawned workers also
+    the training process instead (``stop_signal.StopSignal``). Spawned workers also
     ``leave_like_a_forked_worker``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spawned:

@@ -4,16 +4,14 @@ Writes into ``--out RUN_DIR``: ``run.json`` (config, seed, world size, command l
 ``checkpoints/step_*/`` (see ``checkpoint.py``; atomic, resumable with ``--resume``) and ``tb/``
 (TensorBoard scalars: every loss term, lr, grad norm, samples/s). The command line is in
 ``train_cli.py``; the parts of the state in ``train_module.py``; resuming and initialising a
-run in ``resume.py``.
+run in ``resume.py``; stopping on SIGINT / SIGTERM in ``stop_signal.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from d2a_edge.training.feed import EchoBuffer, make_loader, to_device
 from d2a_edge.training.resume import check_warm_fresh, checkpoint_to_resume, init_weights, \
     resume_state, warm_up_fresh
 from d2a_edge.training.schedule import Calibration, Schedule, lr_factor
+from d2a_edge.training.stop_signal import StopSignal
 from d2a_edge.training.losses import D2ALoss
 from d2a_edge.training.model import D2AHMR, build_model
 from d2a_edge.training.train_module import EMA, TrainModule, amp_dtype, autocast_for, freeze
@@ -77,43 +76,6 @@ def build_state(cfg: Config, d: Dist, total_steps: int, asset=None) -> State:
     scaler = torch.amp.GradScaler(d.device.type, enabled=fp16)
     ema = EMA(model, o.ema_decay) if o.ema_decay > 0 else None
     return State(model, loss, module, optimizer, scheduler, scaler, ema, schedule)
-
-
-class StopSignal:
-    """SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) during a single-process run: the
-    current step finishes, a checkpoint is written and ``run`` returns, so that ``--resume``
-    loses nothing. A second signal interrupts at once (KeyboardInterrupt). ``received``: the
-    signal's name, or None. ``restore`` puts the previous handlers back. Handlers can only be
-    set from the main thread; elsewhere (and with ``signals=()``, under DDP, where ranks would
-    stop at different steps) signals act as before."""
-
-    def __init__(self, signals=(signal.SIGINT, signal.SIGTERM)):
-        self.received: str | None = None
-        self._previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-        # A scheduler's SIGTERM reaches the loader's workers too (the whole process group).
-        # Python runs pending handlers in signal-number order: SIGTERM (15) before SIGCHLD (17).
-        self.ignore_workers()
-
-    def ignore_workers(self) -> None:
-        """Once a loader worker has died, torch's SIGCHLD handler raises "DataLoader worker ...
-        exited" anywhere, in the step or the checkpoint; when no more batches are needed, stop
-        listening (``restore`` puts the handler back)."""
-        if threading.current_thread() is threading.main_thread():
-            self._previous.setdefault(signal.SIGCHLD,
-                                      signal.signal(signal.SIGCHLD, signal.SIG_DFL))
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
 
 MAX_NONFINITE = 10  # consecutive non-finite losses before training gives up
