@@ -1,7 +1,7 @@
 """Per-frame time of ``track()`` / ``stream()`` with several people, for a control loop's budget.
 
     python bench/stream_frame_time.py [--model DIR] [--frames 60] [--max-people 1 2 3]
-        [--search-every 5]
+        [--search-every 5] [--empty]
 
 A synthetic 1280x720 clip at 30 fps: sample crop ``id_0`` walking right 6 px a frame and
 ``id_2`` standing at the right (both pasted from ``samples/``; they do not meet within 80 frames). For each ``--max-people`` the whole clip runs
@@ -9,7 +9,7 @@ through ``MeshRecoverer.track`` and each frame's wall time is taken; the first f
 first search and the engine's warm-up) is reported apart. Printed per setting: people tracked
 per frame (median), frame time mean, median / 90th percentile / max (ms, frames 1..), and how many
 frames took over twice the median. With ``max_people`` above the 2 people in view, the
-locator keeps looking for a third.
+locator keeps looking for a third. ``--empty``: the same frames with nobody in them.
 """
 from __future__ import annotations
 
@@ -22,13 +22,17 @@ import numpy as np
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 
-def two_people(n: int):
-    """``(t, frame)``: id_0 walking right 6 px a frame, id_2 standing, grey 1280x720."""
+def two_people(n: int, empty: bool = False):
+    """``(t, frame)``: id_0 walking right 6 px a frame, id_2 standing, grey 1280x720; with
+    ``empty``, the grey frames alone."""
     from d2a_edge.imageio import read_image
     walker, stander = (read_image(SAMPLES / f) for f in ("id_0.jpg", "id_2.jpg"))
     for k in range(n):
         frame = np.full((720, 1280, 3), 90, np.uint8)
         x = 40 + 6 * k
+        if empty:
+            yield k / 30, frame
+            continue
         frame[200:200 + walker.shape[0], x:x + walker.shape[1]] = walker
         frame[250:250 + stander.shape[0], 880:880 + stander.shape[1]] = stander
         yield k / 30, frame
@@ -52,13 +56,15 @@ def main(argv=None) -> None:
     ap.add_argument("--frames", type=int, default=60, help="at most 80")
     ap.add_argument("--max-people", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--search-every", type=int, default=5)
+    ap.add_argument("--empty", action="store_true", help="nobody in the frames")
     args = ap.parse_args(argv)
     if not 2 <= args.frames <= 80:
         ap.error("--frames must be 2..80 (after 80 frames the walker reaches the other person)")
     from d2a_edge import MeshRecoverer
     rec = MeshRecoverer(args.model, backend="onnxruntime")
-    frames = list(two_people(args.frames))
-    print(f"{args.frames} frames 1280x720, 2 people in view, search_every={args.search_every}")
+    frames = list(two_people(args.frames, args.empty))
+    print(f"{args.frames} frames 1280x720, {0 if args.empty else 2} people in view, "
+          f"search_every={args.search_every}")
     print("max_people | people/frame | first frame ms | frame ms mean | median / p90 / max "
           "| frames > 2x median")
     for n in args.max_people:

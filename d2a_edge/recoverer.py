@@ -176,7 +176,8 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
-SEARCH_EVERY = 5  # stream(): while fewer than max_people are tracked, search every 5th frame
+SEARCH_EVERY = 5  # stream(): while fewer than max_people are tracked, search all windows
+# every 5th frame, a fifth of them per frame
 
 
 def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
@@ -361,14 +362,14 @@ class MeshRecoverer:
         """Meshes per frame from a camera index, video file or image folder: up to
         ``max_people`` tracked people, sorted by ``track_id`` (``d2a_edge.tracking``).
 
-        Each person's earlier meshes give their next crop (``BoxFilter``). While fewer than
-        ``max_people`` are tracked, the locator (``locate_all``: about 22 crops) looks for
-        more: with nobody tracked, on every ``search_every``-th frame and at once after the
-        last person is lost (a frame with nobody found gives ``[]``, so an empty scene neither
-        stalls the loop nor reports a person); beside tracked people, spread over
-        ``search_every`` frames, ``1 / search_every`` of the windows per frame. A person is lost when their score falls under ``LOST_SCORE`` or under half
-        of their mesh is inside the frame. One-Euro smoothing of each person's vertices,
-        joints and translation unless ``smoothing=False``.
+        Each person's earlier meshes give their next crop (``BoxFilter``). The first frame
+        runs the whole person search (``locate_all``: about 22 crops); after it, while fewer
+        than ``max_people`` are tracked, each frame runs ``1 / search_every`` of its windows
+        beside the tracked people (all of them every ``search_every`` frames), so that no
+        frame stalls, and a frame with nobody found gives ``[]``. A person is lost when their
+        score falls under ``LOST_SCORE`` or under half of their mesh is inside the frame.
+        One-Euro smoothing of each person's vertices, joints and translation unless
+        ``smoothing=False``.
         """
         for _, _, people in self.track(open_source(source), smoothing, min_cutoff, beta,
                                        search_every, max_people):

@@ -2,12 +2,11 @@
 
 Each tracked person has a box filter (``BoxFilter``: the next crop, from the boxes of its earlier
 unsmoothed meshes) and One-Euro filters for its vertices, joints and translation. A frame runs
-the model once on every tracked person's predicted crop (one batch). While fewer than
-``max_people`` are tracked, the locator looks for more people: with nobody tracked, the whole
-search (``MeshRecoverer.locate_all``, about 22 crops) on every ``search_every``-th frame and at
-once after the last person is lost; beside tracked people, a few of its windows per frame, so
-that no frame pays for all of them (``Tracker``). People it finds that no track covers start new
-tracks. A person is lost when their mesh scores below
+the model once on every tracked person's predicted crop (one batch). The first frame runs
+the whole person search (``MeshRecoverer.locate_all``, about 22 crops); after it, while fewer
+than ``max_people`` are tracked, each frame adds a share of the search's windows to its batch,
+so that no frame pays for all of them (``Tracker``). People it finds that no track covers start
+new tracks. A person is lost when their mesh scores below
 ``LOST_SCORE``, leaves the frame (under half of it inside) or covers the same person as an
 older track; a person found again gets a new ``track_id``.
 """
@@ -94,13 +93,13 @@ def track(rec, frames, smoothing: bool, min_cutoff: float, beta: float, search_e
 class Tracker:
     """The people followed through a stream, one ``step`` per frame.
 
-    With nobody tracked, the whole search (``locate_all``) runs at once, on every
-    ``search_every``-th frame and on the frame after the last person is lost. While someone is
-    tracked and fewer than ``max_people`` are, the search is spread out: each frame adds the
-    next ``1 / search_every`` of the search windows to the tracked people's batch (all of
-    them every ``search_every`` frames, so no frame pays for the whole search; none on some
-    frames when there are fewer windows than that), and a person a window finds that no
-    track covers runs as a new track from the next frame. Frame times must increase."""
+    The first frame runs the whole search (``locate_all``). After it, while fewer than
+    ``max_people`` are tracked, the search is spread out: each frame adds the next
+    ``1 / search_every`` of the search windows to the tracked people's batch (all of them
+    every ``search_every`` frames; none on some frames when there are fewer windows than
+    that), so that no frame pays for the whole search, with people in view or not. A person a
+    window finds that no track covers runs as a new track from the next frame. Frame times
+    must increase."""
 
     def __init__(self, rec, smoothing: bool, min_cutoff: float, beta: float, search_every: int,
                  max_people: int):
@@ -110,27 +109,27 @@ class Tracker:
         self.search_every, self.max_people = search_every, max_people
         self.tracks: list[Track] = []
         self.next_id = 0
-        self.waited = search_every  # frames since the last whole search
         self.sweep = 0  # this frame's share of the spread-out search: 0..search_every-1
         self.found = np.zeros((0, 4), np.float32)  # new people the last frame's windows found
         self.t = None  # the last frame's time
 
     def step(self, t: float, frame: np.ndarray) -> list[HumanMesh]:
         """The tracked people in ``frame`` (at ``t`` seconds), oldest track first."""
-        if self.t is not None and not t > self.t:  # the filters would freeze or divide by 0
+        first = self.t is None
+        if not first and not t > self.t:  # the filters would freeze or divide by zero
             raise ValueError(f"track(): frame times must increase, got t={t!r} after "
                              f"t={self.t!r} (seconds)")
         self.t = t
         K = self.rec.camera(frame.shape[1], frame.shape[0])
         boxes, owners = self._predicted(t, frame.shape)
-        searched = not boxes and not len(self.found) and self._whole_search(frame)
+        if first:
+            self.found = self.rec.locate_all(frame, self.max_people)
         for box in self.found:  # new people: not tracked, and inside this frame
             if (len(boxes) < self.max_people and self.rec._in_frame(box, frame.shape) is not None
                     and all(iou(box, b) < SAME_PERSON_IOU for b in boxes)):
                 boxes.append(box)
                 owners.append(None)
-        windows = (self._sweep(frame.shape) if 0 < len(boxes) < self.max_people
-                   and not searched else [])
+        windows = self._sweep(frame.shape) if len(boxes) < self.max_people and not first else []
         run = boxes + list(windows)
         results = self.rec(frame, boxes=np.stack(run)) if run else []
         out, taken = [], []
@@ -148,20 +147,11 @@ class Tracker:
         for tr in list(self.tracks):
             guess = tr.boxes.next_box(t)
             if guess is None or self.rec._in_frame(guess, shape) is None:  # leaving the frame
-                self._lose(tr)
+                self.tracks.remove(tr)
                 continue
             boxes.append(guess)
             owners.append(tr)
         return boxes, owners
-
-    def _whole_search(self, frame: np.ndarray) -> bool:
-        """With nobody tracked: ``locate_all`` into ``found`` on every ``search_every``-th
-        frame (and on the first frame after the last person is lost); whether it ran."""
-        self.waited += 1
-        if self.waited <= self.search_every:
-            return False
-        self.waited, self.found = 1, self.rec.locate_all(frame, self.max_people)
-        return True
 
     def _sweep(self, shape) -> np.ndarray:
         """This frame's share of the search windows (N, 4): its ``1 / search_every``."""
@@ -177,7 +167,7 @@ class Tracker:
         ``p`` is nobody or a person an older track holds. Adds the box to ``taken``."""
         if p.score < LOST_SCORE:  # nobody (any more)
             if tr is not None:
-                self._lose(tr)
+                self.tracks.remove(tr)
             return None
         seen = self.rec._track_box(p, shape, K)
         if seen is not None and any(iou(seen, s) >= SAME_PERSON_IOU for s in taken):
@@ -190,15 +180,10 @@ class Tracker:
             self.next_id += 1
             self.tracks.append(tr)
         if seen is None:  # leaving the frame, or a degenerate mesh: lost after this frame
-            self._lose(tr)
+            self.tracks.remove(tr)
         else:
             taken.append(seen)
         return tr, seen
-
-    def _lose(self, tr: Track) -> None:
-        """End ``tr``; with nobody left, the whole search runs on the next frame."""
-        self.tracks.remove(tr)
-        self.waited = self.search_every
 
 
 def _follow(tr: Track, seen, p: HumanMesh, t: float, K: np.ndarray,

@@ -501,10 +501,11 @@ def test_a_low_score_loses_the_track_even_when_the_mesh_is_on_screen():
 
 
 def test_track_restarts_its_smoothing_after_the_person_is_lost():
-    """Frame 1 loses the person (score 0.1 < LOST_SCORE: it gives []), so frame 2 starts from
-    'auto' with fresh One-Euro filters: its output is the raw prediction, not one pulled
-    towards the person seen before the loss."""
-    people = iter([_flat_person(0.0, 0.9), _flat_person(0.0, 0.1), _flat_person(0.5, 0.9)])
+    """Frame 1 loses the person (score 0.1 < LOST_SCORE: it gives []); frame 2's search
+    windows find them again, so frame 3 starts a new track with fresh One-Euro filters: its
+    output is the raw prediction, not one pulled towards the person seen before the loss."""
+    people = iter([_flat_person(0.0, 0.9), _flat_person(0.0, 0.1), _flat_person(0.5, 0.9),
+                   _flat_person(0.5, 0.9)])
     calls = []
 
     class Scripted(MeshRecoverer):
@@ -515,17 +516,17 @@ def test_track_restarts_its_smoothing_after_the_person_is_lost():
             calls.append("search")
             return np.float32([[200, 100, 440, 380]])
 
-        def __call__(self, image, boxes=None):
-            calls.append("run")
-            return [next(people)]
+        def __call__(self, image, boxes=None):  # the next person in the first box, else nobody
+            calls.append(len(boxes))
+            return [next(people)] + [_flat_person(0.0, 0.0)] * (len(boxes) - 1)
 
-    frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(3)]
+    frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(4)]
     out = [people for _, _, people in Scripted().track(iter(frames), smoothing=True)]
-    assert calls == ["search", "run", "run", "search", "run"] and out[1] == []
-    assert [p.track_id for p in (out[0][0], out[2][0])] == [0, 1]  # found again: a new id
+    assert calls == ["search", 1, 1, 3, 1] and out[1] == out[2] == []  # 3: frame 2's windows
+    assert [p.track_id for p in (out[0][0], out[3][0])] == [0, 1]  # found again: a new id
     out = [people[0] if people else None for people in out]
-    np.testing.assert_allclose(out[2].translation, [0.5, 0.0, 3.0], atol=1e-6)
-    np.testing.assert_allclose(out[2].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
+    np.testing.assert_allclose(out[3].translation, [0.5, 0.0, 3.0], atol=1e-6)
+    np.testing.assert_allclose(out[3].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
 
 
 def _copy_bundle(dst: Path) -> Path:
@@ -578,12 +579,15 @@ def test_crops_are_rgb_in_0_1_and_mirror_inputs_negate_the_horizontal_offset():
     assert info[0, 0] != 0  # the box is off-centre, so the sign matters
 
 
-def test_stream_reports_nobody_in_an_empty_scene_and_searches_every_few_frames():
+def test_stream_reports_nobody_in_an_empty_scene_and_spreads_its_search():
     """A person for 3 frames, an empty scene for 12, the person again for 6: the empty frames
     give [] (they gave a made-up person at score 0 from a whole-frame search on every frame,
-    about 1 s a frame on 2 cores), the locator runs on every 5th frame while nobody is there,
-    and the person is found again at the first search after coming back."""
+    about 1 s a frame on 2 cores), the whole search runs on the first frame only (it ran on
+    every 5th frame while nobody was there, about 0.5 s), each later frame runs a fifth of its
+    windows, and the person is found again within 5 frames of coming back."""
     import cv2
+
+    from d2a_edge.tracking import search_windows
     crop = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
     rng = np.random.default_rng(0)
 
@@ -594,13 +598,24 @@ def test_stream_reports_nobody_in_an_empty_scene_and_searches_every_few_frames()
         return np.clip(f, 0, 255).astype(np.uint8)
 
     frames = [(k / 30, frame(k < 3 or k >= 15)) for k in range(21)]
-    rec = MeshRecoverer(backend="onnxruntime")
-    searches = []
-    locate_all = rec.locate_all
-    rec.locate_all = lambda image, n: (searches.append(1), locate_all(image, n))[1]
+    searches, batches = [], []
+
+    class Counting(MeshRecoverer):
+        def locate_all(self, image, max_people):
+            searches.append(len(batches))
+            return super().locate_all(image, max_people)
+
+        def __call__(self, image, boxes=None):
+            batches.append(len(boxes))
+            return super().__call__(image, boxes)
+
+    rec = Counting(backend="onnxruntime")
     found = [len(people) for _, _, people in rec.track(iter(frames))]
-    assert found == [1] * 3 + [0] * 16 + [1] * 2, found
-    assert len(searches) == 5  # frame 0, then frames 4, 9, 14 and 19
+    back = found.index(1, 3)
+    assert found[:3] == [1] * 3 and 15 < back <= 20 and found[back:] == [1] * (21 - back), found
+    windows = len(search_windows(640, 480))
+    assert searches == [0] and batches[0] == windows  # the whole search: frame 0 only
+    assert max(batches[1:]) <= 1 + -(-windows // 5)  # later: a person and a fifth of them
     assert rec(frames[5][1], boxes="auto") == []
     with pytest.raises(ValueError, match="search_every"):
         next(rec.track(iter(frames), search_every=0))
@@ -886,4 +901,3 @@ def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
         _rewrite(root, change)
         with pytest.raises(BundleError, match="sigma_reference_m"):
             load_bundle(root)
-
