@@ -384,3 +384,39 @@ def test_demo_refuses_the_source_folder_behind_a_missing_folder(tmp_path, monkey
     assert _demo("--source", "imgs", "--save", "x/../imgs") == 2
     assert [p.name for p in folder.iterdir()] == ["a.jpg"]
 
+
+def test_demo_keep_free_measures_the_disk_holding_the_save_folder(tmp_path, monkeypatch, capsys):
+    """--keep-free is checked on the disk that holds the --save folder. Kills the mutants that
+    asked shutil.disk_usage about '.' (the working directory) or about the folder's parent: the
+    existing test's fake disk_usage ignores its argument, so a demo run from a roomy disk but
+    saving onto a nearly full one (an SD card, a mounted share) would fill it unchecked."""
+    import shutil
+    disk_usage = shutil.disk_usage
+    out = (tmp_path / "o").resolve()
+
+    def usage(path):  # only the save folder's disk is nearly full
+        free = 100e6 if Path(path).resolve() == out else 1e12
+        return disk_usage(path)._replace(free=int(free))
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    assert _demo("--source", ROOT / "samples", "--save", out, "--max-frames", 1) == 2
+    assert "stopped after saving 0 frames: 100 MB left" in capsys.readouterr().err
+    assert not list(out.glob("frame_*.png"))
+
+
+def test_keep_free_stops_only_under_the_limit_and_is_never_negative(tmp_path, monkeypatch,
+                                                                     capsys):
+    """Exactly --keep-free MB free is enough (the option stops *under* it; mutant `free <=
+    keep_free_mb` stopped there), and a negative --keep-free is a usage error like the other
+    counts (mutant `type=int` took -1 silently, which disables the check)."""
+    import shutil
+    disk_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: disk_usage(path)._replace(free=500_000_000))
+    out = tmp_path / "o"
+    assert _demo("--source", ROOT / "samples", "--save", out, "--max-frames", 1) == 0
+    assert len(list(out.glob("frame_*.png"))) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _demo("--source", ROOT / "samples", "--save", out, "--keep-free", -1)
+    assert e.value.code == 2 and "must be >=" in capsys.readouterr().err

@@ -347,3 +347,19 @@ def test_a_whole_jpeg_with_fill_bytes_before_its_end_marker_is_read(tmp_path):
         (tmp_path / "f.jpg").write_bytes(padded)
         assert read_image(tmp_path / "f.jpg")[16, 16].tolist() == pytest.approx([120] * 3, abs=2)
 
+
+def test_a_high_speed_video_is_timed_by_its_own_frame_rate(monkeypatch, caplog):
+    """Real rates, from slow time-lapse to high-speed cameras (240 fps phone slow motion, 1000
+    fps lab cameras, up to MAX_VIDEO_FPS itself), time the frames by the header with no warning.
+    Kills MAX_VIDEO_FPS lowered to 100 (a 240 fps clip was timed at 30 fps: 8x too slow, and
+    its One-Euro smoothing and velocities off by as much) and `fps < MAX_VIDEO_FPS`."""
+    import logging
+
+    from d2a_edge.imageio import MAX_VIDEO_FPS
+    f = np.zeros((32, 32, 3), np.uint8)
+    for fps in (0.5, 240.0, 1000.0, MAX_VIDEO_FPS):
+        _fake_captures(monkeypatch, _FakeCapture([f, f, f], count=3, fps=fps))
+        with caplog.at_level(logging.WARNING, logger="d2a_edge"):
+            times = [t for t, _ in open_source(__file__)]
+        np.testing.assert_allclose(times, [0.0, 1 / fps, 2 / fps])
+        assert "unusable" not in caplog.text, fps

@@ -901,3 +901,23 @@ def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
         _rewrite(root, change)
         with pytest.raises(BundleError, match="sigma_reference_m"):
             load_bundle(root)
+
+
+def test_torch_backend_without_a_checkpoint_gives_a_runnable_recipe():
+    """The no-checkpoint message names the bundle and chains the three steps: recover <bundle
+    path> --out RUN, d2a-export RUN --out BUNDLE, MeshRecoverer(BUNDLE, backend='torch'). Kills
+    the mutants that dropped the bundle from the first sentence or told the user to open RUN
+    (a checkpoint folder, not a bundle) with MeshRecoverer; the existing regex stops at
+    '--out BUNDLE'."""
+    import re
+
+    from d2a_edge.backends import BackendUnavailable
+    from d2a_edge.bundle import load_bundle
+    root = str(load_bundle(None).root)
+    with pytest.raises(BackendUnavailable) as e:
+        MeshRecoverer(backend="torch")
+    msg = str(e.value)
+    assert msg.startswith(f"no PyTorch checkpoint for {root} on this machine"), msg
+    m = re.search(r"python -m d2a_edge\.training\.recover (\S+) --out RUN, then d2a-export RUN "
+                  r"--out BUNDLE and MeshRecoverer\(BUNDLE, backend='torch'\)$", msg)
+    assert m and m.group(1) == root, msg
