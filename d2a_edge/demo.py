@@ -181,8 +181,9 @@ def main(argv=None) -> int:
                    help="with --save: stop, with an error, before the disk holding the folder "
                    "has under this many MB free (default 500)")
     p.add_argument("--track", action="store_true", help="video mode: crop from the previous "
-                   "frame's mesh, One-Euro smoothing; it locates the person itself (first "
-                   "frame, and whenever lost), so --locate adds nothing to it")
+                   "frame's mesh, One-Euro smoothing; it locates people itself (the whole "
+                   "search on the first frame, then a fifth of it a frame while fewer than "
+                   "--people are tracked), so --locate adds nothing to it")
     p.add_argument("--locate", action="store_true", help="find the people in each frame with "
                    "the built-in window search (locate_all); default: the whole frame is one "
                    "person")
