@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -90,6 +91,9 @@ class OnnxRuntimeBackend:
                 for k, name in enumerate(self.outputs)}
 
 
+TORCH_EXTRA = "the torch backend needs the [train] extra (pip install 'd2a-edge[train]')"
+
+
 class TorchBackend:
     name = "torch"
 
@@ -97,8 +101,7 @@ class TorchBackend:
         try:
             from d2a_edge.training.inference import load_inference_module
         except ImportError as e:
-            raise BackendUnavailable("the torch backend needs the [train] extra "
-                                     "(pip install 'd2a-edge[train]')") from e
+            raise BackendUnavailable(f"{TORCH_EXTRA} ({e})") from e
         import torch
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("device='cuda' but PyTorch sees no CUDA GPU "
@@ -156,6 +159,8 @@ def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, prec
             have = sorted(bundle.manifest["artifacts"])
             raise BackendUnavailable(f"no {precision} ONNX model in {bundle.root} (has {have})")
         return OnnxRuntimeBackend(path, outputs, device, bundle.image_size)
+    if importlib.util.find_spec("torch") is None:  # before the checkpoint: no recipe helps
+        raise BackendUnavailable(TORCH_EXTRA)
     ckpt = bundle.checkpoint()
     if ckpt is None:
         raise BackendUnavailable(

@@ -420,3 +420,37 @@ def test_keep_free_stops_only_under_the_limit_and_is_never_negative(tmp_path, mo
     with pytest.raises(SystemExit) as e:
         _demo("--source", ROOT / "samples", "--save", out, "--keep-free", -1)
     assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry, prog, args", [
+    ("train", "d2a-train", ["--help"]), ("evaluate", "d2a-eval", ["--help"]),
+    ("ablation", "d2a-ablation", ["--help"]),
+    ("data", "d2a-data", ["generate", "--split", "id", "--num", "1", "--out", "unused"])])
+def test_training_commands_without_the_train_extra_name_it(entry, prog, args, tmp_path):
+    """`pip install d2a-edge` installs the SDK alone: these commands died with a
+    ModuleNotFoundError traceback (torch, tqdm) instead of naming the [train] extra."""
+    import subprocess
+    import sys
+    import tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[prog] == f"d2a_edge._entry:{entry}"
+    code = ("import sys; sys.modules['torch'] = sys.modules['tqdm'] = None; "
+            f"from d2a_edge._entry import {entry}; sys.exit({entry}())")
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"{prog}: error: needs the [train] extra" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_torch_backend_without_torch_names_the_extra():
+    """Without torch the torch backend said 'no PyTorch checkpoint' and gave a recipe that
+    itself needs torch."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from d2a_edge import MeshRecoverer\n"
+            "try:\n    MeshRecoverer(backend='torch')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.startswith("BackendUnavailable the torch backend needs the [train] extra"), \
+        r.stdout + r.stderr
