@@ -114,6 +114,9 @@ def load_bundle(path: str | os.PathLike | None = None) -> ModelBundle:
 
 
 def _check_manifest(m: dict, where: Path) -> None:
+    if isinstance(m, dict) and m.get("format") == "d2a-edge-synthetic":
+        raise BundleError(f"{where.parent} is a synthetic dataset (d2a-data), not a model "
+                          "bundle (d2a-export) or a training run")
     if not isinstance(m, dict) or m.get("manifest_version") != MANIFEST_VERSION:
         got = m.get("manifest_version") if isinstance(m, dict) else None
         raise BundleError(f"{where}: manifest_version {got!r}, this d2a-edge reads "

@@ -1038,7 +1038,7 @@ def test_init_starts_the_model_and_the_ema_from_the_ema_weights(tmp_path, anny_a
     src = T.build_state(cfg, T.Dist(), total_steps=5, asset=anny_asset).model  # seed 0 weights
     st = T.build_state(cfg_b, T.Dist(), total_steps=5, asset=anny_asset)
     monkeypatch.setattr(recover, "is_bundle", lambda path: True)
-    monkeypatch.setattr(recover, "recover", lambda path, progress=None: (src, None, {}))
+    monkeypatch.setattr(recover, "recover", lambda path, progress=None: (src, cfg, {}))
     monkeypatch.setattr(recover, "loss_state", lambda path: None)
     monkeypatch.setattr(recover, "print_report", lambda *a, **k: None)
     T.init_weights(st, "bundle", T.Dist())
@@ -1175,3 +1175,64 @@ def test_a_failing_loader_keeps_the_steps_done(tmp_path, anny_asset, monkeypatch
     start, _ = ckpt.latest_intact(tmp_path)
     assert start is not None and start.name == f"step_{step:08d}"
     assert T.run(cfg, _Indexed(), tmp_path, steps=8, resume=True, **kw)["step"] == 8
+
+
+@requires_anny
+def test_resume_applies_a_new_lr_and_refuses_what_is_no_run(tmp_path, anny_asset, capsys):
+    """--resume --lr: the optimizer went on at the checkpoint's lr (its scheduler restored the
+    old peak) while run.json recorded the new one; now the schedule goes on with the new peak.
+    A run at or past --steps says there is nothing to train (it said it 're-fits the schedule').
+    --out holding a bundle's or a dataset's manifest.json is refused (training wrote into it
+    and d2a-eval then read the old bundle)."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import train as T
+    from d2a_edge.training.resume import checkpoint_to_resume
+    from d2a_edge.training.schedule import lr_factor
+    cfg, ds = tiny_config(optim={"lr": 3e-4}), BatchDataset(anny_asset, 4, 64, seed=4)
+    T.run(cfg, ds, tmp_path / "r", steps=2, ckpt_every=0, asset=anny_asset, progress=False)
+    new = tiny_config(optim={"lr": 1e-3})
+    st = T.build_state(new, T.Dist(), total_steps=6, asset=anny_asset)
+    T.resume_state(st, tmp_path / "r", T.Dist(), new)
+    assert "--lr 0.0003 -> 0.001" in capsys.readouterr().err
+    assert st.step == 2 and st.scheduler.base_lrs == [1e-3]
+    for _ in range(2):  # the lr of the next step, then after a scheduler step
+        want = 1e-3 * lr_factor(st.scheduler.last_epoch, 6, new.optim)
+        assert st.optimizer.param_groups[0]["lr"] == pytest.approx(want)
+        assert st.scheduler.get_last_lr()[0] == pytest.approx(want)
+        st.scheduler.step()
+    T.run(cfg, ds, tmp_path / "r", steps=2, resume=True, ckpt_every=0, asset=anny_asset,
+          progress=False)
+    assert "at step 2, at or past --steps 2: nothing to train" in capsys.readouterr().err
+    for manifest in ({"format": "d2a-edge-synthetic"}, {"manifest_version": 1}):
+        (tmp_path / "m").mkdir(exist_ok=True)
+        (tmp_path / "m" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match="holds a manifest.json.*choose another --out"):
+            checkpoint_to_resume(tmp_path / "m", resume=False)
+
+
+@requires_anny
+def test_init_from_another_model_and_eval_without_latest_json_are_clear(tmp_path, anny_asset):
+    """--init from a checkpoint of another model printed PyTorch's 286 lines of mismatched
+    tensors; now one line. A run whose latest.json is gone still names its newest checkpoint
+    (d2a-eval said 'no checkpoint at RUN'). A dataset passed as a model says so (it said
+    'manifest_version None ... re-export the model')."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.bundle import BundleError, load_bundle
+    from d2a_edge.training import checkpoint as ckpt
+    from d2a_edge.training import train as T
+    from d2a_edge.training.resume import init_weights
+    cfg = tiny_config()
+    T.run(cfg, BatchDataset(anny_asset, 4, 64, seed=4), tmp_path / "r", steps=2, ckpt_every=1,
+          asset=anny_asset, progress=False)
+    wide = tiny_config(model={"encoder": {"mlp_ratio": 4.0}})
+    st = T.build_state(wide, T.Dist(), total_steps=3, asset=anny_asset)
+    with pytest.raises(ValueError, match=r"^--init .*config 'edge-s'.* do not fit this run's "
+                                         r"model \(.*\); --init needs") as e:
+        init_weights(st, str(tmp_path / "r"), T.Dist())
+    assert "\n" not in str(e.value)
+    (tmp_path / "r" / "checkpoints" / "latest.json").unlink()
+    assert ckpt.resolve_checkpoint(tmp_path / "r").name == "step_00000002"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "manifest.json").write_text(json.dumps({"format": "d2a-edge-synthetic"}))
+    with pytest.raises(BundleError, match="is a synthetic dataset .*not a model bundle"):
+        load_bundle(tmp_path / "d")

@@ -165,7 +165,8 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory from itself, a run directory (-> latest) or its ``checkpoints/``."""
+    """A checkpoint directory from itself, a run directory (-> latest, or the newest
+    ``step_*`` when ``latest.json`` is gone) or its ``checkpoints/``."""
     p = Path(path)
     for latest in (p / "checkpoints" / "latest.json", p / "latest.json"):
         if latest.is_file():
@@ -179,6 +180,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         p = p.parent
     if (p / "meta.json").is_file():
         return p
+    saved = sorted(q for q in (p / "checkpoints").glob("step_*") if (q / "meta.json").is_file())
+    if saved:  # a run whose latest.json is gone: its newest checkpoint
+        return saved[-1]
     raise CheckpointError(f"no checkpoint at {path}: expected a run directory with "
                           f"checkpoints/latest.json or a step_* directory with meta.json")
 

@@ -22,7 +22,8 @@ class StepSampler(torch.utils.data.Sampler):
         per_rank = n // world
         if per_rank < batch_size:
             raise ValueError(f"dataset of {n} samples is too small for batch_size={batch_size} "
-                             f"on {world} process(es); lower train.batch_size or add data")
+                             f"on {world} process(es); lower --batch-size (train.batch_size) "
+                             "or add data")
         self.n, self.bs, self.rank, self.world = n, batch_size, rank, world
         self.seed, self.start, self.per_epoch = seed, start, per_rank // batch_size
 

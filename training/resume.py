@@ -22,6 +22,9 @@ def checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     """The checkpoint in ``run_dir`` that ``resume`` continues from (None: start at step 0).
     A ``run_dir`` with checkpoints but no ``resume`` is a ValueError; one whose checkpoints
     are all damaged, a CheckpointError (damaged ones are passed over with a message)."""
+    if (run_dir / "manifest.json").is_file():  # training into it would hide the run
+        raise ValueError(f"--out {run_dir} holds a manifest.json: it is a model bundle or a "
+                         "dataset, not a training run; choose another --out")
     held = (run_dir / "checkpoints" / "latest.json").is_file() or \
         any((run_dir / "checkpoints").glob("step_*"))
     if not resume and held:
@@ -56,8 +59,8 @@ def resume_state(st: State, path: Path, d: Dist, cfg: Config) -> dict:
                if saved_cfg.get(sec, {}).get(key) != now[sec][key]]
     if changed and d.main:
         print(f"--resume: warning: {', '.join(changed)} since the checkpoint; the data order "
-              "follows the new values, the learning-rate schedule stays the checkpoint's",
-              file=sys.stderr)
+              "follows the new seed and batch size, and the learning-rate schedule goes on "
+              "from the checkpoint's step with the new peak --lr", file=sys.stderr)
     saved = tuple(saved_cfg.get("train", {}).get("freeze", ()))
     frozen = tuple(n for n, m in st.model.named_children()
                    if any(True for _ in m.parameters())
@@ -72,10 +75,21 @@ def resume_state(st: State, path: Path, d: Dist, cfg: Config) -> dict:
         st.ema.load_state_dict(ckpt.split_weights(w, "ema"))
     st.step = ckpt.restore_train_state(c, optimizer=st.optimizer, scheduler=st.scheduler,
                                        scaler=st.scaler)
+    if saved_cfg.get("optim", {}).get("lr") != cfg.optim.lr:  # the scheduler kept the saved one
+        set_peak_lr(st.optimizer, st.scheduler, cfg.optim.lr)
     match_param_layout(st.optimizer)
     if d.main:
         print(f"resumed from {c['dir']} at step {st.step}", file=sys.stderr)
     return c["meta"]
+
+
+def set_peak_lr(optimizer: torch.optim.Optimizer, scheduler, lr: float) -> None:
+    """Make ``lr`` the peak of a restored ``LambdaLR`` schedule, from its current step on."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() gives
 
 
 def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -95,9 +109,9 @@ def init_weights(st: State, path: str, d: Dist) -> None:
     An exported bundle (``d2a_edge/models/edge-s``) is turned back into weights first
     (``training.recover``; every rank computes the same)."""
     if recover.is_bundle(path):
-        model, _, report = recover.recover(path, progress=lambda m: d.main and print(
+        model, bundle_cfg, report = recover.recover(path, progress=lambda m: d.main and print(
             m, file=sys.stderr))
-        st.model.load_state_dict(model.state_dict())
+        _load_init(st.model, model.state_dict(), path, bundle_cfg.name)
         if st.ema is not None:
             st.ema.load_state_dict(model.state_dict())
         loss = recover.loss_state(path)  # a bundle with training extras holds the RLE flow
@@ -109,13 +123,26 @@ def init_weights(st: State, path: str, d: Dist) -> None:
     c = ckpt.read_checkpoint(path)
     w = {k: v.to(d.device) for k, v in c["weights"].items()}
     model = ckpt.split_weights(w, "ema") or ckpt.split_weights(w, "model")
-    st.model.load_state_dict(model)
+    name = c["meta"].get("config", {}).get("name")
+    _load_init(st.model, model, path, name)
     if ckpt.split_weights(w, "loss"):
-        st.loss.load_state_dict(ckpt.split_weights(w, "loss"))
+        _load_init(st.loss, ckpt.split_weights(w, "loss"), path, name)
     if st.ema is not None:
         st.ema.load_state_dict(model)
     if d.main:
         print(f"initialised from {c['dir']} (step {c['meta'].get('step')})", file=sys.stderr)
+
+
+def _load_init(module: torch.nn.Module, weights: dict, path, config_name) -> None:
+    """``module.load_state_dict(weights)``; weights of another model are a one-line
+    ValueError (PyTorch lists every mismatched tensor: hundreds of lines)."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e))
+        raise ValueError(f"--init {path}: its weights (config {config_name!r}) do not fit "
+                         f"this run's model ({first[:160]}...); --init needs a checkpoint or "
+                         "bundle of the same model") from None
 
 
 def check_warm_fresh(init: str | None, steps: int) -> None:

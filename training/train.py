@@ -205,6 +205,9 @@ def start_state(cfg: Config, d: Dist, run_dir: Path, start: Path | None, *,
         meta = resume_state(st, start, d, cfg)
         if (time_budget or steps is None) and "schedule_total" in meta:  # the saved schedule
             total = st.schedule.total = int(meta["schedule_total"])
+        elif st.step >= total and d.main:
+            print(f"--resume: the run is at step {st.step}, at or past --steps {total}: "
+                  "nothing to train (a larger --steps goes on)", file=sys.stderr)
         elif int(meta.get("schedule_total", total)) != total and d.main:
             print(f"--resume: the checkpoint's schedule ran to {meta['schedule_total']} steps; "
                   f"--steps {total} re-fits the learning-rate schedule to {total} from here",
