@@ -289,6 +289,25 @@ def test_cli_generate_preview_and_errors(tmp_path, capsys):
     assert os.path.getsize(png) > 0
 
 
+def test_preview_writes_a_jpeg_without_opencv_warnings(tmp_path, capfd):
+    """d2a-data preview --out sheet.jpg passed PNG's compression flag to the JPEG write, and
+    OpenCV printed "[ WARN ...] An unsupported key(16) was specified" on stderr."""
+    from d2a_edge.training.data.preview import write_contact_sheet
+
+    class Tiny:  # two 8-pixel samples
+        def __len__(self):
+            return 2
+
+        def sample(self, i):
+            return {"image": np.full((8, 8, 3), 100 + i, np.uint8), "depth": np.ones((8, 8)),
+                    "mask": np.ones((8, 8)), "kp2d": np.full((17, 2), 4.0)}
+
+    for name in ("sheet.jpg", "sheet.png"):
+        write_contact_sheet(Tiny(), tmp_path / name)
+        assert cv2.imread(str(tmp_path / name)).shape == (8, 2 * 4 * 8, 3)
+    assert "WARN" not in capfd.readouterr().err
+
+
 def test_all_ages_requests_the_all_ages_asset(monkeypatch, anny_asset):
     from d2a_edge.training.data import shards
     calls = []

@@ -57,11 +57,14 @@ def contact_sheet(samples: list[dict[str, np.ndarray]], per_row: int = 2) -> np.
 
 
 def write_contact_sheet(dataset, out: str | Path, num: int = 16) -> Path:
-    """Write the first ``num`` samples of a dataset (anything with ``.sample(i)``) as a PNG."""
+    """Write the first ``num`` samples of a dataset (anything with ``.sample(i)``) as an image
+    whose format follows the suffix of ``out`` (.png, .jpg, ...)."""
     out = Path(out)
     n = min(num, len(dataset))
     sheet = contact_sheet([dataset.sample(i) for i in range(n)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), sheet, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+    # PNG's flag on another format: OpenCV ignores it with a WARN on stderr
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 9] if out.suffix.lower() == ".png" else []
+    if not cv2.imwrite(str(out), sheet, params):
         raise RuntimeError(f"could not write {out} (is the folder writable and the suffix .png?)")
     return out
