@@ -8,7 +8,8 @@ the command resumes unfinished runs) into ``OUT/<config>/`` and evaluated by ``d
 ``OUT/<config>/eval/``. The results go to ``OUT/ablation.json``, merged with those already there
 (a rerun of some configs keeps the others' rows; a config's train time adds up over the calls
 that trained it), and the Markdown table (one row per config and split) to ``--doc`` (default
-``OUT/ablation.md``).
+``OUT/ablation.md``). Rows made with other --steps, --seed, --batch-size, --data or --eval-data
+are not merged: the command stops before training (exit 2); use another --out.
 """
 from __future__ import annotations
 
@@ -29,6 +30,46 @@ ABLATIONS = {  # config -> what it removes
     "edge-s-rle": "RLE (plain L1 on joints)",
     "edge-s-sil-mask": "silhouette decoder + masked token modeling",
 }
+
+
+FLAGS = {"steps": "--steps", "seed": "--seed", "batch_size": "--batch-size", "data": "--data",
+         "eval_data": "--eval-data"}  # the settings that every row of one table shares
+
+
+def settings(args) -> dict:
+    """This run's budget and data (folders resolved), stored with each row as ``settings``."""
+    return {"steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
+            "data": [str(Path(d).resolve()) for d in args.data],
+            "eval_data": [str(Path(d).resolve()) for d in args.eval_data]}
+
+
+def _flags(s: dict, keys: list[str]) -> str:
+    """``--steps 2 --seed 0``: the command-line form of ``keys`` of settings ``s``."""
+    out = []
+    for k in keys:
+        v = s.get(k)
+        if v is None:
+            out.append(f"{FLAGS[k]} (the config's)")
+        elif k == "eval_data":
+            out += [f"--eval-data {d}" for d in v]
+        else:
+            out.append(f"{FLAGS[k]} {' '.join(v) if isinstance(v, list) else v}")
+    return " ".join(out)
+
+
+def mismatch(earlier: dict[str, dict], now: dict, record: Path) -> str | None:
+    """The error when rows of ``record`` were made with other settings than ``now``; else None."""
+    stale = [c for c, r in earlier.items() if r.get("settings") != now]
+    if not stale:
+        return None
+    old = earlier[stale[0]].get("settings")
+    if old is None:
+        was = "written by an older d2a-ablation, which did not record their settings"
+    else:
+        keys = [k for k in FLAGS if old.get(k) != now[k]]
+        was = f"trained with {_flags(old, keys)}, not this run's {_flags(now, keys)}"
+    return (f"{record} holds {', '.join(stale)} {was}; an equal-budget table needs the same "
+            "settings for every config: use another --out, or the earlier settings")
 
 
 def _bin(name: str) -> str:
@@ -96,9 +137,13 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"d2a-ablation: error: {e}")
     record = Path(args.out) / "ablation.json"
     earlier = {r["config"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
+    now = settings(args)
+    if error := mismatch(earlier, now, record):  # before any training
+        print(f"d2a-ablation: error: {error}", file=sys.stderr)
+        sys.exit(2)
     try:
         for config in tqdm(args.configs, desc="ablation", unit="config"):
-            r = train_and_eval(config, args)
+            r = {**train_and_eval(config, args), "settings": now}
             if config in earlier:  # resumed: the time of the calls before counts too
                 r["train_seconds"] += earlier[config]["train_seconds"]
             earlier[config] = r
