@@ -25,8 +25,8 @@ def fake_metrics() -> dict:
 def test_ablation_checks_its_data_first_and_merges_its_results(tmp_path, monkeypatch, capsys):
     """d2a-ablation: a bad --eval-data fails before any training (it failed after the first
     config had trained); --steps 0 is a usage error; a rerun of some configs keeps the other
-    rows and adds up a config's train time; the table goes to OUT/ablation.md unless --doc says
-    otherwise (it defaulted to ./docs/ablation.md, overwriting the committed one from the
+    rows and does not train a config already recorded; the table goes to OUT/ablation.md unless
+    --doc says otherwise (it defaulted to ./docs/ablation.md, overwriting the committed one from the
     repository root)."""
     from d2a_edge.training import ablation
     data = shards(tmp_path / "shards")
@@ -46,10 +46,11 @@ def test_ablation_checks_its_data_first_and_merges_its_results(tmp_path, monkeyp
         ablation.main([*base, "--steps", "0"])
     assert e.value.code == 2 and "--steps: must be >= 1" in capsys.readouterr().err
     ablation.main([*base, "--steps", "1", "--configs", "edge-s", "edge-s-rle"])
-    ablation.main([*base, "--steps", "1", "--configs", "edge-s"])
+    ablation.main([*base, "--steps", "1", "--configs", "edge-s", "edge-s-depth"])
+    assert calls == ["edge-s", "edge-s-rle", "edge-s-depth"]
     rows = {r["config"]: r for r in json.loads((tmp_path / "o" / "ablation.json").read_text())}
-    assert set(rows) == {"edge-s", "edge-s-rle"}
-    assert rows["edge-s"]["train_seconds"] == 120.0 and rows["edge-s-rle"]["train_seconds"] == 60
+    assert set(rows) == {"edge-s", "edge-s-rle", "edge-s-depth"}
+    assert rows["edge-s"]["train_seconds"] == 60.0
     assert "| edge-s-rle |" in (tmp_path / "o" / "ablation.md").read_text()
 
 
@@ -60,14 +61,18 @@ def test_ablation_trains_on_every_data_folder_given(tmp_path, monkeypatch, capsy
     folders = [shards(tmp_path / name) for name in ("a", "b", "test")]
     commands = []
 
-    def fake_run(cmd, check):  # d2a-train / d2a-eval
-        commands.append(cmd)
-        if Path(cmd[0]).name == "d2a-eval":
-            out = Path(cmd[cmd.index("--out") + 1])
-            out.mkdir(parents=True)
-            (out / "metrics.json").write_text(json.dumps(fake_metrics()))
+    class FakePopen:  # d2a-train / d2a-eval
+        def __init__(self, cmd):
+            commands.append(cmd)
+            if Path(cmd[0]).name == "d2a-eval":
+                out = Path(cmd[cmd.index("--out") + 1])
+                out.mkdir(parents=True)
+                (out / "metrics.json").write_text(json.dumps(fake_metrics()))
 
-    monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(ablation.subprocess, "Popen", FakePopen)
     ablation.main(["--data", *folders[:2], "--eval-data", folders[2], "--out",
                    str(tmp_path / "o"), "--steps", "3", "--configs", "edge-s"])
     train, evaluate = commands
@@ -112,3 +117,97 @@ def test_ablation_refuses_to_mix_rows_of_other_settings(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit) as e:
         ablation.main(["--data", data, *base[:2], "--out", str(old), "--steps", "2"])
     assert e.value.code == 2 and "older d2a-ablation" in capsys.readouterr().err
+
+
+def test_ablation_ctrl_c_keeps_the_record_and_the_train_times(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while edge-s-rle trained, edge-s done: a KeyboardInterrupt traceback and no
+    ablation.json (it was written at the end only), d2a-train killed 0.25 s after the signal
+    (before its checkpoint), and the rerun recorded edge-s's train time as its no-op resume's
+    few seconds. Now the record is saved after each config, d2a-train is waited for, the
+    command says how to go on (exit 130), and the rerun skips edge-s and adds up edge-s-rle's
+    time over both calls."""
+    from d2a_edge.training import ablation
+    clock = {"now": 0.0}
+    monkeypatch.setattr(ablation.time, "perf_counter", lambda: clock["now"])
+    plan = [(100.0, False), (40.0, True), (60.0, False)]  # each d2a-train: seconds, Ctrl-C?
+    started = []
+
+    class FakePopen:  # d2a-train / d2a-eval, also as subprocess.run uses it
+        def __init__(self, cmd):
+            self.cmd = self.args = cmd
+            self.waits, self.killed, self.returncode = 0, False, None
+            started.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def communicate(self, input=None, timeout=None):
+            self.returncode = self.wait()
+            return None, None
+
+        def poll(self):
+            return self.returncode
+
+        def wait(self):
+            self.waits += 1
+            if Path(self.cmd[0]).name == "d2a-eval":
+                out = Path(self.cmd[self.cmd.index("--out") + 1])
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "metrics.json").write_text(json.dumps(fake_metrics()))
+                return 0
+            if self.waits > 1:
+                return 130  # stopped by the SIGINT, with a checkpoint
+            seconds, ctrl_c = plan.pop(0)
+            clock["now"] += seconds
+            if ctrl_c:
+                raise KeyboardInterrupt
+            return 0
+
+        def kill(self):
+            self.killed = True
+
+    monkeypatch.setattr(ablation.subprocess, "Popen", FakePopen)
+    data = shards(tmp_path / "train")
+    cmd = ["--data", data, "--eval-data", data, "--out", str(tmp_path / "o"), "--steps", "2",
+           "--configs", "edge-s", "edge-s-rle"]
+    with pytest.raises(SystemExit) as e:
+        try:
+            ablation.main(cmd)
+        except KeyboardInterrupt:  # would stop the whole pytest session
+            pytest.fail("the KeyboardInterrupt escaped d2a-ablation (a traceback, no exit code)")
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "interrupted; rerun the same command to go on" in err
+    rle = started[-1]
+    assert "edge-s-rle" in rle.cmd and rle.waits == 2 and not rle.killed
+    rows = json.loads((tmp_path / "o" / "ablation.json").read_text())
+    assert [(r["config"], r["train_seconds"]) for r in rows] == [("edge-s", 100.0)]
+    assert "| edge-s |" in (tmp_path / "o" / "ablation.md").read_text()
+    started.clear()
+    ablation.main(cmd)
+    assert [Path(p.cmd[0]).name for p in started] == ["d2a-train", "d2a-eval"]
+    assert "edge-s-rle" in started[0].cmd
+    rows = json.loads((tmp_path / "o" / "ablation.json").read_text())
+    assert [(r["config"], r["train_seconds"]) for r in rows] == [("edge-s", 100.0),
+                                                                 ("edge-s-rle", 100.0)]
+
+
+def test_ablation_d2a_train_stopped_by_a_signal_is_an_interruption(tmp_path, monkeypatch, capsys):
+    """A SIGINT that reached d2a-train alone (it stops with a checkpoint, exit 130) was reported
+    as "d2a-train failed with exit code 130" (exit 1); now as an interruption, exit 130."""
+    import subprocess
+
+    from d2a_edge.training import ablation
+
+    def stopped(config, args):
+        raise subprocess.CalledProcessError(130, ["d2a-train", config, "--resume"])
+
+    monkeypatch.setattr(ablation, "train_and_eval", stopped)
+    data = shards(tmp_path / "train")
+    with pytest.raises(SystemExit) as e:
+        ablation.main(["--data", data, "--eval-data", data, "--out", str(tmp_path / "o"),
+                       "--steps", "2", "--configs", "edge-s"])
+    assert e.value.code == 130
+    assert "d2a-train edge-s was interrupted; rerun the same command" in capsys.readouterr().err

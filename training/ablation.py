@@ -6,10 +6,12 @@
 Each config is trained by ``d2a-train`` (a subprocess; same seed, steps and batch size; rerunning
 the command resumes unfinished runs) into ``OUT/<config>/`` and evaluated by ``d2a-eval`` into
 ``OUT/<config>/eval/``. The results go to ``OUT/ablation.json``, merged with those already there
-(a rerun of some configs keeps the others' rows; a config's train time adds up over the calls
-that trained it), and the Markdown table (one row per config and split) to ``--doc`` (default
-``OUT/ablation.md``). Rows made with other --steps, --seed, --batch-size, --data or --eval-data
-are not merged: the command stops before training (exit 2); use another --out.
+after each config (a rerun of some configs keeps the others' rows), and the Markdown table (one
+row per config and split) to ``--doc`` (default ``OUT/ablation.md``). A config already in the
+record is not trained again; after Ctrl-C, rerunning the same command goes on, and a config's
+train time adds up over the calls that trained it (``OUT/<config>/ablation_train_seconds.txt``).
+Rows made with other --steps, --seed, --batch-size, --data or --eval-data are not merged: the
+command stops before training (exit 2); use another --out.
 """
 from __future__ import annotations
 
@@ -76,8 +78,22 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def train_and_eval(config: str, args) -> dict:
-    """Train (or resume) one config, evaluate it; returns eval metrics + train seconds."""
+def _run(cmd: list[str]) -> None:
+    """``subprocess.run(cmd, check=True)``, except that on Ctrl-C it waits for the child (which
+    got the SIGINT too, and d2a-train writes a checkpoint first); ``run`` killed it after 0.25 s."""
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.wait()  # a second Ctrl-C stops both at once
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+def train(config: str, args) -> float:
+    """Train (or resume) one config; returns its train seconds over all calls, interrupted ones
+    included, summed in ``OUT/<config>/ablation_train_seconds.txt``."""
     out = Path(args.out) / config
     cmd = [_bin("d2a-train"), config, "--data", *args.data, "--out", str(out),
            "--steps", str(args.steps), "--seed", str(args.seed), "--resume"]
@@ -85,18 +101,41 @@ def train_and_eval(config: str, args) -> dict:
         cmd += ["--batch-size", str(args.batch_size)]
     if args.device:
         cmd += ["--device", args.device]
+    spent = out / "ablation_train_seconds.txt"
+    total = float(spent.read_text()) if spent.is_file() else 0.0
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    train_s = time.perf_counter() - t0
+    try:
+        _run(cmd)
+    finally:
+        total += time.perf_counter() - t0
+        out.mkdir(parents=True, exist_ok=True)
+        spent.write_text(f"{total:.3f}\n")
+    return total
+
+
+def train_and_eval(config: str, args) -> dict:
+    """Train (or resume) one config, evaluate it; returns eval metrics + train seconds."""
+    train_s = train(config, args)
+    out = Path(args.out) / config
     eval_dir = out / "eval"
     ecmd = [_bin("d2a-eval"), str(out), "--out", str(eval_dir)]
     for d in args.eval_data:
         ecmd += ["--data", d]
     if args.device:
         ecmd += ["--device", args.device]
-    subprocess.run(ecmd, check=True)
+    _run(ecmd)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     return {"config": config, "train_seconds": train_s, **metrics}
+
+
+def save(rows: dict[str, dict], args, record: Path, doc: Path) -> None:
+    """Write the record (JSON) and the table (Markdown), each whole or not at all."""
+    results = [rows[c] for c in ABLATIONS if c in rows]
+    for path, text in ((record, json.dumps(results, indent=1)), (doc, markdown(results, args))):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def markdown(results: list[dict], args) -> str:
@@ -141,20 +180,26 @@ def main(argv: list[str] | None = None) -> None:
     if error := mismatch(earlier, now, record):  # before any training
         print(f"d2a-ablation: error: {error}", file=sys.stderr)
         sys.exit(2)
-    try:
-        for config in tqdm(args.configs, desc="ablation", unit="config"):
-            r = {**train_and_eval(config, args), "settings": now}
-            if config in earlier:  # resumed: the time of the calls before counts too
-                r["train_seconds"] += earlier[config]["train_seconds"]
-            earlier[config] = r
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"d2a-ablation: error: {' '.join(e.cmd[:2])} failed with exit code "
-                 f"{e.returncode}")
-    results = [earlier[c] for c in ABLATIONS if c in earlier]
     doc = Path(args.doc) if args.doc else Path(args.out) / "ablation.md"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(markdown(results, args))
-    record.write_text(json.dumps(results, indent=1))
+    todo = [c for c in args.configs if c not in earlier]
+    if len(todo) < len(args.configs):
+        print(f"d2a-ablation: {', '.join(c for c in args.configs if c not in todo)}: done "
+              f"already ({record}), kept", file=sys.stderr)
+    try:
+        for config in tqdm(todo, desc="ablation", unit="config"):
+            earlier[config] = {**train_and_eval(config, args), "settings": now}
+            save(earlier, args, record, doc)  # a later Ctrl-C or failure keeps this one
+    except KeyboardInterrupt:
+        print("d2a-ablation: interrupted; rerun the same command to go on", file=sys.stderr)
+        sys.exit(130)
+    except subprocess.CalledProcessError as e:
+        what = " ".join(e.cmd[:2])
+        if e.returncode in (130, 143):  # d2a-train stopped by SIGINT/SIGTERM, with a checkpoint
+            print(f"d2a-ablation: {what} was interrupted; rerun the same command to go on",
+                  file=sys.stderr)
+            sys.exit(e.returncode)
+        sys.exit(f"d2a-ablation: error: {what} failed with exit code {e.returncode}")
+    save(earlier, args, record, doc)
     print(doc.read_text())
 
 
