@@ -24,7 +24,7 @@ as it goes (needs EGL). Writes RUN_DIR/run.json, RUN_DIR/checkpoints/step_*/ (mo
 train_state.safetensors, meta.json; latest.json points at the newest) and RUN_DIR/tb/
 (TensorBoard). --resume continues from RUN_DIR's latest checkpoint with the same optimizer,
 scheduler, AMP scaler, RNG and data position. Multi-GPU / multi-process:
-  torchrun --standalone --nproc_per_node N -m d2a_edge.training.train CONFIG ...
+  torchrun --standalone --nproc_per_node N -m d2a_edge.training.train_cli CONFIG ...
 (gloo on CPU, nccl on GPU; multi-node: torchrun --nnodes ... --rdzv-endpoint ...)."""
 
 
