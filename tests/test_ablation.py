@@ -211,3 +211,27 @@ def test_ablation_d2a_train_stopped_by_a_signal_is_an_interruption(tmp_path, mon
                        "--steps", "2", "--configs", "edge-s"])
     assert e.value.code == 130
     assert "d2a-train edge-s was interrupted; rerun the same command" in capsys.readouterr().err
+
+
+def test_ablation_refuses_other_settings_for_a_config_it_began(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the first config, before any row existed: a rerun with other --steps was
+    not refused (only d2a-train --resume warned about some settings, and --steps re-fitted its
+    schedule), so the table mixed budgets. The settings a config began with are now checked."""
+    from d2a_edge.training import ablation
+
+    def interrupted(cmd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "_run", interrupted)
+    data = shards(tmp_path / "train")
+    cmd = ["--data", data, "--eval-data", data, "--out", str(tmp_path / "o"), "--configs",
+           "edge-s"]
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*cmd, "--steps", "2"])
+    assert e.value.code == 130 and not (tmp_path / "o" / "ablation.json").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ablation.main([*cmd, "--steps", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "holds edge-s trained with --steps 2, not this run's " \
+                                 "--steps 3" in err

@@ -10,8 +10,8 @@ after each config (a rerun of some configs keeps the others' rows), and the Mark
 row per config and split) to ``--doc`` (default ``OUT/ablation.md``). A config already in the
 record is not trained again; after Ctrl-C, rerunning the same command goes on, and a config's
 train time adds up over the calls that trained it (``OUT/<config>/ablation_train_seconds.txt``).
-Rows made with other --steps, --seed, --batch-size, --data or --eval-data are not merged: the
-command stops before training (exit 2); use another --out.
+Rows made (or configs begun) with other --steps, --seed, --batch-size, --data or --eval-data are
+not merged: the command stops before training (exit 2); use another --out.
 """
 from __future__ import annotations
 
@@ -59,8 +59,19 @@ def _flags(s: dict, keys: list[str]) -> str:
     return " ".join(out)
 
 
+STARTED = "ablation_settings.json"  # in OUT/<config>/: the settings its training started with
+
+
+def started(out: Path, done: dict[str, dict]) -> dict[str, dict]:
+    """The configs whose training began in ``out`` but has no row in ``done`` (interrupted),
+    as rows holding only the ``settings`` they began with."""
+    return {c: {"settings": json.loads(f.read_text())} for c in ABLATIONS
+            if c not in done and (f := out / c / STARTED).is_file()}
+
+
 def mismatch(earlier: dict[str, dict], now: dict, record: Path) -> str | None:
-    """The error when rows of ``record`` were made with other settings than ``now``; else None."""
+    """The error when rows of ``record`` (or configs begun there) were made with other settings
+    than ``now``; else None."""
     stale = [c for c, r in earlier.items() if r.get("settings") != now]
     if not stale:
         return None
@@ -70,8 +81,8 @@ def mismatch(earlier: dict[str, dict], now: dict, record: Path) -> str | None:
     else:
         keys = [k for k in FLAGS if old.get(k) != now[k]]
         was = f"trained with {_flags(old, keys)}, not this run's {_flags(now, keys)}"
-    return (f"{record} holds {', '.join(stale)} {was}; an equal-budget table needs the same "
-            "settings for every config: use another --out, or the earlier settings")
+    return (f"{record.parent} holds {', '.join(stale)} {was}; an equal-budget table needs the "
+            "same settings for every config: use another --out, or the earlier settings")
 
 
 def _bin(name: str) -> str:
@@ -103,6 +114,8 @@ def train(config: str, args) -> float:
         cmd += ["--device", args.device]
     spent = out / "ablation_train_seconds.txt"
     total = float(spent.read_text()) if spent.is_file() else 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STARTED).write_text(json.dumps(settings(args)))  # checked if it is interrupted
     t0 = time.perf_counter()
     try:
         _run(cmd)
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     record = Path(args.out) / "ablation.json"
     earlier = {r["config"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
     now = settings(args)
-    if error := mismatch(earlier, now, record):  # before any training
+    if error := mismatch({**earlier, **started(Path(args.out), earlier)}, now, record):
         print(f"d2a-ablation: error: {error}", file=sys.stderr)
         sys.exit(2)
     doc = Path(args.doc) if args.doc else Path(args.out) / "ablation.md"
