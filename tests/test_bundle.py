@@ -167,3 +167,11 @@ def test_a_bad_sigma_reference_is_refused_without_a_calibration_too(tmp_path):
         _rewrite(root, change)
         with pytest.raises(BundleError, match="sigma_reference_m"):
             load_bundle(root)
+
+
+def test_a_manifest_that_is_not_an_object_is_a_bundle_error(tmp_path):
+    """manifest.json holding a JSON list: a BundleError naming the manifest version, not an
+    AttributeError traceback ('list' object has no attribute 'get')."""
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(BundleError, match="manifest_version None"):
+        load_bundle(tmp_path)

@@ -454,3 +454,24 @@ def test_torch_backend_without_torch_names_the_extra():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.startswith("BackendUnavailable the torch backend needs the [train] extra"), \
         r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("error", [
+    ModuleNotFoundError("No module named 'd2a_edge.training.gone'",
+                        name="d2a_edge.training.gone"),
+    ModuleNotFoundError("a module not found, without a name"),
+    ImportError("cannot import name 'x' from 'torch'", name="torch")])
+def test_entry_points_show_our_own_import_errors(monkeypatch, capsys, error):
+    """Only a missing third-party module is the missing [train] extra; our own missing module
+    (a packaging bug), an error without a module name, or an ImportError from an installed
+    package propagate as they are instead of 'needs the [train] extra, and ... is not
+    installed'."""
+    from d2a_edge import _entry
+
+    def fail(module):
+        raise error
+
+    monkeypatch.setattr(_entry.importlib, "import_module", fail)
+    with pytest.raises(type(error)) as e:
+        _entry.train()
+    assert e.value is error and "needs the [train] extra" not in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from d2a_edge import MeshRecoverer
-from d2a_edge.recoverer import default_intrinsics
+from d2a_edge.recoverer import _boxes_array, default_intrinsics
 from d2a_edge.types import HumanMesh
 
 
@@ -276,13 +276,16 @@ def test_the_search_beside_tracked_people_is_spread_over_frames():
     assert [len(b) - 2 for b in batches[2:]] == [0, 1, 0, 1, 0, 1]  # 22 windows in 44 frames
 
 
-def test_a_person_found_in_the_last_frame_is_not_run_outside_a_smaller_frame():
+def test_a_found_box_outside_a_smaller_next_frame_is_dropped_not_run():
     """A window found a new person in the last (1280x720) frame and the next frame is 640x360
     (a camera changing mode, a folder of mixed sizes): that box lies outside it and is dropped
-    (it raised InputError and ended the stream)."""
+    (it raised InputError and ended the stream). A frame must come before: a first frame
+    replaces ``found`` with ``locate_all``'s boxes (an earlier version of this test stepped a
+    fresh tracker and so tried nothing)."""
     from d2a_edge.smoothing import BETA, MIN_CUTOFF
     from d2a_edge.tracking import Tracker
     tracker = Tracker(MeshRecoverer(backend="onnxruntime"), True, MIN_CUTOFF, BETA, 5, 2)
+    tracker.t = -1 / 30  # a 1280x720 frame came before and its windows found this person
     tracker.found = np.float32([[871, 232, 1226, 587]])
     assert tracker.step(0.0, np.full((360, 640, 3), 90, np.uint8)) == []
 
@@ -305,3 +308,87 @@ def test_distinct_boxes_keeps_one_box_per_person_in_order():
     np.testing.assert_array_equal(distinct_boxes(boxes, np.array([1, 0, 2, 3]), 2),
                                   boxes[[1, 2]])
     assert distinct_boxes(boxes, np.arange(4), 5).shape == (3, 4)
+
+
+class _Scripted(MeshRecoverer):
+    """A recoverer without a model: ``locate_all`` gives ``first``; each ``__call__`` checks
+    its boxes as the real one does (InputError outside the frame), records the batch and gives
+    ``script(frame_index, i)`` for box i (a ``HumanMesh``; default: nobody)."""
+
+    def __init__(self, first, script):
+        self.K = None
+        self.first, self.script, self.batches, self.frame = first, script, [], -1
+
+    def locate_all(self, image, max_people):
+        return np.float32(self.first).reshape(-1, 4)[:max_people]
+
+    def __call__(self, image, boxes=None):
+        b = _boxes_array(boxes, image.shape[1], image.shape[0])
+        self.batches.append((self.frame, b))
+        return [self.script(self.frame, i) or _flat_person(0.0, 0.0) for i in range(len(b))]
+
+
+def _run(rec, shapes, max_people, search_every=44):
+    """``Tracker.step`` over frames of ``shapes`` (H, W) at 30 fps; people per frame."""
+    from d2a_edge.smoothing import BETA, MIN_CUTOFF
+    from d2a_edge.tracking import Tracker
+    tracker = Tracker(rec, False, MIN_CUTOFF, BETA, search_every, max_people)
+    out = []
+    for k, (h, w) in enumerate(shapes):
+        rec.frame = k
+        out.append(tracker.step(k / 30, np.zeros((h, w, 3), np.uint8)))
+    return out
+
+
+def test_a_tracked_crop_outside_a_smaller_next_frame_ends_the_track_not_the_stream():
+    """A person tracked on the right of a 1280x720 frame, then a 640x360 frame (a camera
+    changing mode): their predicted crop lies outside it, so the track ends and the frame gives
+    []. Without the check the crop is run and InputError ends the stream."""
+    rec = _Scripted([[871, 232, 1226, 587]],
+                    lambda k, i: _flat_person(0.8, 0.9) if (k, i) == (0, 0) else None)
+    out = _run(rec, [(720, 1280), (360, 640)], max_people=1)
+    assert [p.track_id for p in out[0]] == [0] and out[1] == []
+
+
+def test_a_found_box_on_a_tracked_person_is_not_run_again():
+    """A box found by the last frame's windows that overlaps a tracked person's crop is that
+    person: it is not added to the batch (without the check each such frame runs one more
+    crop, only to drop its mesh as a duplicate)."""
+    rec = _Scripted([[200, 30, 440, 450]], lambda k, i: _flat_person(0.0, 0.9) if i == 0 else None)
+    from d2a_edge.smoothing import BETA, MIN_CUTOFF
+    from d2a_edge.tracking import Tracker
+    tracker = Tracker(rec, False, MIN_CUTOFF, BETA, 44, 2)
+    rec.frame = 0
+    assert len(tracker.step(0.0, np.zeros((480, 640, 3), np.uint8))) == 1
+    tracker.found = tracker.rec._track_box(_flat_person(0.0, 0.9), (480, 640),
+                                           rec.camera(640, 480))[None]
+    rec.frame = 1
+    assert [p.track_id for p in tracker.step(1 / 30, np.zeros((480, 640, 3), np.uint8))] == [0]
+    assert [len(b) for _, b in rec.batches] == [1, 1]
+
+
+def test_two_tracks_on_one_person_leave_the_older_one():
+    """Two people tracked; then both crops hold one person (boxes overlapping by IoU 0.71):
+    the older track keeps them, the younger one ends and is not run on the next frame. With the
+    younger track kept, it runs a crop every frame and holds a max_people slot for a ghost; with
+    a looser overlap rule, one person is reported twice under two ids."""
+    def script(k, i):
+        if k == 0:
+            return _flat_person(-0.6 if i == 0 else 0.6, 0.9)
+        return _flat_person(0.1 * i, 0.9) if i < 2 else None
+
+    rec = _Scripted([[50, 30, 290, 450], [350, 30, 590, 450]], script)
+    out = _run(rec, [(480, 640)] * 3, max_people=2)
+    assert [[p.track_id for p in people] for people in out] == [[0, 1], [0], [0]]
+    assert [len(b) for _, b in rec.batches] == [2, 2, 1]
+
+
+def test_a_person_mostly_outside_the_frame_is_lost_after_that_frame():
+    """A tracked person whose next mesh is 70 % outside the frame is reported that frame and
+    then lost: the next frame runs no crop for them and gives []. Kept, their stale crop runs
+    on and the person is reported with the old id while out of view."""
+    rec = _Scripted([[200, 30, 440, 450]],
+                    lambda k, i: _flat_person(0.0 if k == 0 else 1.3, 0.9) if i == 0 else None)
+    out = _run(rec, [(480, 640)] * 3, max_people=1)
+    assert [[p.track_id for p in people] for people in out] == [[0], [0], []]
+    assert [k for k, _ in rec.batches] == [0, 1]  # frame 2 runs nothing

@@ -461,3 +461,24 @@ def test_on_the_fly_splits_each_get_their_own_seed():
                                                           ("ood", 9, 10)]
     first = [sample_rng(p.seed, p.split, 0).random(4).tolist() for p in parts]
     assert first[1] != first[2]  # the two OOD shares draw different samples
+
+
+def test_init_names_the_first_mismatched_tensor():
+    """--init from another model's weights: the one-line error quotes the first mismatched
+    tensor, not PyTorch's header 'Error(s) in loading state_dict for Linear:', which names
+    nothing."""
+    from d2a_edge.training.resume import _load_init
+    with pytest.raises(ValueError, match=r"size mismatch for weight") as e:
+        _load_init(torch.nn.Linear(2, 3), {"weight": torch.zeros(3, 3), "bias": torch.zeros(3)},
+                   "ck", "edge-s")
+    assert "Error(s) in loading" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolve_checkpoint_falls_back_to_the_newest_step_with_a_meta_json(tmp_path):
+    """latest.json gone and the newest step_* directory lacks its meta.json (a damaged copy):
+    the newest one that has it is taken, not the broken one (which would then fail to read)."""
+    from d2a_edge.training import checkpoint as ckpt
+    for step in (1, 2):
+        (tmp_path / "checkpoints" / f"step_{step:08d}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_00000001" / "meta.json").write_text("{}")
+    assert ckpt.resolve_checkpoint(tmp_path).name == "step_00000001"

@@ -490,3 +490,28 @@ def test_init_from_another_model_and_eval_without_latest_json_are_clear(tmp_path
     (tmp_path / "d" / "manifest.json").write_text(json.dumps({"format": "d2a-edge-synthetic"}))
     with pytest.raises(BundleError, match="is a synthetic dataset .*not a model bundle"):
         load_bundle(tmp_path / "d")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_resume_refuses_an_out_holding_a_manifest_too(tmp_path, resume):
+    """`d2a-train --resume --out BUNDLE` is refused as well: otherwise it finds no checkpoint,
+    starts at step 0 and writes the run into the bundle (or dataset) directory."""
+    from d2a_edge.training.resume import checkpoint_to_resume
+    (tmp_path / "manifest.json").write_text(json.dumps({"manifest_version": 1}))
+    with pytest.raises(ValueError, match="holds a manifest.json.*choose another --out"):
+        checkpoint_to_resume(tmp_path, resume=resume)
+
+
+@requires_anny
+def test_resume_with_fewer_steps_than_done_says_nothing_to_train(tmp_path, anny_asset, capsys):
+    """A run at step 2 resumed with --steps 1 says there is nothing to train, not that the
+    schedule 're-fits to 1 from here' (then did nothing)."""
+    from _batches import BatchDataset, tiny_config
+    from d2a_edge.training import train as T
+    cfg, ds = tiny_config(), BatchDataset(anny_asset, 4, 64, seed=4)
+    kw = dict(ckpt_every=0, asset=anny_asset, progress=False)
+    T.run(cfg, ds, tmp_path, steps=2, **kw)
+    capsys.readouterr()
+    T.run(cfg, ds, tmp_path, steps=1, resume=True, **kw)
+    err = capsys.readouterr().err
+    assert "at step 2, at or past --steps 1: nothing to train" in err and "re-fits" not in err
