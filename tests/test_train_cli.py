@@ -3,6 +3,7 @@ Ctrl-C then --resume, --stop-after then a bare --resume, and the CLIs' usage err
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,6 +223,16 @@ def test_resume_without_the_flags_keeps_the_stopped_runs_settings(tmp_path, shar
     assert run["steps"] == 6 and run["ckpt_every"] == 2
     assert run["config"]["train"]["batch_size"] == 2 and run["config"]["train"]["seed"] == 5
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 6
+    # resumed on other data: a warning (there was none), since the restored data position
+    # (the sampler's place in the shuffled samples) now counts in other data
+    assert run["data"] == [str(Path(shards).resolve())]
+    shutil.copytree(shards, tmp_path / "other")
+    other = [a if a != str(shards) else str(tmp_path / "other") for a in base]
+    res = subprocess.run(other + ["--resume", "--steps", "7"], capture_output=True, text=True,
+                         timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"the run trained on {Path(shards).resolve()}; this call reads " \
+           f"{(tmp_path / 'other').resolve()}" in res.stderr, res.stderr[-2000:]
 
 
 def test_cli_errors_are_clear(tmp_path):

@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
@@ -62,6 +63,15 @@ def build_dataset(args, cfg: Config):
                              body=cfg.model.body, compact=True)
              for k, split in enumerate(splits)]
     return parts[0] if len(parts) == 1 else ConcatOnTheFly(parts)
+
+
+def data_source(args, cfg: Config) -> list[str]:
+    """What ``build_dataset`` reads, for ``run.json``: the shard folders (resolved), or the
+    on-the-fly splits and epoch size."""
+    if args.data:
+        return [str(Path(d).resolve()) for d in args.data]
+    return [f"on-the-fly {s}" for s in args.on_the_fly or [cfg.data.split]] + \
+        [f"on-the-fly-size {args.on_the_fly_size}"]
 
 
 ECHO_BUFFER = 8  # fresh batches kept for data echoing

@@ -222,7 +222,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         ckpt_every: int | None = None, asset=None, progress: bool = True,
         time_budget: float | None = None, init: str | None = None, echo: int = 1,
         compile: bool = False, cuda_graph: bool = False,
-        stop_after: float | None = None, warm_fresh: int = 0) -> dict:
+        stop_after: float | None = None, warm_fresh: int = 0,
+        data: list[str] | None = None) -> dict:
     """Train on ``dataset`` (sample-schema dicts) into ``run_dir``; returns a summary dict.
 
     Works single-process and under ``torchrun`` (reads RANK / WORLD_SIZE / LOCAL_RANK).
@@ -250,6 +251,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
     process), leaving the schedule where it is: ``resume`` continues it, e.g. in a second lent
     GPU call (with ``time_budget``, the resumed run re-fits the rest of the saved schedule to
     its own budget).
+    ``data``: what ``dataset`` is (``feed.data_source``), recorded in ``run.json``.
     """
     run_dir = Path(run_dir)
     if warm_fresh:  # before the model is built and a bundle recovered (~20 s)
@@ -267,7 +269,7 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
         st.module = torch.compile(st.module)
     loader = make_loader(dataset, cfg, d, st.step // echo, workers)
     writer, bar = open_outputs(run_dir, cfg, d, st, total, progress,
-                               every=every, init=init, echo=echo, warm=warm)
+                               every=every, init=init, echo=echo, warm=warm, data=data)
     loop = Loop(st, cfg, d, run_dir, loader, total, writer=writer, bar=bar, amp=amp, eager=eager,
                 every=every, echo=echo, compile=compile, cuda_graph=cuda_graph,
                 time_budget=time_budget, stop_after=stop_after)
@@ -276,7 +278,8 @@ def run(cfg: Config, dataset, run_dir: str | Path, *, steps: int | None = None,
 
 
 def open_outputs(run_dir: Path, cfg: Config, d: Dist, st: State, total: int, progress: bool, *,
-                 every: int, init: str | None, echo: int, warm: int) -> tuple:
+                 every: int, init: str | None, echo: int, warm: int,
+                 data: list[str] | None = None) -> tuple:
     """Write ``run_dir/run.json`` and open TensorBoard (main process; else None) and the
     progress bar: (writer, bar)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -288,7 +291,7 @@ def open_outputs(run_dir: Path, cfg: Config, d: Dist, st: State, total: int, pro
         (run_dir / "run.json").write_text(json.dumps(
             {"config": config_to_dict(cfg), "seed": cfg.train.seed, "world_size": d.world,
              "steps": total, "ckpt_every": every, "argv": sys.argv, "device": str(d.device),
-             "init": init, "echo": echo, "warm_fresh": warm}, indent=1))
+             "init": init, "echo": echo, "warm_fresh": warm, "data": data}, indent=1))
         writer = SummaryWriter(str(run_dir / "tb"))
     bar = tqdm(total=total, initial=st.step, desc=f"d2a-train {cfg.name}", unit="step",
                disable=not (progress and d.main), dynamic_ncols=True)

@@ -14,7 +14,7 @@ import torch
 from d2a_edge._cli import at_least
 from d2a_edge.training import checkpoint as ckpt
 from d2a_edge.training.config import available_configs, load_config
-from d2a_edge.training.feed import build_dataset
+from d2a_edge.training.feed import build_dataset, data_source
 from d2a_edge.training.train import run
 
 HELP = """Train D2A-HMR from CONFIG (a built-in name: {names}, or a YAML path).
@@ -102,7 +102,8 @@ def resumed_settings(run_dir) -> dict:
         r = json.loads((Path(run_dir) / "run.json").read_text())
         c = r["config"]
         return {"seed": c["train"]["seed"], "batch_size": c["train"]["batch_size"],
-                "lr": c["optim"]["lr"], "ckpt_every": r.get("ckpt_every")}
+                "lr": c["optim"]["lr"], "ckpt_every": r.get("ckpt_every"),
+                "data": r.get("data")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
 
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     """``d2a-train ARGV``; errors exit with a message, a stop signal with 128 + its number."""
     p = _parser()
     args = p.parse_args(argv)
+    kept = resumed_settings(args.out) if args.resume else {}
     if args.resume:  # the stopped run's settings, for the flags not given again
-        kept = resumed_settings(args.out)
         for name in RESUMED:
             if getattr(args, name) is None and kept.get(name) is not None:
                 setattr(args, name, kept[name])
@@ -135,12 +136,16 @@ def main(argv: list[str] | None = None) -> None:
         over["train"]["freeze"] = args.freeze
     try:
         cfg = load_config(args.config, over)
-        dataset = build_dataset(args, cfg)
+        dataset, data = build_dataset(args, cfg), data_source(args, cfg)
+        if kept.get("data") not in (None, data):
+            print(f"--resume: warning: the run trained on {', '.join(kept['data'])}; this call "
+                  f"reads {', '.join(data)}, so the data position restored from the checkpoint "
+                  "is a position in other data", file=sys.stderr)
         summary = run(cfg, dataset, args.out, steps=args.steps, resume=args.resume,
                       device=args.device, workers=args.workers, ckpt_every=args.ckpt_every,
                       time_budget=args.time_budget, init=args.init, echo=args.echo,
                       compile=args.compile, cuda_graph=args.cuda_graph,
-                      stop_after=args.stop_after, warm_fresh=args.warm_fresh)
+                      stop_after=args.stop_after, warm_fresh=args.warm_fresh, data=data)
     except (ValueError, RuntimeError, OSError, ckpt.CheckpointError) as e:
         sys.exit(f"d2a-train: error: {e}")
     if int(os.environ.get("RANK", "0")) == 0:
