@@ -3,8 +3,8 @@
 Headless use: ``--save DIR`` writes one overlay PNG per frame (``frame_000000.png``) plus the
 first person's mesh (the lowest ``track_id`` with ``--track``, else the most confident) as OBJ
 every ``--obj-every`` frames; no screen is needed. It stops with an error before the disk
-has under ``--keep-free`` MB free. A later run into the same folder replaces them; a folder with such files that d2a-demo did not write, or the
-source folder itself, is refused.
+has under ``--keep-free`` MB free. A later run into the same folder replaces them; a folder
+with such files that d2a-demo did not write, or the source folder itself, is refused.
 """
 from __future__ import annotations
 

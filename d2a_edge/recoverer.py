@@ -176,8 +176,7 @@ def make_crops(image: np.ndarray, boxes: np.ndarray, K: np.ndarray, size: int, p
 
 SKINNING = ("auto", "numpy", "cuda")
 CROP_THREADS = 8  # at most, for cutting crops in parallel beside a GPU engine
-SEARCH_EVERY = 5  # stream(): while fewer than max_people are tracked, search all windows
-# every 5th frame, a fifth of them per frame
+SEARCH_EVERY = 5  # stream(): all search windows every 5 frames, a fifth of them a frame
 
 
 def person_score(sigma: np.ndarray, sigma_ref: float) -> float:
