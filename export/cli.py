@@ -102,6 +102,9 @@ def main(argv=None) -> int:
     except (ValueError, CheckpointError, OSError) as e:  # OSError: e.g. --out not writable
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the staging folder is gone; an earlier bundle in --out stays
+        print(f"d2a-export: interrupted; {args.out} holds no new bundle", file=sys.stderr)
+        return 130
 
 
 def _export(args, req) -> int:
@@ -114,16 +117,18 @@ def _export(args, req) -> int:
     req.precisions()
     if args.format == "torch-trt" and _torch_trt_unavailable():
         return 3
+    model, cfg, meta = load_model_config(args.checkpoint)  # a bad checkpoint fails first
     if args.format == "trt":
         try:
             import_tensorrt()
         except TensorRTUnavailable:
             print("d2a-export: warning: TensorRT is not installed here: the ONNX bundle "
                   "is written and verified, then d2a-export exits 3", file=sys.stderr)
-    model, cfg, meta = load_model_config(args.checkpoint)
     asset = load_body(cfg.model.body)
     if args.format == "torch-trt":
+        from d2a_edge.export.pipeline import previous_export
         from d2a_edge.export.torch_trt import export_torch_trt
+        previous_export(Path(args.out))  # not into a run or a dataset
         path = export_torch_trt(model, Path(args.out), req)
         print(f"wrote {path} (torch.export program with TensorRT engines; load with "
               "torch.export.load, no training code needed) - not verified here")

@@ -137,7 +137,8 @@ def previous_export(out: Path) -> set[str]:
     """The files that an earlier export listed in ``out/manifest.json`` (export_bundle removes
     those it does not write again); a ValueError when ``out`` holds a training run or a
     manifest.json that is not a bundle's, which the export would overwrite."""
-    if (out / "checkpoints").is_dir() or (out / "meta.json").is_file():
+    if ((out / "checkpoints").is_dir() or (out / "meta.json").is_file()
+            or (out / "latest.json").is_file() or any(out.glob("step_*/meta.json"))):
         raise ValueError(f"--out {out} holds a training run or checkpoint; export into another "
                          "folder")
     path = out / "manifest.json"
@@ -179,6 +180,9 @@ def export_bundle(model, asset, req: ExportRequest, name: str = "d2a-hmr",
                                          checkpoint, progress, loss_state, untrained)
         written = sorted(stage.iterdir(), key=lambda f: f.name == "manifest.json")
         names = {f.name for f in written}
+        # the old manifest goes first: a stop while the files move leaves no manifest (not a
+        # bundle) rather than one naming files half replaced
+        (out / "manifest.json").unlink(missing_ok=True)
         for f in written[:-1]:
             f.replace(out / f.name)
         for old in earlier - names:  # an earlier export's graphs and plans this one did not make

@@ -303,14 +303,42 @@ def test_trt_missing_is_clear(tmp_path, fresh_model, anny_asset):
                                                          "training_extras.safetensors"]
 
 
-@pytest.mark.parametrize("case", ["foreign manifest", "run folder", "checkpoint"])
+def test_a_stop_while_the_files_move_leaves_no_manifest_naming_them(tmp_path, fresh_model,
+                                                                     anny_asset, monkeypatch):
+    """Re-exporting into an earlier bundle, stopped after the first file moved in: the old
+    manifest.json stayed and named a new graph under the old hashes (or a graph already
+    removed). The old manifest now goes first, so the folder is no bundle until the new
+    manifest arrives, and the SDK says so."""
+    from d2a_edge.bundle import BundleError, load_bundle
+    from d2a_edge.export.pipeline import ExportRequest, export_bundle
+    out = tmp_path / "b"
+    export_bundle(fresh_model, anny_asset, ExportRequest(out=out, val_samples=2))
+    real, moves = Path.replace, []
+
+    def stop_after_one(self, target):
+        if moves:
+            raise KeyboardInterrupt
+        moves.append(target)
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(fresh_model, anny_asset, ExportRequest(out=out, val_samples=2))
+    monkeypatch.setattr(Path, "replace", real)
+    assert len(moves) == 1 and not (out / "manifest.json").exists()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_bundle(out)
+
+
+@pytest.mark.parametrize("case", ["foreign manifest", "run folder", "checkpoint",
+                                  "checkpoints folder"])
 def test_out_that_is_not_a_bundle_is_refused_untouched(tmp_path, case):
     """An --out holding another program's manifest.json, a training run or a checkpoint is
     refused before anything is written (the export overwrote the manifest, and a run folder
     then read as a bundle)."""
     from d2a_edge.export.pipeline import previous_export
     made = {"foreign manifest": "manifest.json", "run folder": "checkpoints/latest.json",
-            "checkpoint": "meta.json"}[case]
+            "checkpoint": "meta.json", "checkpoints folder": "step_00000002/meta.json"}[case]
     (tmp_path / made).parent.mkdir(exist_ok=True)
     (tmp_path / made).write_text('{"name": "someone else\'s"}')
     with pytest.raises(ValueError, match="another folder"):
@@ -696,6 +724,37 @@ def test_cli_reports_an_out_folder_it_cannot_make(tmp_path, monkeypatch, capsys,
     assert "d2a-export: error:" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and not calls
     assert (tmp_path / "a_file").read_text() == ""
+
+
+def test_cli_ctrl_c_is_a_message_and_torch_trt_checks_out(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during an export printed a 26-line KeyboardInterrupt traceback; now one line and
+    exit 130. --format torch-trt wrote into a run folder (it skipped the --out checks). A bad
+    checkpoint with --format trt warned first that the bundle 'is written and verified'."""
+    import d2a_edge.export.cli as cli
+    import d2a_edge.export.pipeline as pipeline
+    import d2a_edge.training.checkpoint as checkpoint
+    _fake_export_cli(monkeypatch)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "export_bundle", interrupted)
+    assert cli.main(["run", "--out", str(tmp_path / "o")]) == 130
+    assert "d2a-export: interrupted" in capsys.readouterr().err
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(cli, "_torch_trt_unavailable", lambda: False)
+    assert cli.main(["run", "--out", str(run), "--format", "torch-trt"]) == 2
+    assert "holds a training run" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+
+    def missing(path):
+        raise checkpoint.CheckpointError(f"no checkpoint at {path}")
+
+    monkeypatch.setattr(checkpoint, "load_model_config", missing)
+    assert cli.main(["nope", "--out", str(tmp_path / "t"), "--format", "trt"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at nope" in err and "is written and verified" not in err
 
 
 def test_report_sizes_in_mb_and_the_calibration_ratios():
