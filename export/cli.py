@@ -12,7 +12,8 @@ MPJPE / PA-MPJPE and their deltas) and how to use the bundle.
 A failed export leaves no file that looks valid; with --format trt and no TensorRT the verified
 ONNX bundle stays, its report is printed and the command exits 3 (1 when TensorRT could not
 build a plan). --out must be a new folder, an earlier bundle, or a folder without a
-manifest.json; only the files an earlier bundle's manifest lists are replaced or removed.
+manifest.json that holds no training run or checkpoint; only the files an earlier bundle's
+manifest lists are replaced or removed. Ctrl-C leaves no new bundle (exit 130).
 """
 from __future__ import annotations
 
