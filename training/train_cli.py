@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_config(args.config, over)
         dataset, data = build_dataset(args, cfg), data_source(args, cfg)
-        if kept.get("data") not in (None, data):
+        if kept.get("data") not in (None, data) and int(os.environ.get("RANK", "0")) == 0:
             print(f"--resume: warning: the run trained on {', '.join(kept['data'])}; this call "
                   f"reads {', '.join(data)}, so the data position restored from the checkpoint "
                   "is a position in other data", file=sys.stderr)
