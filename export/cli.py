@@ -101,6 +101,8 @@ def main(argv=None) -> int:
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, TensorRTBuildError) else 3
     except (ValueError, CheckpointError, OSError) as e:  # OSError: e.g. --out not writable
+        if isinstance(e, OSError) and str(e.filename or "").startswith(str(args.out)):
+            e = f"cannot write --out {args.out}: {e.strerror or e}"
         print(f"d2a-export: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the staging folder is gone; an earlier bundle in --out stays

@@ -721,7 +721,8 @@ def test_cli_reports_an_out_folder_it_cannot_make(tmp_path, monkeypatch, capsys,
     monkeypatch.setattr(pipeline, "export_bundle", real_export)
     (tmp_path / "a_file").write_text("")
     assert main(["run", "--out", str(tmp_path / "a_file" / "bundle"), "--val-samples", "2"]) == 2
-    assert "d2a-export: error:" in capsys.readouterr().err
+    assert f"d2a-export: error: cannot write --out {tmp_path / 'a_file' / 'bundle'}: " \
+        in capsys.readouterr().err  # it was the bare OSError, naming no option
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"] and not calls
     assert (tmp_path / "a_file").read_text() == ""
 
