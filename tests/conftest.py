@@ -82,3 +82,17 @@ def fresh_bundle(fresh_model, anny_asset, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
     req = ExportRequest(out=out, fp16=True, int8=True, calib="8", val_samples=16)
     return out, export_bundle(fresh_model, anny_asset, req, name="edge-s-init")
+
+
+def flat_person(x: float, score: float = 0.9, sigma=0.05, z: float = 3.0, y: float = 0.0):
+    """A ``HumanMesh`` whose 'mesh' is a flat 0.6 x 1.6 m grid of 10 x 10 vertices centred at
+    (x, y, z) metres, with per-joint σ ``sigma`` (a scalar or 25 values): tracking and locator
+    tests without a model."""
+    from d2a_edge.types import HumanMesh
+    xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
+    v = np.concatenate([xy.reshape(-1, 2) + [x, y], np.full((100, 1), z)], 1).astype(np.float32)
+    return HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25].copy(),
+                     joints2d=np.zeros((25, 2), np.float32),
+                     joint_sigma=np.broadcast_to(np.float32(sigma), (25,)).copy(),
+                     pose=None, shape=None, translation=np.float32([x, y, z]), box=None,
+                     score=score)

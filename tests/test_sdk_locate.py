@@ -1,12 +1,11 @@
 """The built-in person box (``boxes="auto"``, ``MeshRecoverer.locate``) and the σ-based score."""
 import numpy as np
 import pytest
-from conftest import requires_torch
+from conftest import flat_person, requires_torch
 
 from d2a_edge import InputError, MeshRecoverer
 from d2a_edge.recoverer import LOST_SCORE, box_for_crop, default_intrinsics, person_score
 from d2a_edge.tracking import WINDOW_SCALES, search_windows
-from d2a_edge.types import HumanMesh
 
 
 def test_search_windows_cover_the_frame_with_squares():
@@ -99,18 +98,6 @@ def test_locate_finds_a_small_person_in_a_large_frame(anny_asset):
     assert np.mean(score["auto"]) > LOST_SCORE > np.mean(score["whole"]), score
 
 
-def _flat(x, sigma, score=0.9, z=8.0, y=0.0):
-    """A flat 0.6 x 1.6 m 'mesh' (10 x 10 vertices) centred at (x, y, z) metres, with the
-    per-joint σ ``sigma`` (a scalar or 25 values)."""
-    xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
-    v = np.concatenate([xy.reshape(-1, 2) + [x, y], np.full((100, 1), z)], 1).astype(np.float32)
-    return HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25].copy(),
-                     joints2d=np.zeros((25, 2), np.float32),
-                     joint_sigma=np.broadcast_to(np.float32(sigma), (25,)).copy(),
-                     pose=None, shape=None, translation=np.float32([x, y, z]), box=None,
-                     score=score)
-
-
 def test_people_boxes_are_ordered_by_mean_sigma_and_skip_people_already_taken():
     """locate_all's boxes come most confident (lowest *mean* σ) first, whatever the windows'
     order; an unconfident mesh gives none; a person in ``taken`` (already tracked) is not found
@@ -121,8 +108,9 @@ def test_people_boxes_are_ordered_by_mean_sigma_and_skip_people_already_taken():
     shape, K = (720, 1280, 3), default_intrinsics(1280, 720)
     a_sigma = np.full(25, 0.02, np.float32)
     a_sigma[7] = 0.5  # mean 0.039: most confident on average despite one uncertain joint
-    a, b, c = _flat(-2.25, a_sigma), _flat(-0.75, 0.05), _flat(0.75, 0.08)
-    nobody = _flat(2.25, 0.01, score=0.1)  # under LOST_SCORE: not a person
+    a, b, c = (flat_person(x, sigma=sg, z=8.0) for x, sg in ((-2.25, a_sigma), (-0.75, 0.05),
+                                                               (0.75, 0.08)))
+    nobody = flat_person(2.25, 0.1, sigma=0.01, z=8.0)  # under LOST_SCORE: not a person
     windows = [c, nobody, b, a]
 
     def centres(boxes):
@@ -149,7 +137,7 @@ def test_a_mesh_mostly_outside_the_frame_gives_no_box():
 
     def inside(k):  # the mesh placed so that its k leftmost vertex columns are in the frame
         x = (640 - K[0, 2]) * 3.0 / K[0, 0] - (cols[k - 1] + cols[k]) / 2
-        return _flat(x, 0.05, z=3.0)
+        return flat_person(x)
 
     for k in (7, 6):
         assert MeshRecoverer._track_box(inside(k), (480, 640), K) is not None, k

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import flat_person
 
 from d2a_edge import MeshRecoverer
 from d2a_edge.recoverer import _boxes_array, default_intrinsics
-from d2a_edge.types import HumanMesh
 
 
 def test_track_follows_a_moving_person_and_keeps_float32():
@@ -96,29 +96,18 @@ def test_box_filter_follows_a_constant_velocity_and_holds_small_jitter():
         BoxFilter(g=0)
 
 
-def _flat_person(x, score, n=100):
-    """A flat 0.6 x 1.6 m 'mesh' at depth 3 m centred at x metres."""
-    xy = np.stack(np.meshgrid(np.linspace(-0.3, 0.3, 10), np.linspace(-0.8, 0.8, 10)), -1)
-    v = np.concatenate([xy.reshape(-1, 2) + [x, 0.0], np.full((n, 1), 3.0)], 1).astype(np.float32)
-    return HumanMesh(vertices=v, faces=np.zeros((0, 3), np.int32), joints3d=v[:25].copy(),
-                     joints2d=np.zeros((25, 2), np.float32),
-                     joint_sigma=np.full(25, 0.05, np.float32),
-                     pose=None, shape=None, translation=np.array([x, 0.0, 3.0], np.float32),
-                     box=None, score=score)
-
-
 def test_a_low_score_loses_the_track_even_when_the_mesh_is_on_screen():
     K = default_intrinsics(640, 480)
-    assert MeshRecoverer._track_box(_flat_person(0.0, 0.9), (480, 640), K) is not None
-    assert MeshRecoverer._track_box(_flat_person(0.0, 0.1), (480, 640), K) is None
+    assert MeshRecoverer._track_box(flat_person(0.0, 0.9), (480, 640), K) is not None
+    assert MeshRecoverer._track_box(flat_person(0.0, 0.1), (480, 640), K) is None
 
 
 def test_track_restarts_its_smoothing_after_the_person_is_lost():
     """Frame 1 loses the person (score 0.1 < LOST_SCORE: it gives []); frame 2's search
     windows find them again, so frame 3 starts a new track with fresh One-Euro filters: its
     output is the raw prediction, not one pulled towards the person seen before the loss."""
-    people = iter([_flat_person(0.0, 0.9), _flat_person(0.0, 0.1), _flat_person(0.5, 0.9),
-                   _flat_person(0.5, 0.9)])
+    people = iter([flat_person(0.0, 0.9), flat_person(0.0, 0.1), flat_person(0.5, 0.9),
+                   flat_person(0.5, 0.9)])
     calls = []
 
     class Scripted(MeshRecoverer):
@@ -131,7 +120,7 @@ def test_track_restarts_its_smoothing_after_the_person_is_lost():
 
         def __call__(self, image, boxes=None):  # the next person in the first box, else nobody
             calls.append(len(boxes))
-            return [next(people)] + [_flat_person(0.0, 0.0)] * (len(boxes) - 1)
+            return [next(people)] + [flat_person(0.0, 0.0)] * (len(boxes) - 1)
 
     frames = [(k / 30, np.zeros((480, 640, 3), np.uint8)) for k in range(4)]
     out = [people for _, _, people in Scripted().track(iter(frames), smoothing=True)]
@@ -139,7 +128,7 @@ def test_track_restarts_its_smoothing_after_the_person_is_lost():
     assert [p.track_id for p in (out[0][0], out[3][0])] == [0, 1]  # found again: a new id
     out = [people[0] if people else None for people in out]
     np.testing.assert_allclose(out[3].translation, [0.5, 0.0, 3.0], atol=1e-6)
-    np.testing.assert_allclose(out[3].vertices, _flat_person(0.5, 0.9).vertices, atol=1e-6)
+    np.testing.assert_allclose(out[3].vertices, flat_person(0.5, 0.9).vertices, atol=1e-6)
 
 
 def test_stream_reports_nobody_in_an_empty_scene_and_spreads_its_search():
@@ -325,7 +314,7 @@ class _Scripted(MeshRecoverer):
     def __call__(self, image, boxes=None):
         b = _boxes_array(boxes, image.shape[1], image.shape[0])
         self.batches.append((self.frame, b))
-        return [self.script(self.frame, i) or _flat_person(0.0, 0.0) for i in range(len(b))]
+        return [self.script(self.frame, i) or flat_person(0.0, 0.0) for i in range(len(b))]
 
 
 def _run(rec, shapes, max_people, search_every=44):
@@ -345,7 +334,7 @@ def test_a_tracked_crop_outside_a_smaller_next_frame_ends_the_track_not_the_stre
     changing mode): their predicted crop lies outside it, so the track ends and the frame gives
     []. Without the check the crop is run and InputError ends the stream."""
     rec = _Scripted([[871, 232, 1226, 587]],
-                    lambda k, i: _flat_person(0.8, 0.9) if (k, i) == (0, 0) else None)
+                    lambda k, i: flat_person(0.8, 0.9) if (k, i) == (0, 0) else None)
     out = _run(rec, [(720, 1280), (360, 640)], max_people=1)
     assert [p.track_id for p in out[0]] == [0] and out[1] == []
 
@@ -354,13 +343,13 @@ def test_a_found_box_on_a_tracked_person_is_not_run_again():
     """A box found by the last frame's windows that overlaps a tracked person's crop is that
     person: it is not added to the batch (without the check each such frame runs one more
     crop, only to drop its mesh as a duplicate)."""
-    rec = _Scripted([[200, 30, 440, 450]], lambda k, i: _flat_person(0.0, 0.9) if i == 0 else None)
+    rec = _Scripted([[200, 30, 440, 450]], lambda k, i: flat_person(0.0, 0.9) if i == 0 else None)
     from d2a_edge.smoothing import BETA, MIN_CUTOFF
     from d2a_edge.tracking import Tracker
     tracker = Tracker(rec, False, MIN_CUTOFF, BETA, 44, 2)
     rec.frame = 0
     assert len(tracker.step(0.0, np.zeros((480, 640, 3), np.uint8))) == 1
-    tracker.found = tracker.rec._track_box(_flat_person(0.0, 0.9), (480, 640),
+    tracker.found = tracker.rec._track_box(flat_person(0.0, 0.9), (480, 640),
                                            rec.camera(640, 480))[None]
     rec.frame = 1
     assert [p.track_id for p in tracker.step(1 / 30, np.zeros((480, 640, 3), np.uint8))] == [0]
@@ -374,8 +363,8 @@ def test_two_tracks_on_one_person_leave_the_older_one():
     a looser overlap rule, one person is reported twice under two ids."""
     def script(k, i):
         if k == 0:
-            return _flat_person(-0.6 if i == 0 else 0.6, 0.9)
-        return _flat_person(0.1 * i, 0.9) if i < 2 else None
+            return flat_person(-0.6 if i == 0 else 0.6, 0.9)
+        return flat_person(0.1 * i, 0.9) if i < 2 else None
 
     rec = _Scripted([[50, 30, 290, 450], [350, 30, 590, 450]], script)
     out = _run(rec, [(480, 640)] * 3, max_people=2)
@@ -388,7 +377,7 @@ def test_a_person_mostly_outside_the_frame_is_lost_after_that_frame():
     then lost: the next frame runs no crop for them and gives []. Kept, their stale crop runs
     on and the person is reported with the old id while out of view."""
     rec = _Scripted([[200, 30, 440, 450]],
-                    lambda k, i: _flat_person(0.0 if k == 0 else 1.3, 0.9) if i == 0 else None)
+                    lambda k, i: flat_person(0.0 if k == 0 else 1.3, 0.9) if i == 0 else None)
     out = _run(rec, [(480, 640)] * 3, max_people=1)
     assert [[p.track_id for p in people] for people in out] == [[0], [0], []]
     assert [k for k, _ in rec.batches] == [0, 1]  # frame 2 runs nothing
