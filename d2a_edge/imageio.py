@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -167,7 +166,7 @@ def _video(path: str):
 
     def frames():
         fps = cap.get(cv2.CAP_PROP_FPS)
-        if not (math.isfinite(fps) and 0 < fps <= MAX_VIDEO_FPS):  # a header without a rate
+        if not 0 < fps <= MAX_VIDEO_FPS:  # a header without a rate (NaN and inf fail too)
             log.warning("video %s: frame rate %r unusable; timing frames at 30 fps", path, fps)
             fps = 30.0
         index, skipped = 0, 0
