@@ -250,6 +250,34 @@ def test_channels_last_trains_like_the_default_layout_and_resumes(tmp_path, anny
     T.train_step(st, batch, cfg, contextlib.nullcontext)
 
 
+@requires_anny
+def test_cpu_bf16_autocast_trains_close_to_fp32(anny_asset):
+    """optim.amp_cpu (d2a-train --cpu-bf16): the CPU step runs under bf16 autocast (its losses
+    differ from fp32 ones, so autocast is on) yet stay within bf16 rounding of them over three
+    steps; the weights and optimizer state stay fp32 and no fp16 GradScaler is used."""
+    from _batches import make_batch, tiny_config
+    from d2a_edge.training import train as T
+    from d2a_edge.training.train_cli import _parser, config_overrides
+    args = _parser().parse_args(["edge-s", "--on-the-fly", "--out", "x", "--cpu-bf16"])
+    assert config_overrides(args)["optim"] == {"amp_cpu": True}
+    assert config_overrides(_parser().parse_args(["edge-s", "--on-the-fly", "--out", "x"]))["optim"] == {}
+    batch = make_batch(anny_asset, 2, 64, seed=5)
+    losses = []
+    for bf16 in (False, True):
+        cfg = tiny_config(optim={"amp_cpu": bf16})
+        dev = torch.device("cpu")
+        assert T.amp_dtype(dev, cfg.optim) == (torch.bfloat16 if bf16 else None)
+        amp, fp16 = T.autocast_for(dev, cfg.optim)
+        assert not fp16
+        st = T.build_state(cfg, T.Dist(), total_steps=5, asset=anny_asset)
+        losses.append([T.train_step(st, batch, cfg, amp)["total"] for _ in range(3)])
+        assert all(p.dtype == torch.float32 for p in st.model.parameters())
+        assert not st.scaler.is_enabled()
+    assert losses[1] != losses[0]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=0.05)
+    assert all(np.isfinite(losses[1])) and losses[1][2] != losses[1][0]
+
+
 def test_freeze_keeps_the_named_modules_fixed_and_resumes_only_alike(tmp_path, anny_asset):
     """train.freeze (d2a-train --freeze backbone depth_net): after training steps the frozen
     modules' weights and batch-norm statistics are unchanged, the rest has trained, and the
