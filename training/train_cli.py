@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                    "and convolutions; same results up to rounding)")
     p.add_argument("--cpu-bf16", action="store_true",
                    help="bf16 autocast when training on the CPU (optim.amp_cpu; the GPU uses "
-                   "its own autocast, optim.amp). Faster only on CPUs with native bf16 "
-                   "(AVX512-BF16 or AMX); see README, Training on a CPU")
+                   "its own autocast, optim.amp). The speed-up needs native bf16 (AVX512-BF16 or "
+                   "AMX): 12.6 -> 16.2 samples/s with --channels-last on the 2-core "
+                   "development CPU (README, Training on a CPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the forward (GPU: fewer kernel launches; the first step "
                    "compiles for minutes; falls back to eager with a warning if that fails)")
