@@ -131,6 +131,22 @@ def config_overrides(args) -> dict:
     return over
 
 
+def cpu_speed_hint(device: str, cfg) -> str | None:
+    """A hint to pass --cpu-bf16 / --channels-last when training runs on a CPU with native
+    bf16 (AVX512-BF16 or AMX) and the run uses neither; None otherwise."""
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    check = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+             getattr(torch.cpu, "_is_amx_tile_supported", None))
+    native = any(f() for f in check if f is not None)
+    missing = [flag for flag, on in (("--cpu-bf16", cfg.optim.amp_cpu),
+                                     ("--channels-last", cfg.train.channels_last)) if not on]
+    if not (on_cpu and native and missing):
+        return None
+    return (f"hint: this CPU has native bf16; {' '.join(missing)} trains faster on it "
+            "(12.6 -> 16.2 samples/s with both on the 2-core development CPU; README, "
+            "Training on a CPU)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``d2a-train ARGV``; errors exit with a message, a stop signal with 128 + its number."""
     p = _parser()
@@ -148,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args.config, config_overrides(args))
+        hint = cpu_speed_hint(args.device, cfg)
+        if hint and int(os.environ.get("RANK", "0")) == 0:
+            print(hint, file=sys.stderr)
         dataset, data = build_dataset(args, cfg), data_source(args, cfg)
         if kept.get("data") not in (None, data) and int(os.environ.get("RANK", "0")) == 0:
             print(f"--resume: warning: the run trained on {', '.join(kept['data'])}; this call "
