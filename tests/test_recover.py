@@ -203,6 +203,24 @@ def test_bad_bundles_are_clear_errors(exported, tmp_path, capsys):
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(RecoveryError, match="another version of the model code or config"):
         recover(other, samples=2, progress=lambda *a: None)
+    diverged = copy("diverged")  # a NaN weight, the manifest's hash updated to match: it was
+    # "the graph holds only part of parameter ...", as if the export had lost a piece
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    g = onnx.load(str(diverged / "model_fp32.onnx"))
+    init = next(i for i in g.graph.initializer if numpy_helper.to_array(i).size > 100)
+    arr = numpy_helper.to_array(init).copy()
+    arr.flat[3] = np.nan
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    onnx.save(g, str(diverged / "model_fp32.onnx"))
+    m = json.loads((diverged / "manifest.json").read_text())
+    data = (diverged / "model_fp32.onnx").read_bytes()
+    m["artifacts"]["fp32"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (diverged / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(RecoveryError, match="hold NaN or inf: the model diverged"):
+        recover(diverged, samples=2, progress=lambda *a: None)
     assert main([str(unhashed), "--out", str(tmp_path / "x")]) == 2
     assert "not a readable ONNX graph" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -153,6 +153,10 @@ def copy_mapped(model: nn.Module, shipped: dict, mapping: dict) -> set[str]:
     for slot, (pname, idx) in mapping.items():
         flat = done.setdefault(pname, np.full(params[pname].numel(), np.nan, np.float64))
         vals = shipped[slot].reshape(-1).astype(np.float64)
+        if not np.isfinite(vals).all():
+            raise RecoveryError(f"the graph's weights for {pname} hold NaN or inf: the model "
+                                "diverged or the file is damaged; export again from a good "
+                                "checkpoint")
         seen = ~np.isnan(flat[idx])
         if np.any(np.abs(flat[idx][seen] - vals[seen]) > 1e-6 * (1 + np.abs(vals[seen]))):
             raise RecoveryError(f"ONNX weights disagree about {pname} (corrupt bundle?)")
