@@ -346,8 +346,8 @@ class Loop:
         try:
             batch = to_device(next(self.it), self.d.device)
         except Exception as e:
-            if self.interrupt.received and isinstance(e, RuntimeError):
-                return None  # the signal ended the loader's workers while it waited
+            if self.interrupt.received:  # the signal ended the loader's workers while it
+                return None  # waited: torch's RuntimeError, or a reset socket (OSError)
             raise self.loader_failed(e) from e
         self.wait += time.perf_counter() - tw
         self.seen += batch["image"].shape[0] * self.d.world
