@@ -260,7 +260,8 @@ def test_cpu_bf16_autocast_trains_close_to_fp32(anny_asset):
     from d2a_edge.training.train_cli import _parser, config_overrides
     args = _parser().parse_args(["edge-s", "--on-the-fly", "--out", "x", "--cpu-bf16"])
     assert config_overrides(args)["optim"] == {"amp_cpu": True}
-    assert config_overrides(_parser().parse_args(["edge-s", "--on-the-fly", "--out", "x"]))["optim"] == {}
+    plain = _parser().parse_args(["edge-s", "--on-the-fly", "--out", "x"])
+    assert config_overrides(plain)["optim"] == {}
     batch = make_batch(anny_asset, 2, 64, seed=5)
     losses = []
     for bf16 in (False, True):
@@ -276,6 +277,25 @@ def test_cpu_bf16_autocast_trains_close_to_fp32(anny_asset):
     assert losses[1] != losses[0]
     np.testing.assert_allclose(losses[1], losses[0], rtol=0.05)
     assert all(np.isfinite(losses[1])) and losses[1][2] != losses[1][0]
+
+
+def test_cpu_speed_hint_names_the_flags_a_cpu_run_lacks(monkeypatch):
+    """d2a-train on a CPU with native bf16 suggests --cpu-bf16 / --channels-last when they are
+    off; on a GPU, with both on, or on a CPU without bf16 it says nothing."""
+    from _batches import tiny_config
+    from d2a_edge.training.train_cli import cpu_speed_hint
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plain, both = tiny_config(), tiny_config(optim={"amp_cpu": True},
+                                             train={"channels_last": True})
+    assert "--cpu-bf16 --channels-last" in cpu_speed_hint("cpu", plain)
+    hint = cpu_speed_hint("auto", tiny_config(train={"channels_last": True}))
+    assert "--cpu-bf16" in hint and "--channels-last" not in hint
+    assert cpu_speed_hint("cpu", both) is None
+    assert cpu_speed_hint("cuda", plain) is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert cpu_speed_hint("cpu", plain) is None
 
 
 def test_freeze_keeps_the_named_modules_fixed_and_resumes_only_alike(tmp_path, anny_asset):
@@ -457,6 +477,31 @@ def test_a_failing_loader_keeps_the_steps_done(tmp_path, anny_asset, monkeypatch
     start, _ = ckpt.latest_intact(tmp_path)
     assert start is not None and start.name == f"step_{step:08d}"
     assert T.run(cfg, _Indexed(), tmp_path, steps=8, resume=True, **kw)["step"] == 8
+
+
+def test_a_stop_signal_that_ended_the_loaders_workers_is_a_stop_not_a_failure():
+    """A SIGTERM to the whole process group kills the loader's workers too; the main process
+    then reads a reset socket (ConnectionResetError, an OSError: seen in a CI-like run under
+    load, exit 1 and "the data loader failed") or torch's RuntimeError. With the signal
+    received, either one is the signal's stop (a None batch); without it, a failure."""
+    from types import SimpleNamespace
+
+    from d2a_edge.training import train as T
+
+    def loop(error, received):
+        def fail():
+            raise error
+            yield
+        return SimpleNamespace(st=SimpleNamespace(step=4), echoes=None, echo=1, it=fail(),
+                               interrupt=SimpleNamespace(received=received),
+                               loader_failed=lambda e: ValueError(f"failed: {e}"),
+                               d=SimpleNamespace(device=torch.device("cpu")))
+
+    for error in (ConnectionResetError(104, "Connection reset by peer"),
+                  RuntimeError("DataLoader worker (pid 7) exited unexpectedly")):
+        assert T.Loop.next_batch(loop(error, "SIGTERM")) is None
+        with pytest.raises(ValueError, match="failed: "):
+            T.Loop.next_batch(loop(error, None))
 
 
 @requires_anny
