@@ -42,7 +42,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, path: Path, outputs: list[str], device: str = "auto",
-                 image_size: int | None = None):
+                 image_size: int | None = None, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -56,6 +56,8 @@ class OnnxRuntimeBackend:
                                      f"(available: {available}); pip install onnxruntime-gpu")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if threads is not None:  # the engine's CPU threads (ONNX Runtime's default: all cores)
+            opts.intra_op_num_threads = threads
         # ONNX Runtime's default spinning pool stays on: MeshRecoverer keeps OpenCV and BLAS on
         # the calling thread (OneThreadHelpers), so nothing else competes for the cores. Measured
         # on the 2-core CPU, fp32 batch 1 end to end: 25.4 ms spinning, 31.1 ms without.
@@ -119,19 +121,24 @@ class TorchBackend:
 
 
 def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto",
-                 precision: str = "fp32"):
-    """Pick and build a backend; ``auto`` = TensorRT plan -> ONNX Runtime -> torch (logged)."""
+                 precision: str = "fp32", threads: int | None = None):
+    """Pick and build a backend; ``auto`` = TensorRT plan -> ONNX Runtime -> torch (logged).
+    ``threads``: the ONNX Runtime engine's CPU threads (None: all cores); TensorRT runs on the
+    GPU and ignores it; the torch backend refuses it (its thread count is the process's)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} not in {BACKENDS}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
     if device not in DEVICES:
         raise ValueError(f"device {device!r} not in {DEVICES}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
     outputs = list(bundle.manifest["outputs"])
     tried = []
     for name in (("tensorrt", "onnxruntime", "torch") if backend == "auto" else (backend,)):
         try:
-            b = _build(name, bundle, outputs, device, precision)
+            b = _build(name, bundle, outputs, device, precision, threads)
         except BackendUnavailable as e:
             if backend != "auto":
                 raise
@@ -143,7 +150,8 @@ def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto
     raise BackendUnavailable("no backend can run this model: " + "; ".join(tried))
 
 
-def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, precision: str):
+def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, precision: str,
+           threads: int | None = None):
     if name == "tensorrt":
         from d2a_edge.trt_runtime import TensorRTBackend
         try:
@@ -158,7 +166,10 @@ def _build(name: str, bundle: ModelBundle, outputs: list[str], device: str, prec
         if path is None:
             have = sorted(bundle.manifest["artifacts"])
             raise BackendUnavailable(f"no {precision} ONNX model in {bundle.root} (has {have})")
-        return OnnxRuntimeBackend(path, outputs, device, bundle.image_size)
+        return OnnxRuntimeBackend(path, outputs, device, bundle.image_size, threads)
+    if threads is not None:
+        raise BackendUnavailable("threads= sets ONNX Runtime's engine threads; the torch "
+                                 "backend uses the process's torch.set_num_threads()")
     if importlib.util.find_spec("torch") is None:  # before the checkpoint: no recipe helps
         raise BackendUnavailable(TORCH_EXTRA)
     ckpt = bundle.checkpoint()

@@ -226,12 +226,16 @@ class MeshRecoverer:
     flip: also run the model on each crop's mirror image and average the two (``d2a_edge.flip``):
     a little more accurate (shipped edge-s: PA-MPJPE 73.0 -> 70.6 mm in distribution, 192.7 ->
     190.4 mm out of it) for twice the engine time. Needs a left-right symmetric body model.
+    threads: CPU threads of the ONNX Runtime engine (None: all cores), e.g. to leave cores to a
+    control loop; cropping and skinning already run on the calling thread. TensorRT ignores
+    it; the torch backend refuses it.
     Without ``boxes``, the whole frame is taken as one person (camera demos).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, backend: str = "auto",
                  device: str = "auto", precision: str = "fp32", intrinsics=None,
-                 skinning: str = "auto", mesh: str = "full", flip: bool = False):
+                 skinning: str = "auto", mesh: str = "full", flip: bool = False,
+                 threads: int | None = None):
         self.K = None if intrinsics is None else camera_matrix(intrinsics)  # fail before loading
         if mesh not in MESHES:
             raise ValueError(f"mesh must be one of {MESHES}, got {mesh!r}")
@@ -240,7 +244,7 @@ class MeshRecoverer:
         self.bundle = load_bundle(model)
         self.mirror = self.bundle.asset.mirror_joints() if flip else None
         self.faces = self.bundle.asset.mesh_faces(mesh)
-        self.backend = make_backend(self.bundle, backend, device, precision)
+        self.backend = make_backend(self.bundle, backend, device, precision, threads)
         engine_on = str(getattr(self.backend, "device", "cpu"))
         self.skinner = make_skinner(self.bundle.asset, skinning, engine_on, mesh)
         self.size = self.bundle.image_size

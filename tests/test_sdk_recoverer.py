@@ -153,6 +153,29 @@ def test_bad_constructor_arguments_fail_before_loading(tmp_path):
         MeshRecoverer(missing, flip="yes")
 
 
+def test_threads_sets_the_engines_cpu_threads_and_keeps_the_result():
+    """MeshRecoverer(threads=N) gives ONNX Runtime's engine N threads (the same mesh as with
+    all cores); a count that is not an int >= 1 is a ValueError; the torch backend, whose
+    threads are the process's, refuses it."""
+    from pathlib import Path
+
+    import cv2
+
+    from d2a_edge import BackendUnavailable
+    frame = cv2.imread(str(Path(__file__).parents[1] / "samples" / "id_0.jpg"))
+    one = MeshRecoverer(backend="onnxruntime", threads=1)
+    assert one.backend.session.get_session_options().intra_op_num_threads == 1
+    default = MeshRecoverer(backend="onnxruntime")
+    assert default.backend.session.get_session_options().intra_op_num_threads == 0  # all
+    (a,), (b,) = one(frame), default(frame)
+    np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-5)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be None or an int >= 1"):
+            MeshRecoverer(threads=bad)
+    with pytest.raises(BackendUnavailable, match="torch backend uses the process's"):
+        MeshRecoverer(backend="torch", threads=2)
+
+
 def test_helpers_use_one_thread_during_a_call_and_restore(fresh_bundle, monkeypatch):
     """Cropping and skinning run on the calling thread, so the engine's pool has the cores;
     the caller's OpenCV and BLAS settings come back afterwards, also after an error."""
