@@ -1,8 +1,9 @@
 """``d2a-bench``: per-stage latency of the SDK (pre-process, engine, skinning, post-process).
 
-Prints a Markdown table of median / p90 milliseconds per stage for every requested precision and
+Prints a Markdown table of the median milliseconds per stage for every requested precision and
 batch size, on the frames given (``--images DIR``) or on synthetic frames; ``--json`` writes the
-numbers too. Runs on whatever backend ``--backend`` picks (CPU or GPU).
+medians and the p90s. Runs on whatever backend ``--backend`` picks (CPU or GPU); ``--threads N``
+gives ONNX Runtime's engine N CPU threads (default: all cores).
 
 The calls are taken in ``--rounds`` rounds, every precision and batch size in turn in each, and
 the table also gives each row's total against the first precision's in the same round: on a
@@ -83,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="split the calls into this many rounds, every precision and batch in "
                         "turn in each (a machine whose speed drifts slows all rows alike)")
     p.add_argument("--images", help="folder of frames (default: synthetic 640x480 noise)")
-    p.add_argument("--json", help="also write the numbers here")
+    p.add_argument("--threads", type=at_least(1), default=None,
+                   help="ONNX Runtime engine threads (MeshRecoverer(threads=N); default: all "
+                   "cores)")
+    p.add_argument("--json", help="also write the numbers here (medians and p90s)")
     return p
 
 
@@ -113,7 +117,7 @@ def report(args, recs: dict, cases, times, block_total, rounds: int) -> list[dic
         p90 = {k: float(np.percentile(v, 90)) for k, v in t.items()}
         ratio = np.array(block_total[(prec, b)]) / np.array(block_total[(args.precision[0], b)])
         results.append({"precision": prec, "batch": b, "mesh": args.mesh, "flip": args.flip,
-                        "backend": rec.backend.name,
+                        "backend": rec.backend.name, "threads": args.threads,
                         "device": getattr(rec.backend, "device", "?"), "skinning": rec.skinning,
                         "median_ms": med, "p90_ms": p90, "rounds": rounds,
                         "round_total_ms": block_total[(prec, b)],
@@ -128,7 +132,8 @@ def report(args, recs: dict, cases, times, block_total, rounds: int) -> list[dic
     print("\n".join(rows))
     print(f"(median ms per call over {args.repeats} calls, taken in {rounds} rounds in which "
           "every row ran in turn; the last column: median (min–max) over the rounds of the "
-          "ratio of the round's median totals)")
+          "ratio of the round's median totals; engine threads: "
+          f"{args.threads or 'all cores'})")
     return results
 
 
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
         try:
             recs[prec] = MeshRecoverer(args.model, backend=args.backend, device=args.device,
                                        precision=prec, skinning=args.skinning, mesh=args.mesh,
-                                       flip=args.flip)
+                                       flip=args.flip, threads=args.threads)
         except (BundleError, BackendUnavailable, RuntimeError) as e:
             p.error(str(e))
     cases = [(prec, b) for prec in args.precision for b in args.batch]
