@@ -9,7 +9,11 @@ d2a-edge number is the whole ``MeshRecoverer.__call__`` (crop, engine, skinning 
 post-process), single person, full-frame box. MediaPipe runs Full (model_complexity=1), tracked
 and static. Numbers depend on the machine's load, so the pipelines take turns for --rounds
 rounds; the table gives the median of the round medians, and each d2a-edge pipeline's ratio to
-MediaPipe tracked within the same round (median, min and max over rounds).
+MediaPipe tracked within the same round (median, min and max over rounds). The "cores" column
+is each pipeline's process CPU time over its wall time in the timed calls: MediaPipe's desktop
+CPU inference runs one XNNPACK thread, while d2a-edge's ONNX Runtime engine uses every core
+unless ``--threads N`` (``MeshRecoverer(threads=N)``) is given, so compare like with like:
+``--threads 1`` puts both on one core.
 """
 import argparse
 import json
@@ -34,19 +38,21 @@ def make_frames(n: int, folder: Path) -> list[np.ndarray]:
     return frames
 
 
-def time_d2a(model, precision: str, frames, repeats: int) -> dict:
+def time_d2a(model, precision: str, frames, repeats: int, threads: int | None) -> dict:
     from d2a_edge.recoverer import MeshRecoverer
-    rec = MeshRecoverer(model, backend="onnxruntime", precision=precision)
+    rec = MeshRecoverer(model, backend="onnxruntime", precision=precision, threads=threads)
     for f in frames[:3]:
         rec(f)
     t = []
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         for f in frames:
             t0 = time.perf_counter()
             rec(f)
             t.append((time.perf_counter() - t0) * 1000)
+    cores = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return {"name": f"d2a-edge {precision} ONNX", "median_ms": float(np.median(t)),
-            "p90_ms": float(np.percentile(t, 90)), "frames": len(t)}
+            "p90_ms": float(np.percentile(t, 90)), "frames": len(t), "cores": cores}
 
 
 def main():
@@ -56,6 +62,8 @@ def main():
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None,
+                   help="d2a-edge's engine threads (default: all cores; 1: like MediaPipe)")
     p.add_argument("--out", help="append the Markdown table to this file")
     args = p.parse_args()
     mp_python = Path(".venv-mediapipe/bin/python")
@@ -65,7 +73,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         frames = make_frames(args.frames, Path(tmp))
         for r in range(args.rounds):
-            rows = [time_d2a(args.model, prec, frames, args.repeats) for prec in ("fp32", "int8")]
+            rows = [time_d2a(args.model, prec, frames, args.repeats, args.threads)
+                    for prec in ("fp32", "int8")]
             for extra in ([], ["--static"]) if mp_python.exists() else ():
                 res = subprocess.run([str(mp_python), "bench/mediapipe_pose.py", tmp,
                                       "--repeats", str(args.repeats + 1), *extra],
@@ -75,16 +84,18 @@ def main():
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{n} {row['median_ms']:.1f}" for n, row in rounds[-1].items()), flush=True)
     mp = "mediapipe-pose c1 tracked"
-    table = ["| pipeline | median ms/frame | p90 ms | frames per round | "
-             "ratio to MediaPipe tracked (median, min–max) |", "|---|---|---|---|---|"]
+    table = ["| pipeline | median ms/frame | p90 ms | cores | frames per round | "
+             "ratio to MediaPipe tracked (median, min–max) |", "|---|---|---|---|---|---|"]
     for name in rounds[0]:
         med = np.median([rd[name]["median_ms"] for rd in rounds])
         p90 = np.median([rd[name]["p90_ms"] for rd in rounds])
+        cores = np.median([rd[name]["cores"] for rd in rounds])
         ratio = ""
         if name.startswith("d2a") and mp in rounds[0]:
             q = [rd[name]["median_ms"] / rd[mp]["median_ms"] for rd in rounds]
             ratio = f"{np.median(q):.2f} ({min(q):.2f}–{max(q):.2f})"
-        table.append(f"| {name} | {med:.1f} | {p90:.1f} | {rounds[0][name]['frames']} | {ratio} |")
+        table.append(f"| {name} | {med:.1f} | {p90:.1f} | {cores:.2f} | "
+                     f"{rounds[0][name]['frames']} | {ratio} |")
     text = "\n".join(table)
     print(text)
     if args.out:
