@@ -4,7 +4,8 @@
         [--search-every 5] [--empty]
 
 A synthetic 1280x720 clip at 30 fps: sample crop ``id_0`` walking right 6 px a frame and
-``id_2`` standing at the right (both pasted from ``samples/``; they do not meet within 80 frames). For each ``--max-people`` the whole clip runs
+``id_2`` standing at the right (both 384 px crops pasted from ``samples/``; they do not overlap
+within ``MAX_FRAMES`` = 77 frames). For each ``--max-people`` the whole clip runs
 through ``MeshRecoverer.track`` and each frame's wall time is taken; the first frame (the
 first search and the engine's warm-up) is reported apart. Printed per setting: people tracked
 per frame (median), frame time mean, median / 90th percentile / max (ms, frames 1..), and how many
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+WALKER_X, STEP, STANDER_X, CROP = 40, 6, 880, 384  # px; the walker's left edge moves by STEP
+MAX_FRAMES = (STANDER_X - WALKER_X - CROP) // STEP + 1  # the last frame before they overlap
 
 
 def two_people(n: int, empty: bool = False):
@@ -29,12 +32,12 @@ def two_people(n: int, empty: bool = False):
     walker, stander = (read_image(SAMPLES / f) for f in ("id_0.jpg", "id_2.jpg"))
     for k in range(n):
         frame = np.full((720, 1280, 3), 90, np.uint8)
-        x = 40 + 6 * k
+        x = WALKER_X + STEP * k
         if empty:
             yield k / 30, frame
             continue
         frame[200:200 + walker.shape[0], x:x + walker.shape[1]] = walker
-        frame[250:250 + stander.shape[0], 880:880 + stander.shape[1]] = stander
+        frame[250:250 + stander.shape[0], STANDER_X:STANDER_X + stander.shape[1]] = stander
         yield k / 30, frame
 
 
@@ -53,13 +56,14 @@ def frame_times(rec, frames, **kw) -> tuple[np.ndarray, list[int]]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="bundle (default: the bundled edge-s)")
-    ap.add_argument("--frames", type=int, default=60, help="at most 80")
+    ap.add_argument("--frames", type=int, default=60, help=f"at most {MAX_FRAMES}")
     ap.add_argument("--max-people", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--search-every", type=int, default=5)
     ap.add_argument("--empty", action="store_true", help="nobody in the frames")
     args = ap.parse_args(argv)
-    if not 2 <= args.frames <= 80:
-        ap.error("--frames must be 2..80 (after 80 frames the walker reaches the other person)")
+    if not 2 <= args.frames <= MAX_FRAMES:
+        ap.error(f"--frames must be 2..{MAX_FRAMES} (after {MAX_FRAMES} frames the walker "
+                 "overlaps the other person)")
     from d2a_edge import MeshRecoverer
     rec = MeshRecoverer(args.model, backend="onnxruntime")
     frames = list(two_people(args.frames, args.empty))
