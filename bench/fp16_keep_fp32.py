@@ -3,8 +3,9 @@
     .venv/bin/python bench/fp16_keep_fp32.py BUNDLE [--num 64]
 
 Converts BUNDLE's fp32 ONNX graph to FP16 several times (``onnx_tools.to_fp16``, as d2a-export
-does), each time keeping one group of modules (by ONNX node name: heads, transformer, the CNNs)
-in fp32, and prints each variant's
+does), each time keeping one group of modules (by ONNX node name: the heads with the graph's
+top-level arithmetic, the transformer, the CNNs: ResNet, depth net and the depth tokens'
+convolutions) in fp32, and prints each variant's
 max and mean vertex difference from the fp32 graph on --num labelled validation crops
 (ONNX Runtime CPU, the same crops and report as ``d2a-export``).
 """
@@ -18,8 +19,8 @@ from d2a_edge.body import load_body_asset
 from d2a_edge.bundle import load_bundle
 from d2a_edge.export import onnx_tools, verify
 from d2a_edge.training.inference import OUTPUT_NAMES as NAMES
-CNNS = ("backbone", "depth_net")
-TRANSFORMER = ("encoder", "decoder", "depth_backbone", "pos")
+CNNS = ("backbone", "depth_net", "depth_backbone")  # ResNet, depth net, depth-token convs
+TRANSFORMER = ("encoder", "decoder", "pos")
 
 
 def module_of(node_name: str) -> str:
@@ -31,9 +32,10 @@ def variants(modules: set[str]) -> dict[str, set[str]]:
     heads = {m for m in modules if not m.startswith(CNNS + TRANSFORMER)}
     trans = {m for m in modules if m.startswith(TRANSFORMER)}
     cnns = {m for m in modules if m.startswith(CNNS)}
-    return {"all fp16": set(), "heads fp32": heads, "heads + transformer fp32": heads | trans,
-            "ResNet fp32": {"backbone"}, "depth net fp32": {"depth_net"}, "both CNNs fp32": cnns,
-            "all but ResNet fp32": modules - {"backbone"}}
+    return {"all fp16": set(), "heads and top-level ops fp32": heads,
+            "heads, top-level ops + transformer fp32": heads | trans,
+            "ResNet fp32": {"backbone"}, "depth net fp32": {"depth_net", "depth_backbone"},
+            "all CNNs fp32": cnns, "all but ResNet fp32": modules - {"backbone"}}
 
 
 def main():

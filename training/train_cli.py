@@ -133,7 +133,7 @@ def config_overrides(args) -> dict:
 
 def cpu_speed_hint(device: str, cfg) -> str | None:
     """A hint to pass --cpu-bf16 / --channels-last when training runs on a CPU with native
-    bf16 (AVX512-BF16 or AMX) and the run uses neither; None otherwise."""
+    bf16 (AVX512-BF16 or AMX) and the run lacks one or both; None otherwise."""
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     check = (getattr(torch.cpu, "_is_avx512_bf16_supported", None),
              getattr(torch.cpu, "_is_amx_tile_supported", None))
