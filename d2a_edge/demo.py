@@ -88,7 +88,7 @@ def run(args) -> int:
         return 2
     frames = open_source(args.source)  # a bad source fails before anything loads or is written
     rec = MeshRecoverer(args.model, backend=args.backend, precision=args.precision,
-                        mesh=args.mesh, flip=args.flip)
+                        mesh=args.mesh, flip=args.flip, threads=args.threads)
     show = not args.no_display and _can_show()
     if not show and save is None:
         print("d2a-demo: error: no display here (OpenCV headless?): pass --save DIR",
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
                    help="output mesh: full, or the coarse sub-mesh (fewer vertices)")
     p.add_argument("--flip", action="store_true", help="also run the model on each crop's "
                    "mirror image and average (a little more accurate, twice the engine time)")
+    p.add_argument("--threads", type=at_least(1), default=None,
+                   help="CPU threads of the ONNX Runtime engine (default: all cores)")
     p.add_argument("--save", help="write overlays (PNG) and meshes (OBJ) into this folder "
                    "(those of an earlier d2a-demo run there are removed first)")
     p.add_argument("--obj-every", type=at_least(1), default=1, help="write an OBJ every N frames")

@@ -86,12 +86,12 @@ def test_write_obj_leaves_no_partial_file_when_interrupted(tmp_path, monkeypatch
 
 def test_demo_rejects_bad_counts_and_reports_a_failed_write(tmp_path, monkeypatch, capsys):
     import cv2
-    for flag, value in (("--obj-every", "0"), ("--max-frames", "-1")):
+    for flag, value in (("--obj-every", "0"), ("--max-frames", "-1"), ("--threads", "0")):
         with pytest.raises(SystemExit) as e:  # argparse: usage error, exit code 2
             demo_main(["--source", str(ROOT / "samples"), "--save", str(tmp_path), flag, value])
         assert e.value.code == 2 and "must be >=" in capsys.readouterr().err
     from d2a_edge.bench import main as bench_main
-    for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--rounds", "0"),
+    for flag, value in (("--batch", "0"), ("--repeats", "0"), ("--rounds", "0"), ("--threads", "0"),
                         ("--device", "gpu"), ("--json", str(tmp_path / "no" / "b.json"))):
         with pytest.raises(SystemExit) as e:  # was: a numpy error, NaN medians, silently CPU,
             bench_main([flag, value])         # a traceback after the whole run
@@ -290,6 +290,18 @@ def test_demo_flip_gives_the_flip_averaged_mesh(tmp_path):
     v, _ = _read_obj(tmp_path / "flip" / "mesh_000000.obj")
     np.testing.assert_allclose(v, MeshRecoverer(flip=True)(frame)[0].vertices, atol=2e-5)
     assert np.abs(v - MeshRecoverer()(frame)[0].vertices).max() > 1e-3
+
+
+def test_demo_threads_reaches_the_engine(tmp_path, monkeypatch):
+    """--threads N: the demo's recoverer gives ONNX Runtime's engine N threads."""
+    from d2a_edge import recoverer
+    made = []
+    real = recoverer.MeshRecoverer
+    monkeypatch.setattr(recoverer, "MeshRecoverer",
+                        lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
+    assert _demo("--source", ROOT / "samples", "--save", tmp_path / "t", "--max-frames", 1,
+                 "--backend", "onnxruntime", "--threads", 1) == 0
+    assert made[0].backend.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_demo_track_smooths_unless_no_smoothing(tmp_path):
