@@ -50,8 +50,8 @@ def breakdown(split: str, num: int, size: int, batch: int) -> dict[str, float]:
 
 
 def end_to_end(split: str, num: int, size: int, workers: int) -> tuple[float, float, float]:
-    """generate() into a temp dir: (samples/s overall, samples/s in steady state = after the
-    first shard, i.e. without process start-up, samples per worker-CPU-second)."""
+    """generate() into a temp dir: (samples/s overall, samples/s in steady state (without the
+    workers' start-up and idle tail: ``steady_rate``), samples per worker-CPU-second)."""
     out = tempfile.mkdtemp(prefix="bench_data_e2e_")
     shutil.rmtree(out)
     cfg = GenerateConfig(split=split, num=num, out=out, size=size, seed=0,
@@ -64,9 +64,17 @@ def end_to_end(split: str, num: int, size: int, workers: int) -> tuple[float, fl
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     shutil.rmtree(out)
     cpu = (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime)
-    first = workers  # each worker's first shard includes its start-up
-    steady = sum(n for _, n in stamps[first:]) / max(stamps[-1][0] - stamps[first - 1][0], 1e-9)
-    return num / wall, steady, num / max(cpu, 1e-9)
+    return num / wall, steady_rate(stamps, workers), num / max(cpu, 1e-9)
+
+
+def steady_rate(stamps: list[tuple[float, int]], workers: int) -> float:
+    """Samples/s between the arrival of the ``workers``-th shard (each worker's first shard
+    includes its start-up) and, with enough shards, the ``workers``-th from the end (the tail,
+    where workers run out of shards and sit idle, is left out too)."""
+    first = workers
+    last = len(stamps) - workers if len(stamps) > 2 * workers + 1 else len(stamps)
+    window = stamps[first:last]
+    return sum(n for _, n in window) / max(stamps[last - 1][0] - stamps[first - 1][0], 1e-9)
 
 
 def main() -> None:
