@@ -5,11 +5,11 @@
 Builds the loader the way d2a-train does (``feed.build_dataset`` + ``feed.make_loader``; spawned
 EGL workers and pinned memory on CUDA) and times ``--batches`` batches after two per worker have
 arrived (the first measures the start-up; the second drains what the workers rendered ahead while
-the others started: d2a-train's loader prefetches two batches a worker), each moved to the
-device with ``feed.to_device`` (which expands the compact uint8 images). ``--float`` sends
-float32 images and masks instead, as the loader did before, to compare. On the H200 this loader alone gave 2,812 fresh samples/s (uint8, 14 workers), while
-d2a-train used about 1,560/s at 6.1 steps/s without echo (stage 6): the training step, not the
-loader, was the limit (docs/gpu.md).
+the others started: d2a-train's loader prefetches two batches a worker), each moved to the device
+with ``feed.to_device`` (which expands the compact uint8 images). ``--float`` sends float32 images
+and masks instead, as the loader did before, to compare. On the H200 this loader alone gave 2,812
+fresh samples/s (uint8, 14 workers), while d2a-train used about 1,560/s at 6.1 steps/s without
+echo (stage 6): the training step, not the loader, was the limit (docs/gpu.md).
 """
 from __future__ import annotations
 
