@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from d2a_edge.bundle import BundleError, ModelBundle
+from d2a_edge.tracking import check_count
 
 log = logging.getLogger("d2a_edge")
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -131,9 +132,8 @@ def make_backend(bundle: ModelBundle, backend: str = "auto", device: str = "auto
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
     if device not in DEVICES:
         raise ValueError(f"device {device!r} not in {DEVICES}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ValueError(f"threads must be None or an int >= 1, got {threads!r}")
+    if threads is not None:  # None: all cores
+        check_count("threads", threads)
     outputs = list(bundle.manifest["outputs"])
     tried = []
     for name in (("tensorrt", "onnxruntime", "torch") if backend == "auto" else (backend,)):
